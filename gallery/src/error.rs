@@ -1,0 +1,74 @@
+//! Errors of the gallery layer. User errors (bad input, unknown subject) are kept apart from
+//! storage faults so the service can map them to 4xx and 5xx respectively.
+
+use biomatch_core::{CoreError, Modality, ModelId, SubjectId};
+use std::path::PathBuf;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum GalleryError {
+    /// The input violates a domain rule (dimension, NaN, id format, …).
+    #[error(transparent)]
+    Invalid(#[from] CoreError),
+    #[error("subject {0} is already enrolled")]
+    AlreadyEnrolled(SubjectId),
+    #[error("subject {0} is not enrolled")]
+    UnknownSubject(SubjectId),
+    #[error("subject {subject} has no {modality} template")]
+    NoTemplate { subject: SubjectId, modality: Modality },
+    #[error("an enrollment needs at least one template")]
+    EmptyEnrollment,
+    #[error("an enrollment may hold at most one template per modality; {0} appears twice")]
+    DuplicateModality(Modality),
+    #[error("subject {0} appears twice in one batch")]
+    DuplicateInBatch(SubjectId),
+    #[error("model {got} is not accepted by this gallery{}", gallery_hint(.gallery))]
+    ModelMismatch { got: ModelId, gallery: Option<ModelId> },
+    #[error("template of model {model} has dimension {got}; the gallery stores {expected}")]
+    WrongDimension { model: ModelId, expected: usize, got: usize },
+    #[error("max_results must be between 1 and {max}; got {got}")]
+    BadMaxResults { got: usize, max: usize },
+
+    /// The store's files are damaged in a way that cannot be repaired safely.
+    #[error("store file {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("store configuration conflicts with the data on disk: {0}")]
+    Config(String),
+    #[error("the store refuses writes after an I/O failure it could not undo; reopen it")]
+    Poisoned,
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn gallery_hint(gallery: &Option<ModelId>) -> String {
+    match gallery {
+        Some(m) => format!(
+            " (the gallery's templates are {m}; a probe must come from the same model version)"
+        ),
+        None => String::new(),
+    }
+}
+
+impl GalleryError {
+    /// True when the caller's request was at fault (maps to a 4xx); false for storage faults.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(
+            self,
+            GalleryError::Corrupt { .. }
+                | GalleryError::Config(_)
+                | GalleryError::Poisoned
+                | GalleryError::Io { .. }
+        )
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> GalleryError {
+        let path = path.into();
+        move |source| GalleryError::Io { path, source }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> GalleryError {
+        GalleryError::Corrupt { path: path.into(), reason: reason.into() }
+    }
+}
+
+pub type Result<T, E = GalleryError> = std::result::Result<T, E>;

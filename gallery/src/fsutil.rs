@@ -1,0 +1,102 @@
+//! Small durable-file helpers shared by every on-disk format of the store.
+//!
+//! Every file the store writes ends with a CRC32 over all preceding bytes; immutable files are
+//! written to a temporary name in the same directory, fsynced, renamed into place, and the
+//! directory is fsynced, so a crash leaves either the old state or the new one, never a mix.
+
+use crate::error::{GalleryError, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+/// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(GalleryError::io(&tmp))?;
+        f.write_all(bytes).map_err(GalleryError::io(&tmp))?;
+        f.sync_all().map_err(GalleryError::io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(GalleryError::io(path))?;
+    sync_dir(dir)
+}
+
+/// fsync a directory so that a rename or a new file in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(GalleryError::io(dir))
+}
+
+/// Append the CRC32 footer of everything in `buf`.
+pub fn push_crc(buf: &mut Vec<u8>) {
+    let crc = crc32fast::hash(buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Check and strip the CRC32 footer; returns the body.
+pub fn check_crc<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8]> {
+    if bytes.len() < 4 {
+        return Err(GalleryError::corrupt(path, "file is shorter than its checksum"));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 4);
+    let want = u32::from_le_bytes(tail.try_into().expect("4 bytes"));
+    let got = crc32fast::hash(body);
+    if want != got {
+        return Err(GalleryError::corrupt(
+            path,
+            format!(
+                "checksum mismatch (stored {want:08x}, computed {got:08x}): truncated or damaged"
+            ),
+        ));
+    }
+    Ok(body)
+}
+
+/// A little-endian cursor over a byte slice that reports truncation instead of panicking.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+
+    pub fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    pub fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_le_bytes(b.try_into().expect("2 bytes")))
+    }
+
+    pub fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    pub fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+}

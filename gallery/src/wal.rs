@@ -1,0 +1,324 @@
+//! Write-ahead log: every enrollment and delete is appended here and fsynced before it is
+//! acknowledged.
+//!
+//! ## Format (`wal-<generation>.log`, little endian)
+//! ```text
+//! header : magic b"BMWAL\0\0\x01" (8) | format version u32 (=1) | reserved u32
+//! frame* : FRAME_MAGIC u32 | payload length u32 | CRC32(payload) u32 | payload
+//! payload: kind u8 (1 enroll, 2 delete) | seq u64 | id length u8 | id bytes
+//!          enroll only: template count u8, then per template:
+//!          modality u8 (0 face, 1..=10 finger) | column u16 | dim u32 | dim × fp16 bits u16
+//! ```
+//! A crash can leave a torn frame at the tail: replay stops at the first invalid frame, and if no
+//! valid frame follows it the tail is cut off (it was never acknowledged, because acknowledgement
+//! waits for fsync). A valid frame *after* an invalid one means the middle of the log is damaged:
+//! the store then refuses to open instead of silently dropping acknowledged records.
+
+use crate::error::{GalleryError, Result};
+use crate::fsutil::Reader;
+use biomatch_core::{Modality, SubjectId};
+use half::f16;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"BMWAL\0\0\x01";
+const VERSION: u32 = 1;
+const HEADER_LEN: u64 = 16;
+const FRAME_MAGIC: u32 = 0x4C57_4D42; // "BMWL"
+const FRAME_HEADER: usize = 12;
+/// No single record comes near this; a larger length field is damage.
+const MAX_PAYLOAD: usize = 16 << 20;
+
+const KIND_ENROLL: u8 = 1;
+const KIND_DELETE: u8 = 2;
+
+/// One template of an enrollment record, already in the stored representation.
+#[derive(Clone, PartialEq)]
+pub(crate) struct WalTemplate {
+    pub modality: Modality,
+    pub column: u16,
+    pub vector: Vec<f16>,
+}
+
+#[derive(Clone, PartialEq)]
+pub(crate) enum WalRecord {
+    Enroll { seq: u64, subject: SubjectId, templates: Vec<WalTemplate> },
+    Delete { seq: u64, subject: SubjectId },
+}
+
+impl std::fmt::Debug for WalRecord {
+    // Never prints vectors.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WalRecord::Enroll { seq, subject, templates } => {
+                write!(f, "Enroll(seq {seq}, {subject}, {} templates)", templates.len())
+            }
+            WalRecord::Delete { seq, subject } => write!(f, "Delete(seq {seq}, {subject})"),
+        }
+    }
+}
+
+impl WalRecord {
+    pub fn seq(&self) -> u64 {
+        match self {
+            WalRecord::Enroll { seq, .. } | WalRecord::Delete { seq, .. } => *seq,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = Vec::new();
+        let (kind, seq, subject) = match self {
+            WalRecord::Enroll { seq, subject, .. } => (KIND_ENROLL, *seq, subject),
+            WalRecord::Delete { seq, subject } => (KIND_DELETE, *seq, subject),
+        };
+        p.push(kind);
+        p.extend_from_slice(&seq.to_le_bytes());
+        p.push(subject.as_str().len() as u8);
+        p.extend_from_slice(subject.as_str().as_bytes());
+        if let WalRecord::Enroll { templates, .. } = self {
+            p.push(templates.len() as u8);
+            for t in templates {
+                p.push(t.modality.code());
+                p.extend_from_slice(&t.column.to_le_bytes());
+                p.extend_from_slice(&(t.vector.len() as u32).to_le_bytes());
+                p.extend_from_slice(bytemuck::cast_slice(&t.vector));
+            }
+        }
+        let mut frame = Vec::with_capacity(FRAME_HEADER + p.len());
+        frame.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
+        frame.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(&p).to_le_bytes());
+        frame.extend_from_slice(&p);
+        frame
+    }
+
+    fn decode(payload: &[u8]) -> Option<WalRecord> {
+        let mut r = Reader::new(payload);
+        let kind = r.u8()?;
+        let seq = r.u64()?;
+        let id_len = r.u8()? as usize;
+        let subject = SubjectId::new(std::str::from_utf8(r.take(id_len)?).ok()?).ok()?;
+        let rec = match kind {
+            KIND_ENROLL => {
+                let n = r.u8()? as usize;
+                let mut templates = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let modality = Modality::from_code(r.u8()?).ok()?;
+                    let column = r.u16()?;
+                    let dim = r.u32()? as usize;
+                    let bytes = r.take(dim.checked_mul(2)?)?;
+                    let vector = bytes
+                        .chunks_exact(2)
+                        .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                        .collect();
+                    templates.push(WalTemplate { modality, column, vector });
+                }
+                WalRecord::Enroll { seq, subject, templates }
+            }
+            KIND_DELETE => WalRecord::Delete { seq, subject },
+            _ => return None,
+        };
+        r.is_empty().then_some(rec)
+    }
+}
+
+/// Try to parse one frame at `pos`; returns the record and the frame length.
+fn parse_frame(bytes: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
+    let mut r = Reader::new(bytes.get(pos..)?);
+    if r.u32()? != FRAME_MAGIC {
+        return None;
+    }
+    let len = r.u32()? as usize;
+    if len > MAX_PAYLOAD {
+        return None;
+    }
+    let crc = r.u32()?;
+    let payload = r.take(len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    Some((WalRecord::decode(payload)?, FRAME_HEADER + len))
+}
+
+/// What replay found in a log file.
+#[derive(Debug)]
+pub(crate) struct WalScan {
+    pub records: Vec<WalRecord>,
+    /// Length of the valid prefix (header + whole frames).
+    pub valid_len: u64,
+    /// Bytes of torn tail that were not replayed.
+    pub discarded: u64,
+}
+
+/// Read and validate a whole log. Errors only on damage that is not a torn tail.
+pub(crate) fn scan(path: &Path) -> Result<WalScan> {
+    let mut bytes = Vec::new();
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(GalleryError::io(path))?;
+    if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
+        return Err(GalleryError::corrupt(path, "not a biomatch write-ahead log (bad header)"));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(GalleryError::corrupt(path, format!("unsupported WAL version {version}")));
+    }
+    let mut pos = HEADER_LEN as usize;
+    let mut records = Vec::new();
+    while pos < bytes.len() {
+        match parse_frame(&bytes, pos) {
+            Some((rec, n)) => {
+                records.push(rec);
+                pos += n;
+            }
+            None => {
+                // A torn tail has no valid frame after it; anything else is damage in the middle.
+                if let Some(at) = (pos + 1..bytes.len()).find(|&p| parse_frame(&bytes, p).is_some())
+                {
+                    return Err(GalleryError::corrupt(
+                        path,
+                        format!(
+                            "invalid frame at byte {pos} followed by a valid frame at byte {at}: \
+                             the log is damaged in the middle; refusing to drop acknowledged records"
+                        ),
+                    ));
+                }
+                break;
+            }
+        }
+    }
+    Ok(WalScan { records, valid_len: pos as u64, discarded: (bytes.len() - pos) as u64 })
+}
+
+/// The open log that new records are appended to.
+#[derive(Debug)]
+pub(crate) struct WalWriter {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl WalWriter {
+    /// Create a new, empty log (fails if the file exists).
+    pub fn create(path: &Path) -> Result<Self> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(GalleryError::io(path))?;
+        let mut header = Vec::with_capacity(HEADER_LEN as usize);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        file.write_all(&header).map_err(GalleryError::io(path))?;
+        file.sync_all().map_err(GalleryError::io(path))?;
+        Ok(Self { file, path: path.to_owned(), len: HEADER_LEN })
+    }
+
+    /// Reopen an existing log for appending after its valid prefix (cutting off a torn tail).
+    pub fn reopen(path: &Path, valid_len: u64) -> Result<Self> {
+        let mut file =
+            OpenOptions::new().read(true).write(true).open(path).map_err(GalleryError::io(path))?;
+        let on_disk = file.metadata().map_err(GalleryError::io(path))?.len();
+        if on_disk != valid_len {
+            file.set_len(valid_len).map_err(GalleryError::io(path))?;
+            file.sync_all().map_err(GalleryError::io(path))?;
+        }
+        file.seek(SeekFrom::Start(valid_len)).map_err(GalleryError::io(path))?;
+        Ok(Self { file, path: path.to_owned(), len: valid_len })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Append already-encoded frames and fsync. On failure the log is cut back to its previous
+    /// length; `Err(Poisoned)` is returned if even that fails (the caller must stop writing).
+    pub fn append(&mut self, frames: &[u8]) -> Result<()> {
+        let res = self.file.write_all(frames).and_then(|()| self.file.sync_data());
+        match res {
+            Ok(()) => {
+                self.len += frames.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let undo = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.seek(SeekFrom::Start(self.len)).map(|_| ()))
+                    .and_then(|()| self.file.sync_data());
+                match undo {
+                    Ok(()) => Err(GalleryError::Io { path: self.path.clone(), source: e }),
+                    Err(_) => Err(GalleryError::Poisoned),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64) -> WalRecord {
+        WalRecord::Enroll {
+            seq,
+            subject: SubjectId::new(format!("S{seq}")).unwrap(),
+            templates: vec![WalTemplate {
+                modality: Modality::Face,
+                column: 0,
+                vector: vec![f16::from_f32(0.5); 8],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        let mut w = WalWriter::create(&path).unwrap();
+        let mut frames = rec(1).encode();
+        frames
+            .extend(WalRecord::Delete { seq: 2, subject: SubjectId::new("S1").unwrap() }.encode());
+        w.append(&frames).unwrap();
+        let full = w.len();
+        // A torn third frame: only half of it reached the disk.
+        let third = rec(3).encode();
+        w.append(&third[..third.len() / 2]).unwrap();
+        drop(w);
+        let s = scan(&path).unwrap();
+        assert_eq!(
+            s.records,
+            vec![rec(1), WalRecord::Delete { seq: 2, subject: SubjectId::new("S1").unwrap() }]
+        );
+        assert_eq!(s.valid_len, full);
+        assert_eq!(s.discarded, (third.len() / 2) as u64);
+        let w = WalWriter::reopen(&path, s.valid_len).unwrap();
+        assert_eq!(w.len(), full);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), full);
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        let mut w = WalWriter::create(&path).unwrap();
+        for s in 1..=3 {
+            w.append(&rec(s).encode()).unwrap();
+        }
+        drop(w);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_LEN as usize + 20] ^= 0xff; // inside the first payload
+        std::fs::write(&path, &bytes).unwrap();
+        let err = scan(&path).unwrap_err();
+        assert!(matches!(err, GalleryError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        std::fs::write(&path, b"not a log at all").unwrap();
+        assert!(matches!(scan(&path), Err(GalleryError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,198 @@
+//! Reopen, checkpoint and damaged-file behaviour.
+
+use crate::common::*;
+use biomatch_gallery::{GalleryError, IdentifyOptions, Store, StoreOptions};
+use std::path::Path;
+
+fn small_wal() -> StoreOptions {
+    let mut o = options();
+    o.checkpoint_wal_bytes = 4096;
+    o
+}
+
+fn files(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn top1(store: &Store, i: u64) -> Option<String> {
+    store
+        .identify(&probe(7, i), &IdentifyOptions { max_results: 1, ..Default::default() })
+        .unwrap()
+        .first()
+        .map(|c| c.subject_id.to_string())
+}
+
+#[test]
+fn reopen_keeps_enrollments_and_deletes_across_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), small_wal()).unwrap();
+        for i in 0..200 {
+            store.enroll(&enrollment(7, i)).unwrap();
+        }
+        for i in (0..200).step_by(10) {
+            store.delete(&sid(i)).unwrap();
+        }
+        let st = store.stats();
+        assert!(st.columns[0].segments > 1, "checkpoints should have sealed segments: {st:?}");
+        assert!(st.columns[0].unsealed_rows < 200);
+    }
+    assert_eq!(files(dir.path(), "wal-").len(), 1, "old logs are removed by checkpoints");
+    let store = Store::open(dir.path(), small_wal()).unwrap();
+    assert_eq!(store.len(), 180);
+    for i in 0..200 {
+        let found = top1(&store, i);
+        if i % 10 == 0 {
+            assert!(!store.contains(&sid(i)));
+            assert_ne!(found, Some(sid(i).to_string()));
+        } else {
+            assert_eq!(found, Some(sid(i).to_string()));
+        }
+    }
+    // A deleted subject may enroll again and is found again.
+    store.enroll(&enrollment(7, 0)).unwrap();
+    store.checkpoint().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), small_wal()).unwrap();
+    assert_eq!(top1(&store, 0), Some(sid(0).to_string()));
+    assert_eq!(store.len(), 181);
+}
+
+#[test]
+fn stored_templates_round_trip_in_fp16() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.enroll(&enrollment(3, 1)).unwrap();
+    store.checkpoint().unwrap();
+    let (m, v) = store.template(&sid(1), biomatch_core::Modality::Face).unwrap();
+    assert_eq!(m, model());
+    for (a, b) in v.iter().zip(template(3, 1).vector()) {
+        assert!((a - b).abs() <= 1e-3, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn torn_wal_tail_is_repaired_with_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for i in 0..5 {
+            store.enroll(&enrollment(7, i)).unwrap();
+        }
+    }
+    let wal = files(dir.path(), "wal-").pop().unwrap();
+    let len = std::fs::metadata(&wal).unwrap().len();
+    // Append half a frame, as a crash during an unacknowledged write would leave.
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let tail = bytes[bytes.len() - 40..].to_vec();
+    bytes.extend_from_slice(&tail);
+    std::fs::write(&wal, &bytes).unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.recovery().wal_torn_bytes_discarded, 40);
+    assert_eq!(store.len(), 5);
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), len);
+    store.enroll(&enrollment(7, 5)).unwrap();
+    drop(store);
+    assert_eq!(open(dir.path()).len(), 6);
+}
+
+#[test]
+fn damaged_files_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for i in 0..50 {
+            store.enroll(&enrollment(7, i)).unwrap();
+        }
+        store.delete(&sid(3)).unwrap();
+        store.checkpoint().unwrap();
+        store.enroll(&enrollment(7, 60)).unwrap();
+        store.enroll(&enrollment(7, 61)).unwrap();
+    }
+    let copy = |name: &str| {
+        let d = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, d.path().join(p.file_name().unwrap())).unwrap();
+        }
+        let target = files(d.path(), name).pop().unwrap();
+        (d, target)
+    };
+    let expect_corrupt = |d: &Path, what: &str| match Store::open(d, options()) {
+        Err(GalleryError::Corrupt { path, reason }) => {
+            assert!(!reason.is_empty());
+            eprintln!("{what}: {} — {reason}", path.display());
+        }
+        Err(e) => panic!("{what}: unexpected error {e}"),
+        Ok(_) => panic!("{what}: a damaged store opened"),
+    };
+
+    // Truncated segment.
+    let (d, seg) = copy("seg-");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 100).unwrap();
+    expect_corrupt(d.path(), "truncated segment");
+
+    // One flipped bit inside a segment's vector block.
+    let (d, seg) = copy("seg-");
+    let mut b = std::fs::read(&seg).unwrap();
+    b[100] ^= 0x01;
+    std::fs::write(&seg, &b).unwrap();
+    expect_corrupt(d.path(), "flipped bit in segment");
+
+    // Damaged manifest.
+    let (d, m) = copy("MANIFEST");
+    let mut b = std::fs::read(&m).unwrap();
+    let n = b.len() / 2;
+    b[n] ^= 0x20;
+    std::fs::write(&m, &b).unwrap();
+    expect_corrupt(d.path(), "damaged manifest");
+
+    // Damaged tombstones.
+    let (d, del) = copy("del-");
+    std::fs::write(&del, b"BMDEL\0\0\x01garbage").unwrap();
+    expect_corrupt(d.path(), "damaged tombstones");
+
+    // Damage in the middle of the WAL (a valid frame follows it).
+    let (d, wal) = copy("wal-");
+    let mut b = std::fs::read(&wal).unwrap();
+    b[16 + 30] ^= 0xff;
+    std::fs::write(&wal, &b).unwrap();
+    expect_corrupt(d.path(), "damaged WAL");
+
+    // Missing manifest beside data files.
+    let (d, m) = copy("MANIFEST");
+    std::fs::remove_file(m).unwrap();
+    expect_corrupt(d.path(), "missing manifest");
+
+    // The undamaged original still opens with everything.
+    let store = open(dir.path());
+    assert_eq!(store.len(), 51);
+}
+
+#[test]
+fn leftovers_of_an_interrupted_checkpoint_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.enroll(&enrollment(7, 1)).unwrap();
+    }
+    // What a checkpoint killed before its manifest swap leaves behind.
+    for f in ["seg-00-00000009.bms", "seg-00-00000009.tmp", "wal-00000002.log", "MANIFEST.tmp"] {
+        std::fs::write(dir.path().join(f), b"partial").unwrap();
+    }
+    let store = open(dir.path());
+    let mut removed = store.recovery().leftover_files_removed.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        ["MANIFEST.tmp", "seg-00-00000009.bms", "seg-00-00000009.tmp", "wal-00000002.log"]
+    );
+    assert_eq!(store.len(), 1);
+}

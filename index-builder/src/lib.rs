@@ -1,0 +1,1 @@
+//! Offline index rebuild. Arrives with the sharded-index issue.
