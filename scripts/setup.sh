@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what a fresh machine lacks to build and test biomatch. Idempotent: installs only what is
+# missing, so running it again is quick. Called by scripts/run.sh and scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages: C/C++ toolchain and BLAS for the bundled FAISS build (sharded ANN index),
+# cmake to drive it, pkg-config for -sys crates.
+apt_packages=(cmake g++ libopenblas-dev pkg-config)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+echo "setup: ok" >&2

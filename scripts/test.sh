@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: set up a fresh machine if needed, then format check, lints and the whole
+# test suite. Slow, large-scale runs live in the benchmarks, not here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export OPENBLAS_NUM_THREADS=1
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
