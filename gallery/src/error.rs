@@ -29,11 +29,23 @@ pub enum GalleryError {
     #[error("max_results must be between 1 and {max}; got {got}")]
     BadMaxResults { got: usize, max: usize },
 
+    #[error("bad index parameters: {0}")]
+    BadIndexParams(String),
+
+    /// FAISS reported an error (or the wrapper refused a call that would have crashed it).
+    #[error(transparent)]
+    Faiss(#[from] crate::ann::ffi::FaissError),
+    #[error(
+        "index generation {generation} needs about {need} bytes of memory; the budget is {budget}"
+    )]
+    OverBudget { generation: String, need: u64, budget: u64 },
     /// The store's files are damaged in a way that cannot be repaired safely.
     #[error("store file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("store configuration conflicts with the data on disk: {0}")]
     Config(String),
+    #[error("store {0} is open in another process")]
+    Locked(PathBuf),
     #[error("the store refuses writes after an I/O failure it could not undo; reopen it")]
     Poisoned,
     #[error("I/O error on {path}: {source}")]
@@ -57,7 +69,10 @@ impl GalleryError {
             GalleryError::Corrupt { .. }
                 | GalleryError::Config(_)
                 | GalleryError::Poisoned
+                | GalleryError::Locked(_)
                 | GalleryError::Io { .. }
+                | GalleryError::Faiss(_)
+                | GalleryError::OverBudget { .. }
         )
     }
 

@@ -8,8 +8,10 @@
 //!
 //! This crate does file I/O and CPU work; it never touches the network or an async runtime.
 
+pub mod ann;
 pub mod error;
 mod fsutil;
+pub mod gallery;
 pub mod kernel;
 mod manifest;
 pub mod search;
@@ -19,9 +21,10 @@ pub mod store;
 mod wal;
 
 pub use error::{GalleryError, Result};
+pub use gallery::{AnnParams, Gallery, SearchMode, SearchPath};
 pub use search::{IdentifyOptions, Probe, MAX_RESULTS_LIMIT};
 pub use segment::RowMeta;
 pub use store::{
-    ColumnStats, Enrollment, ModelSpec, Recovery, ScanBatch, Store, StoreOptions, StoreStats,
-    SubjectInfo, TemplateInfo,
+    ColumnStats, Enrollment, ModelSpec, Recovery, ScanBatch, ScanSummary, Store, StoreOptions,
+    StoreStats, SubjectInfo, TemplateInfo,
 };

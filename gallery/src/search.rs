@@ -50,9 +50,9 @@ impl Default for IdentifyOptions {
 
 /// A scored row, ordered by score then (reversed) row so heaps and sorts are deterministic.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Hit {
-    score: f32,
-    row: u64,
+pub(crate) struct Hit {
+    pub score: f32,
+    pub row: u64,
 }
 
 impl Eq for Hit {}
@@ -71,18 +71,18 @@ impl PartialOrd for Hit {
 
 /// Keeps the k best hits seen.
 #[derive(Clone, Debug)]
-struct TopK {
+pub(crate) struct TopK {
     k: usize,
     heap: BinaryHeap<Reverse<Hit>>,
 }
 
 impl TopK {
-    fn new(k: usize) -> Self {
+    pub fn new(k: usize) -> Self {
         Self { k, heap: BinaryHeap::with_capacity(k + 1) }
     }
 
     #[inline]
-    fn push(&mut self, hit: Hit) {
+    pub fn push(&mut self, hit: Hit) {
         if self.heap.len() < self.k {
             self.heap.push(Reverse(hit));
         } else if let Some(mut worst) = self.heap.peek_mut() {
@@ -92,7 +92,7 @@ impl TopK {
         }
     }
 
-    fn merge(mut self, other: TopK) -> TopK {
+    pub fn merge(mut self, other: TopK) -> TopK {
         for Reverse(h) in other.heap {
             self.push(h);
         }
@@ -100,7 +100,7 @@ impl TopK {
     }
 }
 
-fn check_max_results(n: usize) -> Result<()> {
+pub(crate) fn check_max_results(n: usize) -> Result<()> {
     if n == 0 || n > MAX_RESULTS_LIMIT {
         return Err(GalleryError::BadMaxResults { got: n, max: MAX_RESULTS_LIMIT });
     }
@@ -137,44 +137,76 @@ impl Store {
         probes: &[Probe],
         opts: &IdentifyOptions,
     ) -> Result<Vec<Vec<Candidate>>> {
-        check_max_results(opts.max_results)?;
-        if probes.is_empty() {
-            return Ok(Vec::new());
-        }
         let st = self.read();
-        let c = st.column_of(probes[0].template.model())?;
-        for p in probes {
-            if st.column_of(p.template.model())? != c {
-                return Err(GalleryError::ModelMismatch {
-                    got: p.template.model().clone(),
-                    gallery: Some(st.columns[c as usize].model.clone()),
-                });
-            }
-            check_dim(&st, c, &p.template)?;
-        }
-        let tops = match &opts.subset {
-            Some(subset) => scan_subset(&st, c, probes, subset, opts),
-            None => scan_all(&st, c, probes, opts),
+        let Some(c) = check_probes(&st, probes, opts)? else {
+            return Ok(Vec::new());
         };
-        let col = &st.columns[c as usize];
-        Ok(tops
-            .into_iter()
-            .zip(probes)
-            .map(|(top, p)| {
-                let mut out: Vec<Candidate> = top
-                    .heap
-                    .into_iter()
-                    .map(|Reverse(h)| Candidate {
-                        subject_id: col.meta[h.row as usize].subject.clone(),
-                        score: h.score,
-                        scores: vec![ModalityScore { modality: p.modality, score: h.score }],
-                    })
-                    .collect();
-                rank(&mut out);
-                out
-            })
-            .collect())
+        let tops = exact_tops(&st, c, probes, opts, 0);
+        Ok(candidates(&st, c, probes, tops))
     }
+}
+
+/// Validate a batch of probes against the state; the column they search (None: no probes).
+pub(crate) fn check_probes(
+    st: &State,
+    probes: &[Probe],
+    opts: &IdentifyOptions,
+) -> Result<Option<u16>> {
+    check_max_results(opts.max_results)?;
+    let Some(first) = probes.first() else {
+        return Ok(None);
+    };
+    let c = st.column_of(first.template.model())?;
+    for p in probes {
+        if st.column_of(p.template.model())? != c {
+            return Err(GalleryError::ModelMismatch {
+                got: p.template.model().clone(),
+                gallery: Some(st.columns[c as usize].model.clone()),
+            });
+        }
+        check_dim(st, c, &p.template)?;
+    }
+    Ok(Some(c))
+}
+
+/// Exact top-k per probe: over the subset if one is given, else over every row `>= from_row`.
+pub(crate) fn exact_tops(
+    st: &State,
+    c: u16,
+    probes: &[Probe],
+    opts: &IdentifyOptions,
+    from_row: u64,
+) -> Vec<TopK> {
+    match &opts.subset {
+        Some(subset) => scan_subset(st, c, probes, subset, opts),
+        None => scan_all(st, c, probes, opts, from_row),
+    }
+}
+
+/// Turn per-probe top-k rows into ranked candidate lists.
+pub(crate) fn candidates(
+    st: &State,
+    c: u16,
+    probes: &[Probe],
+    tops: Vec<TopK>,
+) -> Vec<Vec<Candidate>> {
+    let col = &st.columns[c as usize];
+    tops.into_iter()
+        .zip(probes)
+        .map(|(top, p)| {
+            let mut out: Vec<Candidate> = top
+                .heap
+                .into_iter()
+                .map(|Reverse(h)| Candidate {
+                    subject_id: col.meta[h.row as usize].subject.clone(),
+                    score: h.score,
+                    scores: vec![ModalityScore { modality: p.modality, score: h.score }],
+                })
+                .collect();
+            rank(&mut out);
+            out
+        })
+        .collect()
 }
 
 fn check_dim(st: &State, c: u16, t: &Template) -> Result<()> {
@@ -189,7 +221,13 @@ fn check_dim(st: &State, c: u16, t: &Template) -> Result<()> {
     Ok(())
 }
 
-fn scan_all(st: &State, c: u16, probes: &[Probe], opts: &IdentifyOptions) -> Vec<TopK> {
+fn scan_all(
+    st: &State,
+    c: u16,
+    probes: &[Probe],
+    opts: &IdentifyOptions,
+    from_row: u64,
+) -> Vec<TopK> {
     let col = &st.columns[c as usize];
     let d = col.dim;
     let codes: Vec<u8> = probes.iter().map(|p| p.modality.code()).collect();
@@ -197,6 +235,12 @@ fn scan_all(st: &State, c: u16, probes: &[Probe], opts: &IdentifyOptions) -> Vec
     // Work items: (first row, vectors) ranges of at most ROWS_PER_TASK rows.
     let tasks: Vec<(u64, &[half::f16])> = col
         .blocks()
+        .filter_map(|(first, v)| {
+            // Only rows >= from_row (the rows an index generation does not cover).
+            let n = (v.len() / d.max(1)) as u64;
+            let skip = from_row.saturating_sub(first).min(n);
+            (skip < n).then(|| (first + skip, &v[skip as usize * d..]))
+        })
         .flat_map(|(first, v)| {
             v.chunks(ROWS_PER_TASK * d.max(1))
                 .enumerate()

@@ -110,7 +110,11 @@ pub struct Store {
     pub(crate) state: RwLock<State>,
     writer: Mutex<Writer>,
     recovery: Recovery,
+    /// Holds the exclusive advisory lock on `LOCK` for the store's lifetime.
+    _lock: std::fs::File,
 }
+
+const LOCK_FILE: &str = "LOCK";
 
 fn is_store_file(name: &str) -> bool {
     (name.starts_with("seg-") || name.starts_with("wal-") || name.starts_with("del-"))
@@ -122,6 +126,23 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(GalleryError::io(&dir))?;
+        // One process owns a store: a second writer would interleave WAL frames.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(GalleryError::io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(GalleryError::Locked(dir));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(GalleryError::Io { path: lock_path, source: e })
+            }
+        }
         let mut names = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(GalleryError::io(&dir))? {
             let e = e.map_err(GalleryError::io(&dir))?;
@@ -250,6 +271,7 @@ impl Store {
             state: RwLock::new(state),
             writer: Mutex::new(Writer { wal, manifest, poisoned: false }),
             recovery,
+            _lock: lock,
         })
     }
 
@@ -430,7 +452,7 @@ impl Store {
         model: &ModelId,
         batch: usize,
         mut f: impl FnMut(ScanBatch<'_>),
-    ) -> Result<u64> {
+    ) -> Result<ScanSummary> {
         let st = self.state.read();
         let c = st.column_of(model)?;
         let col = &st.columns[c as usize];
@@ -449,7 +471,7 @@ impl Store {
                 f(ScanBatch { col, rows, first, vectors: vecs });
             }
         }
-        Ok(st.last_seq)
+        Ok(ScanSummary { last_seq: st.last_seq, rows: col.rows(), live: col.live })
     }
 
     /// Seal the WAL into segments now (normally automatic).
@@ -595,6 +617,16 @@ pub(crate) fn lookup(st: &State, subject: &SubjectId, modality: Modality) -> Res
         .find(|t| t.0 == modality)
         .map(|&(_, c, r)| (c, r))
         .ok_or_else(|| GalleryError::NoTemplate { subject: subject.clone(), modality })
+}
+
+/// What a [`Store::scan`] covered: every row below `rows` (all writes up to `last_seq`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScanSummary {
+    pub last_seq: u64,
+    /// Row ids `0..rows` were visited (deleted ones skipped).
+    pub rows: u64,
+    /// Live rows visited.
+    pub live: usize,
 }
 
 /// A batch of live rows handed to [`Store::scan`]'s visitor.

@@ -1,0 +1,436 @@
+//! Index generations on disk: build (snapshot → train → fill shards in parallel → immutable
+//! files + manifest) and load (verify checksums and memory budget, then read or memory-map).
+//!
+//! ## Layout
+//! ```text
+//! <store>/index/<model>/CURRENT            names the generation being served (the commit point)
+//! <store>/index/<model>/gen-<n>/INDEX      the generation's manifest
+//! <store>/index/<model>/gen-<n>/shard-<i>.faiss   one FAISS index per shard
+//! <store>/index/<model>/gen-<n>.tmp/       a build in progress (removed if left by a crash)
+//! ```
+//! `CURRENT`: magic `b"BMCUR\0\0\x01"` | format version u32 (=1) | generation u64 | CRC32.
+//! `INDEX`: magic `b"BMIDX\0\0\x01"` | format version u32 (=1) | JSON [`IndexManifest`] | CRC32.
+//! Shard files are FAISS's own format; the manifest holds each one's size and CRC32, checked at
+//! load. A build writes everything under `gen-<n>.tmp`, fsyncs, renames it to `gen-<n>`, and only
+//! then swaps `CURRENT` atomically: a crash at any point leaves `CURRENT` naming the previous,
+//! complete generation.
+
+use super::ffi::{set_omp_threads, FaissIndex};
+use crate::error::{GalleryError, Result};
+use crate::fsutil::{self, Reader};
+use crate::store::Store;
+use biomatch_core::ModelId;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const CURRENT_MAGIC: &[u8; 8] = b"BMCUR\0\0\x01";
+const INDEX_MAGIC: &[u8; 8] = b"BMIDX\0\0\x01";
+const VERSION: u32 = 1;
+
+/// How to build a generation.
+#[derive(Clone, Debug)]
+pub struct BuildParams {
+    /// FAISS factory string (inner-product metric); `None` picks [`default_factory`].
+    pub factory: Option<String>,
+    /// Number of shards (subjects are routed by a hash of their id).
+    pub shards: usize,
+    /// Vectors sampled for training.
+    pub train_sample: usize,
+    /// Seed of the training sample.
+    pub seed: u64,
+}
+
+impl Default for BuildParams {
+    fn default() -> Self {
+        Self {
+            factory: None,
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 64),
+            train_sample: 100_000,
+            seed: 1,
+        }
+    }
+}
+
+/// The index type we use by default for a gallery of `n` templates.
+///
+/// Measured on 1M synthetic d=128 templates (2-core VM, `benches/examples/ann_sweep.rs`): the
+/// mate of a probe is found in the top 32 by a flat 4-bit PQ fast-scan (`PQ32x4fs`, 16 code
+/// bytes + 8 id bytes) for 2000/2000 probes at 0.8 ms single-threaded, while IVF1024 (SQ8 or PQ)
+/// needs nprobe 128 for 0.966 and HNSW32 efSearch 128 reaches 0.93 at 200k — uniformly spread
+/// 128-d data defeats coarse partitioning. So: exact (`Flat`) for small galleries, flat PQ
+/// fast-scan up to a few million per node, and IVF + PQ fast-scan (probing a large share of the
+/// lists) beyond, where a linear scan of codes stops fitting the latency budget.
+pub fn default_factory(n: u64) -> String {
+    if n < 20_000 {
+        "IDMap,Flat".into()
+    } else if n <= 4_000_000 {
+        "IDMap,PQ32x4fs".into()
+    } else {
+        let nlist = (4.0 * (n as f64).sqrt()).log2().round().exp2() as u64;
+        format!("IVF{nlist},PQ32x4fs")
+    }
+}
+
+/// One shard file of a generation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShardFile {
+    pub file: String,
+    pub bytes: u64,
+    pub crc32: u32,
+    pub vectors: u64,
+}
+
+/// A generation's manifest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IndexManifest {
+    pub generation: u64,
+    pub model: ModelId,
+    pub dim: usize,
+    pub factory: String,
+    pub shards: Vec<ShardFile>,
+    /// The index covers store rows `0..covered_rows` (minus those deleted before the build).
+    pub covered_rows: u64,
+    /// …which are every write up to this store sequence number.
+    pub covered_seq: u64,
+    pub vectors: u64,
+    pub train_vectors: u64,
+    pub build_seconds: f64,
+}
+
+/// What a build did.
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildReport {
+    pub manifest: IndexManifest,
+    pub dir: PathBuf,
+    pub train_seconds: f64,
+    pub add_seconds: f64,
+}
+
+/// The directory holding all generations of `model` in `store`.
+pub fn index_dir(store: &Store, model: &ModelId) -> PathBuf {
+    store.dir().join("index").join(model.to_string())
+}
+
+fn gen_name(g: u64) -> String {
+    format!("gen-{g:08}")
+}
+
+/// Subject → shard routing: a stable hash of the id.
+pub fn shard_of(subject: &biomatch_core::SubjectId, shards: usize) -> usize {
+    (crc32fast::hash(subject.as_str().as_bytes()) as usize) % shards.max(1)
+}
+
+pub(crate) fn read_current(dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join("CURRENT");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(GalleryError::Io { path, source: e }),
+    };
+    let body = fsutil::check_crc(&path, &bytes)?;
+    let mut r = Reader::new(body);
+    match (r.take(8), r.u32(), r.u64(), r.is_empty()) {
+        (Some(m), Some(VERSION), Some(g), true) if m == CURRENT_MAGIC => Ok(Some(g)),
+        _ => Err(GalleryError::corrupt(&path, "malformed CURRENT file")),
+    }
+}
+
+fn write_current(dir: &Path, generation: u64) -> Result<()> {
+    let mut b = Vec::with_capacity(24);
+    b.extend_from_slice(CURRENT_MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&generation.to_le_bytes());
+    fsutil::push_crc(&mut b);
+    fsutil::atomic_write(&dir.join("CURRENT"), &b)
+}
+
+pub(crate) fn read_manifest(gen_dir: &Path) -> Result<IndexManifest> {
+    let path = gen_dir.join("INDEX");
+    let bytes = std::fs::read(&path).map_err(GalleryError::io(&path))?;
+    let body = fsutil::check_crc(&path, &bytes)?;
+    if body.len() < 12 || &body[..8] != INDEX_MAGIC {
+        return Err(GalleryError::corrupt(&path, "not a biomatch index manifest"));
+    }
+    let version = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(GalleryError::corrupt(&path, format!("unsupported index version {version}")));
+    }
+    serde_json::from_slice(&body[12..])
+        .map_err(|e| GalleryError::corrupt(&path, format!("index manifest does not parse: {e}")))
+}
+
+fn write_manifest(gen_dir: &Path, m: &IndexManifest) -> Result<()> {
+    let mut b = Vec::new();
+    b.extend_from_slice(INDEX_MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&serde_json::to_vec_pretty(m).expect("manifest serialises"));
+    fsutil::push_crc(&mut b);
+    fsutil::atomic_write(&gen_dir.join("INDEX"), &b)
+}
+
+/// CRC32 and length of a file, read sequentially.
+pub(crate) fn file_crc(path: &Path) -> Result<(u64, u32)> {
+    let mut f = std::fs::File::open(path).map_err(GalleryError::io(path))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(GalleryError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, h.finalize()))
+}
+
+/// Build a new generation of the index of `model` from a snapshot of the store, and make it
+/// current. The store keeps serving reads and writes meanwhile (the snapshot holds its read lock
+/// only while rows are copied out). Returns the new generation's manifest.
+pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<BuildReport> {
+    let start = Instant::now();
+    if params.shards == 0 || params.shards > 1024 {
+        return Err(GalleryError::BadIndexParams(format!(
+            "shards = {} outside 1..=1024",
+            params.shards
+        )));
+    }
+    let dim = store
+        .stats()
+        .columns
+        .iter()
+        .find(|c| &c.model == model)
+        .map(|c| c.dim)
+        .ok_or_else(|| GalleryError::ModelMismatch { got: model.clone(), gallery: None })?;
+
+    // 1. Snapshot: route every live row to its shard, as f32.
+    let s = params.shards;
+    let mut vecs: Vec<Vec<f32>> = vec![Vec::new(); s];
+    let mut ids: Vec<Vec<i64>> = vec![Vec::new(); s];
+    let summary = store.scan(model, 65_536, |b| {
+        for &row in b.rows() {
+            let sh = shard_of(&b.meta(row).subject, s);
+            vecs[sh].extend(b.vector(row).iter().map(|h| h.to_f32()));
+            ids[sh].push(row as i64);
+        }
+    })?;
+    let total: usize = ids.iter().map(Vec::len).sum();
+    if total == 0 {
+        return Err(GalleryError::BadIndexParams(format!(
+            "the gallery holds no templates of {model} to index"
+        )));
+    }
+    let factory = params.factory.clone().unwrap_or_else(|| default_factory(total as u64));
+
+    // 2. Train once on a seeded sample; every shard starts as a clone of the trained index.
+    let t = Instant::now();
+    let mut template = FaissIndex::factory(dim, &factory)?;
+    let mut train_n = 0;
+    if !template.is_trained() {
+        let mut all: Vec<(usize, usize)> =
+            ids.iter().enumerate().flat_map(|(sh, v)| (0..v.len()).map(move |i| (sh, i))).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
+        let n = params.train_sample.clamp(1, all.len());
+        let (sample, _) = all.partial_shuffle(&mut rng, n);
+        let mut x = Vec::with_capacity(n * dim);
+        for &(sh, i) in sample.iter() {
+            x.extend_from_slice(&vecs[sh][i * dim..(i + 1) * dim]);
+        }
+        set_omp_threads(rayon::current_num_threads());
+        template.train(&x)?;
+        train_n = n;
+    }
+    let train_seconds = t.elapsed().as_secs_f64();
+
+    // 3. Fill and write the shards in parallel, into a temporary generation directory.
+    let dir = index_dir(store, model);
+    std::fs::create_dir_all(&dir).map_err(GalleryError::io(&dir))?;
+    let generation = read_current(&dir)?.unwrap_or(0) + 1;
+    let tmp = dir.join(format!("{}.tmp", gen_name(generation)));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(GalleryError::io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(GalleryError::io(&tmp))?;
+    let t = Instant::now();
+    let shards: Vec<ShardFile> = (0..s)
+        .into_par_iter()
+        .map(|sh| -> Result<ShardFile> {
+            set_omp_threads(1);
+            let mut idx = template.try_clone()?;
+            if !ids[sh].is_empty() {
+                idx.add_with_ids(&vecs[sh], &ids[sh])?;
+            }
+            let file = format!("shard-{sh:03}.faiss");
+            let path = tmp.join(&file);
+            idx.write(&path)?;
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(GalleryError::io(&path))?;
+            let (bytes, crc32) = file_crc(&path)?;
+            Ok(ShardFile { file, bytes, crc32, vectors: ids[sh].len() as u64 })
+        })
+        .collect::<Result<_>>()?;
+    let add_seconds = t.elapsed().as_secs_f64();
+    drop(vecs);
+
+    let manifest = IndexManifest {
+        generation,
+        model: model.clone(),
+        dim,
+        factory,
+        shards,
+        covered_rows: summary.rows,
+        covered_seq: summary.last_seq,
+        vectors: total as u64,
+        train_vectors: train_n as u64,
+        build_seconds: start.elapsed().as_secs_f64(),
+    };
+    write_manifest(&tmp, &manifest)?;
+    fsutil::sync_dir(&tmp)?;
+
+    // 4. Publish: rename the directory into place, then swap CURRENT (the commit point).
+    let final_dir = dir.join(gen_name(generation));
+    if final_dir.exists() {
+        // A complete generation never made current (crash between rename and CURRENT).
+        std::fs::remove_dir_all(&final_dir).map_err(GalleryError::io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(GalleryError::io(&final_dir))?;
+    fsutil::sync_dir(&dir)?;
+    write_current(&dir, generation)?;
+    cleanup(&dir, generation);
+    tracing::info!(%model, generation, vectors = total, seconds = manifest.build_seconds, "index generation built");
+    Ok(BuildReport { manifest, dir: final_dir, train_seconds, add_seconds })
+}
+
+/// Remove generations older than the previous one and leftovers of interrupted builds. Best
+/// effort: a file still mapped by a serving process stays valid after unlink on Unix.
+fn cleanup(dir: &Path, current: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("gen-") else { continue };
+        let stale = match rest.strip_suffix(".tmp") {
+            Some(_) => true,
+            None => rest.parse::<u64>().is_ok_and(|g| g + 1 < current),
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// How to load a generation.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Memory-map inverted lists where FAISS supports it (IVF); other index types are read.
+    pub mmap: bool,
+    /// Refuse a generation whose resident estimate (index + the store's templates) exceeds this.
+    pub memory_budget: Option<u64>,
+    /// HNSW `efSearch`, when the index is HNSW.
+    pub ef_search: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { mmap: true, memory_budget: None, ef_search: None }
+    }
+}
+
+/// A loaded, read-only generation: one FAISS index per shard.
+#[derive(Debug)]
+pub struct ShardedIndex {
+    pub manifest: IndexManifest,
+    pub(crate) shards: Vec<FaissIndex>,
+    /// Bytes of index structures (shard files) held in memory or page cache.
+    pub index_bytes: u64,
+    /// Bytes of the store's templates and row metadata the search path touches.
+    pub store_bytes: u64,
+}
+
+impl ShardedIndex {
+    /// Resident bytes per indexed template: index + fp16 template + row metadata.
+    pub fn bytes_per_template(&self) -> f64 {
+        (self.index_bytes + self.store_bytes) as f64 / self.manifest.vectors.max(1) as f64
+    }
+
+    pub fn is_ivf(&self) -> bool {
+        self.shards.first().is_some_and(FaissIndex::is_ivf)
+    }
+}
+
+/// Load the current generation of `model`'s index, if there is one.
+pub fn load(store: &Store, model: &ModelId, opts: &LoadOptions) -> Result<Option<ShardedIndex>> {
+    let dir = index_dir(store, model);
+    let Some(generation) = read_current(&dir)? else {
+        return Ok(None);
+    };
+    let gen_dir = dir.join(gen_name(generation));
+    let manifest = read_manifest(&gen_dir)?;
+    let col = store
+        .stats()
+        .columns
+        .into_iter()
+        .find(|c| &c.model == model)
+        .ok_or_else(|| GalleryError::ModelMismatch { got: model.clone(), gallery: None })?;
+    if manifest.model != *model || manifest.dim != col.dim || manifest.generation != generation {
+        return Err(GalleryError::corrupt(
+            &gen_dir,
+            "index manifest does not describe this model/generation",
+        ));
+    }
+    if manifest.covered_rows > col.rows {
+        return Err(GalleryError::corrupt(
+            &gen_dir,
+            format!(
+                "index covers {} rows but the store holds {}: it was built from another store",
+                manifest.covered_rows, col.rows
+            ),
+        ));
+    }
+    // Verify every shard before reading any (FAISS must never parse a damaged file).
+    let mut index_bytes = 0;
+    for sf in &manifest.shards {
+        let path = gen_dir.join(&sf.file);
+        let (bytes, crc) = file_crc(&path)?;
+        if bytes != sf.bytes || crc != sf.crc32 {
+            return Err(GalleryError::corrupt(
+                &path,
+                "shard file size or checksum differs from the manifest",
+            ));
+        }
+        index_bytes += bytes;
+    }
+    // fp16 templates + per-row metadata (subject id, seq, modality, state byte).
+    let store_bytes = col.rows * (col.dim as u64 * 2 + 64);
+    if let Some(budget) = opts.memory_budget {
+        let need = index_bytes + store_bytes;
+        if need > budget {
+            return Err(GalleryError::OverBudget {
+                generation: gen_name(generation),
+                need,
+                budget,
+            });
+        }
+    }
+    let mut shards = Vec::with_capacity(manifest.shards.len());
+    for sf in &manifest.shards {
+        let mut idx = FaissIndex::read(&gen_dir.join(&sf.file), opts.mmap)?;
+        if idx.dim() != manifest.dim || idx.ntotal() != sf.vectors {
+            return Err(GalleryError::corrupt(
+                gen_dir.join(&sf.file),
+                "shard holds other data than the manifest says",
+            ));
+        }
+        if let (Some(ef), true) = (opts.ef_search, manifest.factory.contains("HNSW")) {
+            idx.set_parameter("efSearch", ef as f64)?;
+        }
+        shards.push(idx);
+    }
+    Ok(Some(ShardedIndex { manifest, shards, index_bytes, store_bytes }))
+}

@@ -1,0 +1,102 @@
+//! A build killed with SIGKILL at any moment leaves the previous generation serving.
+//!
+//! The builder runs in a child process (this test binary re-executed on the ignored test
+//! `build_crash::builder_process`), printing `BUILT <generation>` after each completed build.
+
+use crate::common::*;
+use biomatch_datasets::parse_subject_id;
+use biomatch_gallery::ann::{self, BuildParams, LoadOptions};
+use biomatch_gallery::{AnnParams, Gallery, IdentifyOptions, SearchMode, Store};
+use rand::{Rng, SeedableRng};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DIR_ENV: &str = "BIOMATCH_BUILD_CRASH_DIR";
+const N: u64 = 30_000;
+const SEED: u64 = 31;
+
+#[test]
+#[ignore = "run by build_crash::killed_builds_leave_a_serving_generation in a child process"]
+fn builder_process() {
+    let dir = std::env::var(DIR_ENV).expect("child needs a store directory");
+    let store = Store::open(&dir, options()).unwrap();
+    let mut out = std::io::stdout();
+    loop {
+        let r = ann::build(&store, &model(), &BuildParams { shards: 4, ..BuildParams::default() })
+            .unwrap();
+        writeln!(out, "BUILT {}", r.manifest.generation).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn killed_builds_leave_a_serving_generation() {
+    let seed: u64 = 7;
+    eprintln!("build-crash test seed: {seed}");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let pop = population(N, SEED, None);
+    {
+        let g = filled(dir.path(), &pop);
+        ann::build(g.store(), &model(), &BuildParams { shards: 4, ..BuildParams::default() })
+            .unwrap();
+    }
+    let probes: Vec<_> = pop.probes(50, 0, 3).unwrap().mated;
+    let exe = std::env::current_exe().unwrap();
+    let mut last_built = 1u64;
+    for round in 0..6 {
+        let mut child = Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "build_crash::builder_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(DIR_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>()
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..1500)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for l in reader.join().unwrap() {
+            if let Some(g) = l.strip_prefix("BUILT ").and_then(|g| g.parse().ok()) {
+                last_built = g;
+            }
+        }
+        let g = Gallery::new(Arc::new(Store::open(dir.path(), options()).unwrap()));
+        let idx = g
+            .load_index(&model(), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("round {round}: no generation loads after the kill: {e}"))
+            .expect("a generation is current");
+        let gen = idx.manifest.generation;
+        // The kill may land after the CURRENT swap but before the child printed.
+        assert!(
+            gen == last_built || gen == last_built + 1,
+            "round {round}: generation {gen} after {last_built}"
+        );
+        assert_eq!(idx.manifest.vectors, N);
+        let opts = IdentifyOptions { max_results: 5, ..Default::default() };
+        let mated: Vec<_> = probes.iter().map(|p| probe(p.vector.clone())).collect();
+        let (res, path) =
+            g.identify_batch(&mated, &opts, SearchMode::Index(AnnParams::default())).unwrap();
+        assert_eq!(path.generation, Some(gen));
+        let found = res
+            .iter()
+            .zip(&probes)
+            .filter(|(c, p)| {
+                c.first().and_then(|c| parse_subject_id(&c.subject_id)) == Some(p.identity)
+            })
+            .count();
+        assert!(found >= 49, "round {round}: only {found}/50 mates found on generation {gen}");
+        eprintln!("round {round}: killed after generation {last_built}; serving generation {gen}");
+    }
+}

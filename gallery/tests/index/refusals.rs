@@ -1,0 +1,159 @@
+//! Bad parameters, damaged files and budgets: typed errors, the serving generation untouched.
+
+use crate::common::*;
+use biomatch_gallery::ann::{self, BuildParams, LoadOptions};
+use biomatch_gallery::{AnnParams, Gallery, GalleryError, IdentifyOptions, SearchMode, Store};
+use std::sync::Arc;
+
+fn shard_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let idx = dir.join("index").join(model().to_string());
+    let mut gens: Vec<_> = std::fs::read_dir(&idx)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    gens.sort();
+    let mut v: Vec<_> = std::fs::read_dir(gens.last().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "faiss"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn refusals_keep_the_serving_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let pop = population(25_000, 4, None);
+    let g = filled(dir.path(), &pop);
+    let p = probe(pop.sample(3, 1));
+    let opts = IdentifyOptions { max_results: 3, ..Default::default() };
+
+    // No index yet: Index mode is refused, Auto falls back to exact.
+    assert!(matches!(
+        g.identify(&p, &opts, SearchMode::Index(AnnParams::default())),
+        Err(GalleryError::BadIndexParams(_))
+    ));
+    assert_eq!(
+        g.identify(&p, &opts, SearchMode::Auto(AnnParams::default())).unwrap().1.kind,
+        "exact"
+    );
+
+    // Bad build parameters.
+    let bad_factory =
+        BuildParams { factory: Some("IVF-nonsense".into()), ..BuildParams::default() };
+    assert!(matches!(ann::build(g.store(), &model(), &bad_factory), Err(GalleryError::Faiss(_))));
+    let zero = BuildParams { shards: 0, ..BuildParams::default() };
+    assert!(matches!(ann::build(g.store(), &model(), &zero), Err(GalleryError::BadIndexParams(_))));
+    let other = biomatch_core::ModelId::new("other", "1").unwrap();
+    assert!(matches!(
+        ann::build(g.store(), &other, &BuildParams::default()),
+        Err(GalleryError::ModelMismatch { .. })
+    ));
+
+    ann::build(g.store(), &model(), &BuildParams { shards: 2, ..BuildParams::default() }).unwrap();
+    let idx = g.load_index(&model(), &LoadOptions::default()).unwrap().unwrap();
+    assert_eq!(idx.manifest.generation, 1);
+    assert!(idx.bytes_per_template() > 256.0, "includes the fp16 template");
+    let (c, path) = g.identify(&p, &opts, SearchMode::Auto(AnnParams::default())).unwrap();
+    assert_eq!((path.kind, c[0].subject_id.clone()), ("index", biomatch_datasets::subject_id(3)));
+
+    // Bad search parameters.
+    for bad in [
+        AnnParams { k_prime: 0, nprobe: None },
+        AnnParams { k_prime: 10_000, nprobe: None },
+        AnnParams { k_prime: 8, nprobe: Some(0) },
+    ] {
+        assert!(matches!(
+            g.identify(&p, &opts, SearchMode::Index(bad)),
+            Err(GalleryError::BadIndexParams(_))
+        ));
+    }
+
+    // Memory budget: refused with a clear error; the loaded generation keeps serving.
+    let tight = LoadOptions { memory_budget: Some(1 << 20), ..LoadOptions::default() };
+    match g.load_index(&model(), &tight) {
+        Err(e @ GalleryError::OverBudget { .. }) => {
+            assert!(e.to_string().contains("budget"), "{e}")
+        }
+        other => panic!("expected OverBudget, got {other:?}"),
+    }
+    let roomy = LoadOptions { memory_budget: Some(1 << 30), ..LoadOptions::default() };
+    g.load_index(&model(), &roomy).unwrap().unwrap();
+
+    // A new generation with a damaged shard file is refused at load; generation 1 keeps serving.
+    ann::build(g.store(), &model(), &BuildParams { shards: 2, ..BuildParams::default() }).unwrap();
+    let shard = shard_files(dir.path()).remove(1);
+    let mut b = std::fs::read(&shard).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x5a;
+    std::fs::write(&shard, &b).unwrap();
+    assert!(matches!(
+        g.load_index(&model(), &LoadOptions::default()),
+        Err(GalleryError::Corrupt { .. })
+    ));
+    assert_eq!(g.index(&model()).unwrap().manifest.generation, 1);
+    assert_eq!(
+        g.identify(&p, &opts, SearchMode::Auto(AnnParams::default())).unwrap().1.generation,
+        Some(1)
+    );
+    // Truncated, too.
+    std::fs::write(&shard, &b[..mid]).unwrap();
+    assert!(matches!(
+        g.load_index(&model(), &LoadOptions::default()),
+        Err(GalleryError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn an_index_from_another_store_is_refused() {
+    let big = tempfile::tempdir().unwrap();
+    let small = tempfile::tempdir().unwrap();
+    {
+        let g = filled(big.path(), &population(22_000, 5, None));
+        ann::build(g.store(), &model(), &BuildParams { shards: 1, ..BuildParams::default() })
+            .unwrap();
+    }
+    let g = filled(small.path(), &population(1_000, 5, None));
+    let from = big.path().join("index");
+    let to = small.path().join("index").join(model().to_string());
+    std::fs::create_dir_all(&to).unwrap();
+    for e in walk(&from.join(model().to_string())) {
+        let rel = e.strip_prefix(from.join(model().to_string())).unwrap();
+        std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(&e, to.join(rel)).unwrap();
+    }
+    assert!(matches!(
+        g.load_index(&model(), &LoadOptions::default()),
+        Err(GalleryError::Corrupt { .. })
+    ));
+    assert!(g.index(&model()).is_none());
+}
+
+#[test]
+fn a_store_has_one_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(dir.path(), options()).unwrap();
+    assert!(matches!(Store::open(dir.path(), options()), Err(GalleryError::Locked(_))));
+    drop(a);
+    let g = Gallery::new(Arc::new(Store::open(dir.path(), options()).unwrap()));
+    // An empty gallery has nothing to index.
+    assert!(matches!(
+        ann::build(g.store(), &model(), &BuildParams::default()),
+        Err(GalleryError::BadIndexParams(_))
+    ));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
