@@ -105,7 +105,38 @@ pub(crate) struct State {
     pub last_seq: u64,
 }
 
+/// Bytes glibc's malloc hands out for a request of `n` bytes (header + 16-byte rounding).
+fn heap(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (n + 8).next_multiple_of(16).max(32)
+    }
+}
+
 impl State {
+    /// Estimated heap bytes of the in-memory metadata (row metadata, row states, subject index):
+    /// computed from the actual sizes of the structures, not measured.
+    pub fn metadata_bytes(&self) -> u64 {
+        let rows: usize = self
+            .columns
+            .iter()
+            .flat_map(|c| c.meta.iter())
+            .map(|m| std::mem::size_of::<RowMeta>() + 1 + heap(m.subject.as_str().len()))
+            .sum();
+        let slot = std::mem::size_of::<SubjectId>() + std::mem::size_of::<SubjectEntry>() + 1;
+        let subjects: usize = self
+            .subjects
+            .iter()
+            .map(|(k, e)| {
+                slot * 8 / 7
+                    + heap(k.as_str().len())
+                    + heap(e.templates.capacity() * std::mem::size_of::<(Modality, u16, u64)>())
+            })
+            .sum();
+        (rows + subjects) as u64
+    }
+
     /// The column holding templates of `model`, or the error a probe or enrollment of that model
     /// deserves (naming the gallery's version of the same model when there is one).
     pub fn column_of(&self, model: &ModelId) -> Result<u16> {

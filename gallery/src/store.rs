@@ -602,6 +602,11 @@ impl Store {
         }
     }
 
+    /// Estimated heap bytes of the store's in-memory metadata (row metadata + subject index).
+    pub fn metadata_bytes(&self) -> u64 {
+        self.state.read().metadata_bytes()
+    }
+
     /// A read snapshot for searches: holds the read lock while alive.
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read()

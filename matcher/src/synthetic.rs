@@ -12,7 +12,11 @@ use biomatch_core::{metrics, CalibrationTable, Modality, ModelId, Template};
 use biomatch_datasets::{
     parse_subject_id, subject_id, ClusterConfig, Population, PopulationConfig,
 };
-use biomatch_gallery::{Enrollment, IdentifyOptions, ModelSpec, Probe, Store, StoreOptions};
+use biomatch_gallery::ann::{self, BuildParams, LoadOptions};
+use biomatch_gallery::{
+    AnnParams, Enrollment, Gallery, IdentifyOptions, ModelSpec, Probe, SearchMode, Store,
+    StoreOptions,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -93,6 +97,41 @@ pub struct EvalArgs {
     /// Probes per batch in the batched-throughput pass.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Which 1:N search to evaluate. `index` also runs exact search in the same process as the
+    /// baseline and reports recall_vs_exact.
+    #[arg(long, value_enum, default_value_t = SearchKind::Exact)]
+    search: SearchKind,
+    #[command(flatten)]
+    index: IndexArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SearchKind {
+    Exact,
+    Index,
+}
+
+/// Parameters of the sharded ANN index.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IndexArgs {
+    /// FAISS factory string (inner product); default chosen by gallery size.
+    #[arg(long)]
+    factory: Option<String>,
+    /// Shards (default: one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Candidates per shard re-ranked exactly.
+    #[arg(long, default_value_t = AnnParams::default().k_prime)]
+    k_prime: usize,
+    /// IVF lists probed per shard (IVF indexes only; default: a quarter of the lists).
+    #[arg(long)]
+    nprobe: Option<usize>,
+    /// Refuse to load an index generation needing more memory than this (MiB).
+    #[arg(long)]
+    memory_budget_mb: Option<u64>,
+    /// Build a new generation even if the store already has a current one.
+    #[arg(long)]
+    rebuild: bool,
 }
 
 fn model(dim: usize) -> (ModelId, ModelSpec) {
@@ -172,6 +211,19 @@ pub fn enroll(args: &EnrollArgs) -> Result<()> {
     Ok(())
 }
 
+/// Resident set size of this process (Linux), as measured, not estimated.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -186,6 +238,112 @@ fn machine() -> serde_json::Value {
         "threads": rayon::current_num_threads(),
         "kernel": biomatch_gallery::kernel::kernel_name(),
     })
+}
+
+/// What one search configuration did on the probe sets.
+struct Pass {
+    /// Per-search latency, ms, sorted.
+    latencies: Vec<f64>,
+    /// Score of the mate when it was returned (per mated probe).
+    mate_scores: Vec<Option<f32>>,
+    /// Whether the mate was returned at all (per mated probe).
+    mate_found: Vec<bool>,
+    rank1: usize,
+    top_nonmated: Vec<Option<f32>>,
+    batch_qps: f64,
+}
+
+fn run_pass(
+    g: &Gallery,
+    mode: SearchMode,
+    mated: &[(Probe, u64)],
+    nonmated: &[Probe],
+    opts: &IdentifyOptions,
+    batch: usize,
+    label: &str,
+) -> Result<Pass> {
+    let pb = bar((mated.len() + nonmated.len()) as u64, label);
+    let mut latencies = Vec::with_capacity(mated.len() + nonmated.len());
+    let mut single_top = Vec::with_capacity(mated.len() + nonmated.len());
+    let (mut mate_scores, mut mate_found, mut rank1) = (Vec::new(), Vec::new(), 0);
+    for (p, identity) in mated {
+        let t = Instant::now();
+        let (c, _) = g.identify(p, opts, mode)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        let pos = c.iter().position(|c| parse_subject_id(&c.subject_id) == Some(*identity));
+        rank1 += usize::from(pos == Some(0));
+        mate_scores.push(pos.map(|i| c[i].score));
+        mate_found.push(pos.is_some());
+        single_top.push(c.first().map(|c| c.score));
+        pb.inc(1);
+    }
+    let mut top_nonmated = Vec::with_capacity(nonmated.len());
+    for p in nonmated {
+        let t = Instant::now();
+        let (c, _) = g.identify(p, opts, mode)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        top_nonmated.push(c.first().map(|c| c.score));
+        single_top.push(c.first().map(|c| c.score));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    latencies.sort_by(f64::total_cmp);
+
+    // Batched pass over the same probes: throughput, and the results must agree.
+    let all: Vec<Probe> =
+        mated.iter().map(|(p, _)| p.clone()).chain(nonmated.iter().cloned()).collect();
+    let t = Instant::now();
+    let mut batch_top = Vec::with_capacity(all.len());
+    for chunk in all.chunks(batch.max(1)) {
+        let (res, _) = g.identify_batch(chunk, opts, mode)?;
+        batch_top.extend(res.into_iter().map(|c| c.first().map(|c| c.score)));
+    }
+    let batch_qps = all.len() as f64 / t.elapsed().as_secs_f64();
+    if batch_top != single_top {
+        bail!("{label}: batched and single-probe searches disagree");
+    }
+    Ok(Pass { latencies, mate_scores, mate_found, rank1, top_nonmated, batch_qps })
+}
+
+/// Build (or reuse) and load the index generation for the eval.
+fn prepare_index(
+    g: &Gallery,
+    m: &ModelId,
+    a: &IndexArgs,
+) -> Result<(serde_json::Value, AnnParams)> {
+    let load = LoadOptions {
+        memory_budget: a.memory_budget_mb.map(|mb| mb << 20),
+        ..LoadOptions::default()
+    };
+    let current = if a.rebuild { None } else { g.load_index(m, &load)? };
+    let reusable = current.filter(|i| {
+        i.manifest.covered_rows == g.store().stats().columns[0].rows
+            && a.factory.as_ref().is_none_or(|f| f == &i.manifest.factory)
+            && a.shards.is_none_or(|s| s == i.manifest.shards.len())
+    });
+    let (idx, built) = match reusable {
+        Some(i) => (i, false),
+        None => {
+            let mut params = BuildParams { factory: a.factory.clone(), ..BuildParams::default() };
+            if let Some(s) = a.shards {
+                params.shards = s;
+            }
+            tracing::info!(factory = ?params.factory, shards = params.shards, "building index generation");
+            ann::build(g.store(), m, &params)?;
+            (g.load_index(m, &load)?.context("the index just built does not load")?, true)
+        }
+    };
+    let info = json!({
+        "generation": idx.manifest.generation,
+        "factory": idx.manifest.factory,
+        "shards": idx.manifest.shards.len(),
+        "build_seconds": if built { idx.manifest.build_seconds } else { 0.0 },
+        "index_bytes": idx.index_bytes,
+        "store_bytes": idx.store_bytes,
+        "bytes_per_template": idx.bytes_per_template(),
+        "index_bytes_per_template": idx.index_bytes as f64 / idx.manifest.vectors.max(1) as f64,
+    });
+    Ok((info, AnnParams { k_prime: a.k_prime, nprobe: a.nprobe }))
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
@@ -204,6 +362,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     let (store, enroll_seconds) = fill(&dir, &pop)?;
     let (m, _) = model(pop.dim());
+    let g = Gallery::new(std::sync::Arc::new(store));
 
     // Calibrate on identities disjoint from gallery and probes.
     let t = Instant::now();
@@ -222,61 +381,48 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             template: Template::new(m.clone(), pop.dim(), v.to_vec())?,
         })
     };
-    let mated: Vec<Probe> =
-        probes.mated.iter().map(|p| to_probe(&p.vector)).collect::<Result<_>>()?;
+    let mated: Vec<(Probe, u64)> = probes
+        .mated
+        .iter()
+        .map(|p| Ok((to_probe(&p.vector)?, p.identity)))
+        .collect::<Result<_>>()?;
     let nonmated: Vec<Probe> =
         probes.nonmated.iter().map(|p| to_probe(&p.vector)).collect::<Result<_>>()?;
     let opts = IdentifyOptions { max_results: args.max_results, threshold: None, subset: None };
 
-    // Single-probe pass, timed per search.
-    let pb = bar((mated.len() + nonmated.len()) as u64, "identify");
-    let mut latencies = Vec::with_capacity(mated.len() + nonmated.len());
-    let mut mate_scores = Vec::with_capacity(mated.len());
-    let mut rank1 = 0usize;
-    let mut single_top = Vec::with_capacity(mated.len() + nonmated.len());
-    for (p, truth) in mated.iter().zip(&probes.mated) {
-        let t = Instant::now();
-        let c = store.identify(p, &opts)?;
-        latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        let pos = c.iter().position(|c| parse_subject_id(&c.subject_id) == Some(truth.identity));
-        rank1 += usize::from(pos == Some(0));
-        single_top.push(c.first().map(|c| c.score));
-        mate_scores.push(pos.map(|i| c[i].score));
-        pb.inc(1);
-    }
-    let mut top_nonmated = Vec::with_capacity(nonmated.len());
-    for p in &nonmated {
-        let t = Instant::now();
-        let c = store.identify(p, &opts)?;
-        latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        top_nonmated.push(c.first().map(|c| c.score));
-        single_top.push(c.first().map(|c| c.score));
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    latencies.sort_by(f64::total_cmp);
-
-    // Batched pass: throughput of the batch path over the same probes; results must agree.
-    let all: Vec<Probe> = mated.iter().chain(&nonmated).cloned().collect();
-    let t = Instant::now();
-    let mut batch_top = Vec::with_capacity(all.len());
-    for chunk in all.chunks(args.batch.max(1)) {
-        batch_top.extend(
-            store.identify_batch(chunk, &opts)?.into_iter().map(|c| c.first().map(|c| c.score)),
-        );
-    }
-    let batch_secs = t.elapsed().as_secs_f64();
-    if batch_top != single_top {
-        bail!("batched and single-probe searches disagree");
-    }
+    let exact = run_pass(&g, SearchMode::Exact, &mated, &nonmated, &opts, args.batch, "exact")?;
+    let (pass, index_info) = match args.search {
+        SearchKind::Exact => (None, serde_json::Value::Null),
+        SearchKind::Index => {
+            let (info, ann) = prepare_index(&g, &m, &args.index)?;
+            let pass = run_pass(
+                &g,
+                SearchMode::Index(ann),
+                &mated,
+                &nonmated,
+                &opts,
+                args.batch,
+                "index",
+            )?;
+            (Some(pass), info)
+        }
+    };
+    let (chosen, search) = match &pass {
+        Some(p) => (p, "index"),
+        None => (&exact, "exact"),
+    };
+    // Share of mated probes whose mate exact search returns that the chosen search returns too.
+    let exact_found = exact.mate_found.iter().filter(|&&f| f).count();
+    let both = exact.mate_found.iter().zip(&chosen.mate_found).filter(|(e, c)| **e && **c).count();
+    let p50 = metrics::percentile(&chosen.latencies, 50.0);
 
     let out = json!({
-        "subjects": store.len(),
+        "subjects": g.store().len(),
         "mated_probes": mated.len(),
         "nonmated_probes": nonmated.len(),
-        "fnir": metrics::fnir(&mate_scores, threshold),
-        "fpir": metrics::fpir(&top_nonmated, threshold),
-        "rank1_hit_rate": rank1 as f64 / mated.len().max(1) as f64,
+        "fnir": metrics::fnir(&chosen.mate_scores, threshold),
+        "fpir": metrics::fpir(&chosen.top_nonmated, threshold),
+        "rank1_hit_rate": chosen.rank1 as f64 / mated.len().max(1) as f64,
         "threshold": threshold,
         "target_fpir": target_fpir,
         "target_fpir_mosip": mosip_from_fpir(target_fpir),
@@ -284,17 +430,28 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "threshold_extrapolated": extrapolated,
         "calibration_impostors": args.calibration_scores,
         "max_results": args.max_results,
-        "p50_ms": metrics::percentile(&latencies, 50.0),
-        "p99_ms": metrics::percentile(&latencies, 99.0),
+        "p50_ms": p50,
+        "p99_ms": metrics::percentile(&chosen.latencies, 99.0),
         "batch": args.batch,
-        "batch_qps": all.len() as f64 / batch_secs,
-        "search": "exact",
+        "batch_qps": chosen.batch_qps,
+        "search": search,
+        "recall_vs_exact": if exact_found == 0 { 1.0 } else { both as f64 / exact_found as f64 },
+        "bytes_per_template": index_info.get("bytes_per_template").cloned().unwrap_or_else(|| {
+            json!(g.store().stats().columns[0].dim as f64 * 2.0 + 64.0)
+        }),
+        "exact_p50_ms": metrics::percentile(&exact.latencies, 50.0),
+        "exact_p99_ms": metrics::percentile(&exact.latencies, 99.0),
+        "exact_batch_qps": exact.batch_qps,
+        "speedup_p50_vs_exact": metrics::percentile(&exact.latencies, 50.0) / p50,
+        "index": index_info,
+        "k_prime": args.index.k_prime,
         "dim": pop.dim(),
         "seed": args.population.seed,
         "genuine_mean": args.population.genuine_mean,
         "families": args.population.families,
         "enroll_seconds": enroll_seconds,
         "calibration_seconds": calib_seconds,
+        "rss_bytes": rss_bytes(),
         "machine": machine(),
     });
     println!("{out}");

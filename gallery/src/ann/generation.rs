@@ -349,7 +349,7 @@ pub struct ShardedIndex {
     pub(crate) shards: Vec<FaissIndex>,
     /// Bytes of index structures (shard files) held in memory or page cache.
     pub index_bytes: u64,
-    /// Bytes of the store's templates and row metadata the search path touches.
+    /// Bytes of the store's fp16 templates and in-memory metadata (estimated from sizes).
     pub store_bytes: u64,
 }
 
@@ -406,8 +406,8 @@ pub fn load(store: &Store, model: &ModelId, opts: &LoadOptions) -> Result<Option
         }
         index_bytes += bytes;
     }
-    // fp16 templates + per-row metadata (subject id, seq, modality, state byte).
-    let store_bytes = col.rows * (col.dim as u64 * 2 + 64);
+    // fp16 templates (memory-mapped, but every search touches them) + in-memory metadata.
+    let store_bytes = col.rows * col.dim as u64 * 2 + store.metadata_bytes();
     if let Some(budget) = opts.memory_budget {
         let need = index_bytes + store_bytes;
         if need > budget {

@@ -87,3 +87,48 @@ fn enroll_synthetic_fills_a_store() {
     assert_eq!(v["subjects"], 500);
     assert!(data.join("MANIFEST").exists());
 }
+
+#[test]
+fn eval_synthetic_with_the_index_reports_recall_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let args = [
+        "eval-synthetic",
+        "--data",
+        data.to_str().unwrap(),
+        "--subjects",
+        "25000",
+        "--probes",
+        "300",
+        "--calibration-scores",
+        "200000",
+        "--search",
+        "index",
+        "--shards",
+        "3",
+    ];
+    let v = last_json(&biomatch(&args));
+    assert_eq!(v["search"], "index");
+    assert_eq!(v["index"]["shards"], 3);
+    assert_eq!(v["index"]["factory"], "IDMap,PQ32x4fs");
+    assert!(v["index"]["build_seconds"].as_f64().unwrap() > 0.0);
+    let recall = v["recall_vs_exact"].as_f64().unwrap();
+    assert!(recall >= 0.99, "recall_vs_exact {recall}");
+    let bpt = v["bytes_per_template"].as_f64().unwrap();
+    assert!(bpt > 256.0 && bpt < 1024.0, "bytes_per_template {bpt}");
+    assert!(v["exact_p50_ms"].as_f64().unwrap() > 0.0);
+
+    // The generation is reused by the next run; a budget too small for it is refused clearly.
+    let again = last_json(&biomatch(&args));
+    assert_eq!(again["index"]["generation"], 1);
+    assert_eq!(again["index"]["build_seconds"], 0.0);
+    let mut tight: Vec<&str> = args.to_vec();
+    tight.extend_from_slice(&["--memory-budget-mb", "1"]);
+    let out = biomatch(&tight);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("budget"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
