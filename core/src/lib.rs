@@ -6,6 +6,7 @@
 
 pub mod calibration;
 pub mod error;
+pub mod fusion;
 pub mod id;
 pub mod metrics;
 pub mod modality;

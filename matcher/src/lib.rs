@@ -1,1 +1,97 @@
-//! The biomatch service.
+//! biomatch-matcher: the HTTP service (axum + tokio) over the gallery.
+//!
+//! `app(state)` builds the router; `serve` runs it with graceful shutdown. Handlers never do
+//! CPU work on the async threads (see [`middleware::blocking`]); errors map to HTTP in one place
+//! ([`error::ApiError`] + [`middleware::envelope`]).
+
+pub mod admin;
+pub mod api;
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+pub mod routes;
+pub mod serve;
+pub mod state;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+
+pub use state::AppState;
+
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "biomatch",
+        description = "Biometric enrollment, 1:1 verification and 1:N identification"
+    ),
+    paths(
+        routes::enroll,
+        routes::get_subject,
+        routes::delete_subject,
+        routes::verify,
+        routes::identify,
+        routes::extract,
+        admin::stats,
+        admin::reload,
+        admin::build
+    ),
+    components(schemas(
+        api::TemplateIn,
+        api::SampleIn,
+        api::FingerIn,
+        api::EnrollRequest,
+        api::SubjectOut,
+        api::TemplateInfoOut,
+        api::DeleteOut,
+        api::VerifyRequest,
+        api::VerifyResponse,
+        api::ModalityScoreOut,
+        api::IdentifyRequest,
+        api::IdentifyResponse,
+        api::CandidateOut,
+        api::SearchKindIn,
+        api::ExtractRequest,
+        api::ErrorBody,
+        api::IndexRequest,
+        api::IndexOut
+    ))
+)]
+pub struct ApiDoc;
+
+/// The service's router over `state`.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limits = &state.config.limits;
+    let api = Router::new()
+        .route("/v1/subjects", post(routes::enroll))
+        .route("/v1/subjects/{id}", get(routes::get_subject).delete(routes::delete_subject))
+        .route("/v1/verify", post(routes::verify))
+        .route("/v1/identify", post(routes::identify))
+        .route("/v1/extract", post(routes::extract))
+        .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/admin/index/reload", post(admin::reload))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
+        // Index builds may take minutes: not under the request timeout, but still counted.
+        .route("/v1/admin/index/build", post(admin::build))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::shed));
+    let ops = Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .route("/openapi.json", get(admin::openapi));
+    api.merge(ops)
+        .fallback(|| async { error::ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::envelope))
+        .with_state(state)
+}

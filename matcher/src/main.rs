@@ -14,12 +14,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the HTTP service on the embedded store.
+    Serve(ServeArgs),
+    /// Print the SHA-256 of an API key, the form the configuration stores.
+    HashKey {
+        /// The secret key.
+        key: String,
+    },
     /// Fill a store with a seeded synthetic population (one face template per identity).
     #[cfg(feature = "synthetic")]
     EnrollSynthetic(synthetic::EnrollArgs),
     /// Evaluate 1:N identification on a synthetic population; prints one JSON object last.
     #[cfg(feature = "synthetic")]
     EvalSynthetic(synthetic::EvalArgs),
+    /// Write the calibration table of the synthetic face model into a store's directory.
+    #[cfg(feature = "synthetic")]
+    CalibrateSynthetic(synthetic::CalibrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML); `BIOMATCH__*` variables override it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Store directory (overrides the configuration).
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Listen address (overrides the configuration).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,9 +56,27 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => {
+            let mut config = biomatch_matcher::config::Config::load(args.config.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            if let Some(d) = args.data {
+                config.data = d;
+            }
+            if let Some(l) = args.listen {
+                config.listen = l;
+            }
+            config.validate().map_err(anyhow::Error::msg)?;
+            tokio::runtime::Runtime::new()?.block_on(biomatch_matcher::serve::serve(config))
+        }
+        Command::HashKey { key } => {
+            println!("{}", biomatch_matcher::config::hash_key(&key));
+            Ok(())
+        }
         #[cfg(feature = "synthetic")]
         Command::EnrollSynthetic(args) => synthetic::enroll(&args),
         #[cfg(feature = "synthetic")]
         Command::EvalSynthetic(args) => synthetic::eval(&args),
+        #[cfg(feature = "synthetic")]
+        Command::CalibrateSynthetic(args) => synthetic::calibrate(&args),
     }
 }

@@ -134,6 +134,45 @@ pub struct IndexArgs {
     rebuild: bool,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct CalibrateArgs {
+    /// Store directory; the table goes to `<data>/calibration/synthetic-face@1.json`.
+    #[arg(long)]
+    data: PathBuf,
+    /// Template dimension.
+    #[arg(long, default_value_t = 128)]
+    dim: usize,
+    /// Expected cosine between two samples of one identity.
+    #[arg(long, default_value_t = 0.70)]
+    genuine_mean: f64,
+    /// Impostor scores to calibrate on.
+    #[arg(long, default_value_t = 10_000_000)]
+    scores: usize,
+}
+
+/// Calibrate the synthetic model on impostor pairs of a population disjoint from any gallery
+/// identity (the generator's calibration range).
+pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
+    let pop = Population::new(PopulationConfig {
+        identities: 1,
+        dim: args.dim,
+        seed: 0xCA11B,
+        genuine_mean: args.genuine_mean,
+        clustered: None,
+    })?;
+    let (m, _) = model(args.dim);
+    let mut scores = pop.impostor_scores(args.scores, 1);
+    let table = CalibrationTable::from_impostor_scores(m.clone(), &mut scores)?;
+    let dir = args.data.join("calibration");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{m}.json"));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&table)?)?;
+    std::fs::rename(&tmp, &path)?;
+    println!("{}", json!({ "model": m.to_string(), "impostor_scores": args.scores, "path": path }));
+    Ok(())
+}
+
 fn model(dim: usize) -> (ModelId, ModelSpec) {
     let m = ModelId::new("synthetic-face", "1").expect("valid model id");
     (m.clone(), ModelSpec { model: m, dim })

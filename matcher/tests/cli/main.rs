@@ -132,3 +132,57 @@ fn eval_synthetic_with_the_index_reports_recall_and_memory() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Wait until `url` answers 200, or give up after a few seconds.
+fn wait_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return true;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn serve_starts_ready_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let d = data.to_str().unwrap();
+    assert!(biomatch(&["enroll-synthetic", "--data", d, "--subjects", "300"]).status.success());
+    // Without a calibration table the service refuses to start, saying how to make one.
+    let out = biomatch(&["serve", "--data", d, "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("calibrate-synthetic"));
+    assert!(biomatch(&["calibrate-synthetic", "--data", d, "--scores", "100000"]).status.success());
+    // No keys and a public address: refused.
+    let out = biomatch(&["serve", "--data", d, "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
+
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_biomatch"))
+        .args(["serve", "--data", d, "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_ready(port), "service did not become ready");
+    // SIGTERM: graceful stop, exit status 0.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
+    assert!(data.join("audit").exists());
+}

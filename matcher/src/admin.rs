@@ -1,0 +1,149 @@
+//! Operator endpoints (`admin` role) and the unauthenticated health, readiness, metrics and
+//! OpenAPI endpoints.
+
+use crate::api::{IndexOut, IndexRequest};
+use crate::config::Role;
+use crate::error::ApiError;
+use crate::middleware::{blocking, ApiJson, Caller};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use biomatch_core::ModelId;
+use biomatch_gallery::ann::{self, BuildParams, LoadOptions, ShardedIndex};
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): St) -> Result<Json<serde_json::Value>, ApiError> {
+    state.gallery()?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+pub async fn metrics(State(state): St) -> impl IntoResponse {
+    let st = state.clone();
+    let body =
+        tokio::task::spawn_blocking(move || st.metrics.render(&st)).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    use utoipa::OpenApi;
+    Json(crate::ApiDoc::openapi())
+}
+
+fn index_out(i: &ShardedIndex) -> IndexOut {
+    IndexOut {
+        model: i.manifest.model.to_string(),
+        generation: i.manifest.generation,
+        factory: i.manifest.factory.clone(),
+        shards: i.manifest.shards.len(),
+        vectors: i.manifest.vectors,
+        covered_seq: i.manifest.covered_seq,
+        bytes_per_template: i.bytes_per_template(),
+    }
+}
+
+fn models(state: &AppState, req: &IndexRequest) -> Result<Vec<ModelId>, ApiError> {
+    match &req.model {
+        Some(m) => {
+            let id = ModelId::parse(m)?;
+            state.model(&id).ok_or_else(|| {
+                ApiError::invalid("unknown_model", format!("{id} is not configured"))
+            })?;
+            Ok(vec![id])
+        }
+        None => Ok(state.models.iter().map(|m| m.id.clone()).collect()),
+    }
+}
+
+fn load_options(state: &AppState) -> LoadOptions {
+    LoadOptions {
+        memory_budget: state.config.search.memory_budget_mb.map(|m| m << 20),
+        ..LoadOptions::default()
+    }
+}
+
+/// Gallery statistics: subjects, rows per model, the serving index generation.
+#[utoipa::path(get, path = "/v1/admin/stats", responses((status = 200, description = "store and index statistics")))]
+pub async fn stats(State(state): St, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let g = state.gallery()?.clone();
+    let s = blocking(move || Ok(g.store().stats())).await?;
+    let g = state.gallery()?;
+    let indexes: Vec<IndexOut> =
+        s.columns.iter().filter_map(|c| g.index(&c.model)).map(|i| index_out(&i)).collect();
+    Ok(Json(
+        serde_json::json!({ "store": s, "indexes": indexes, "audit_records": state.audit.written() }),
+    ))
+}
+
+/// Load the current index generation from disk (built by `index/build` or the offline builder).
+#[utoipa::path(post, path = "/v1/admin/index/reload", request_body = IndexRequest,
+    responses((status = 200, body = [IndexOut])))]
+pub async fn reload(
+    State(state): St,
+    caller: Caller,
+    ApiJson(req): ApiJson<IndexRequest>,
+) -> Result<Json<Vec<IndexOut>>, ApiError> {
+    caller.require(Role::Admin)?;
+    let ids = models(&state, &req)?;
+    let g = state.gallery()?.clone();
+    let opts = load_options(&state);
+    let out = blocking(move || {
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(i) = g.load_index(&id, &opts)? {
+                out.push(index_out(&i));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    if out.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_index",
+            "no index generation has been built",
+        ));
+    }
+    Ok(Json(out))
+}
+
+/// Build a new index generation from a snapshot of the store while serving, then load it.
+#[utoipa::path(post, path = "/v1/admin/index/build", request_body = IndexRequest,
+    responses((status = 200, body = [IndexOut])))]
+pub async fn build(
+    State(state): St,
+    caller: Caller,
+    ApiJson(req): ApiJson<IndexRequest>,
+) -> Result<Json<Vec<IndexOut>>, ApiError> {
+    caller.require(Role::Admin)?;
+    let ids = models(&state, &req)?;
+    let mut params = BuildParams { factory: req.factory.clone(), ..BuildParams::default() };
+    if let Some(s) = req.shards {
+        params.shards = s;
+    }
+    let g = state.gallery()?.clone();
+    let opts = load_options(&state);
+    let out = blocking(move || {
+        let mut out = Vec::new();
+        for id in ids {
+            if g.store().stats().columns.iter().any(|c| c.model == id && c.live > 0) {
+                ann::build(g.store(), &id, &params)?;
+                let i = g
+                    .load_index(&id, &opts)?
+                    .ok_or_else(|| ApiError::internal("built index did not load"))?;
+                out.push(index_out(&i));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(out))
+}

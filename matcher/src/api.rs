@@ -1,0 +1,189 @@
+//! Request and response bodies of the JSON API (`/v1`). The OpenAPI document is generated from
+//! these types. Responses never contain biometric data: no images, no template vectors.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A template computed by the client's own extractor.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateIn {
+    /// `name@version` of the extractor; must be a model the gallery accepts.
+    pub model: String,
+    pub vector: Vec<f32>,
+}
+
+/// One biometric sample: exactly one of `image` (base64 JPEG/PNG) or `template`.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SampleIn {
+    pub image: Option<String>,
+    pub template: Option<TemplateIn>,
+}
+
+/// A finger sample with its ISO/ANSI finger position (1 = right thumb … 10 = left little).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FingerIn {
+    pub position: u8,
+    pub image: Option<String>,
+    pub template: Option<TemplateIn>,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub subject_id: String,
+    pub face: Option<SampleIn>,
+    #[serde(default)]
+    pub fingers: Vec<FingerIn>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct TemplateInfoOut {
+    /// `face`, or `finger1` … `finger10`.
+    pub modality: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct SubjectOut {
+    pub subject_id: String,
+    /// Sequence number of the enrollment in the store.
+    pub seq: u64,
+    pub templates: Vec<TemplateInfoOut>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeleteOut {
+    pub subject_id: String,
+    pub deleted: bool,
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    pub subject_id: String,
+    pub face: Option<SampleIn>,
+    #[serde(default)]
+    pub fingers: Vec<FingerIn>,
+    /// Decide at this false-match rate (default from the configuration, e.g. 1e-4).
+    pub target_fmr: Option<f64>,
+}
+
+/// One modality's comparison.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ModalityScoreOut {
+    pub modality: String,
+    /// Raw similarity (cosine for face templates).
+    pub score: f32,
+    /// Estimated false-match rate at this score (from the model's calibration table).
+    pub fmr: f64,
+    /// The raw score this modality alone needs at the target rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct VerifyResponse {
+    pub subject_id: String,
+    /// `match` or `no_match`.
+    pub decision: String,
+    pub is_match: bool,
+    /// Calibrated, fused score: −log10 of the estimated false-match rate (higher = stronger).
+    pub score: f32,
+    /// Estimated false-match rate of this comparison (product over modalities).
+    pub fmr: f64,
+    /// The rate the decision was taken at, and the fused score it corresponds to.
+    pub target_fmr: f64,
+    pub threshold: f32,
+    pub scores: Vec<ModalityScoreOut>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, ToSchema, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchKindIn {
+    /// The index when one is loaded, else exact.
+    #[default]
+    Auto,
+    Exact,
+    Index,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifyRequest {
+    pub face: Option<SampleIn>,
+    #[serde(default)]
+    pub fingers: Vec<FingerIn>,
+    pub max_results: Option<usize>,
+    /// Raw score threshold (single-modality probes only). Excludes `target_fpir`.
+    pub threshold: Option<f32>,
+    /// Target false-positive identification rate (FPIR ≈ N·FMR).
+    pub target_fpir: Option<f64>,
+    /// The same in MOSIP's encoding, round(−10·log10 FPIR): 30 = 1/1000.
+    pub mosip_target_fpir: Option<u32>,
+    /// Search only these subjects.
+    pub gallery: Option<Vec<String>>,
+    #[serde(default)]
+    pub search: SearchKindIn,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct CandidateOut {
+    pub subject_id: String,
+    /// Calibrated, fused score: −log10 of the estimated false-match rate.
+    pub score: f32,
+    pub fmr: f64,
+    pub scores: Vec<ModalityScoreOut>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct IdentifyResponse {
+    pub candidates: Vec<CandidateOut>,
+    /// Subjects searched (the gallery, or the subset).
+    pub gallery_size: u64,
+    /// The FPIR the candidate threshold was set for (absent with a raw threshold).
+    pub target_fpir: Option<f64>,
+    /// `exact` or `index`.
+    pub search: String,
+    pub index_generation: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractRequest {
+    /// Base64 JPEG or PNG.
+    pub image: String,
+    /// `face` (default) or `finger`.
+    pub modality: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IndexRequest {
+    /// `name@version`; default: every configured model.
+    pub model: Option<String>,
+    /// FAISS factory string for a build (default chosen by gallery size).
+    pub factory: Option<String>,
+    pub shards: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct IndexOut {
+    pub model: String,
+    pub generation: u64,
+    pub factory: String,
+    pub shards: usize,
+    pub vectors: u64,
+    pub covered_seq: u64,
+    pub bytes_per_template: f64,
+}

@@ -1,0 +1,276 @@
+//! Service configuration: compiled defaults → TOML file → `BIOMATCH__*` environment variables
+//! (`BIOMATCH__LISTEN=0.0.0.0:8080`, `BIOMATCH__LIMITS__MAX_CONCURRENT=32`, …), validated once at
+//! start-up so a bad value stops the service with a clear message instead of failing later.
+
+use biomatch_core::ModelId;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A role an API key may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Bank eKYC: 1:1 verify and extract.
+    Verify,
+    /// Issuance backend: enroll, read and delete subjects, extract.
+    Enroll,
+    /// Issuance backend: 1:N identify, extract.
+    Identify,
+    /// Operators: statistics, index build and reload.
+    Admin,
+}
+
+/// An API key, stored as the SHA-256 of the secret (hex), never the secret itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Names the caller in the audit log.
+    pub id: String,
+    pub sha256: String,
+    pub roles: Vec<Role>,
+}
+
+/// A template model the service accepts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// `name@version`.
+    pub id: String,
+    pub dim: usize,
+    /// `face` or `finger`.
+    pub modality: ModalityKind,
+    /// Calibration table (JSON, `core::CalibrationTable`); relative paths are under the data dir.
+    pub calibration: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModalityKind {
+    Face,
+    Finger,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest request body accepted (bytes).
+    pub body_bytes: usize,
+    /// A request not answered within this is cancelled with 504.
+    pub request_timeout_ms: u64,
+    /// Requests in flight at once; beyond it the service sheds load with 503 + Retry-After.
+    pub max_concurrent: usize,
+    /// Seconds suggested in Retry-After when shedding load.
+    pub retry_after_s: u64,
+    /// Probes + subset entries accepted in one request.
+    pub max_gallery_subset: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchConfig {
+    pub default_max_results: usize,
+    /// Default 1:N target FPIR (MOSIP 30 = 1e-3).
+    pub default_target_fpir: f64,
+    /// Default 1:1 target FMR.
+    pub default_target_fmr: f64,
+    /// Candidates per shard re-ranked exactly.
+    pub k_prime: usize,
+    /// Load the current index generation at start-up if there is one.
+    pub load_index: bool,
+    /// Refuse index generations needing more memory than this (MiB).
+    pub memory_budget_mb: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The embedded store's directory.
+    pub data: PathBuf,
+    /// Audit log directory; default `<data>/audit`.
+    pub audit_dir: Option<PathBuf>,
+    pub limits: Limits,
+    pub search: SearchConfig,
+    pub models: Vec<ModelConfig>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            data: PathBuf::from("data/store"),
+            audit_dir: None,
+            limits: Limits {
+                body_bytes: 4 << 20,
+                request_timeout_ms: 10_000,
+                max_concurrent: 64,
+                retry_after_s: 1,
+                max_gallery_subset: 100_000,
+            },
+            search: SearchConfig {
+                default_max_results: 10,
+                default_target_fpir: 1e-3,
+                default_target_fmr: 1e-4,
+                k_prime: 32,
+                load_index: true,
+                memory_budget_mb: None,
+            },
+            models: vec![ModelConfig {
+                id: "synthetic-face@1".into(),
+                dim: 128,
+                modality: ModalityKind::Face,
+                calibration: PathBuf::from("calibration/synthetic-face@1.json"),
+            }],
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `BIOMATCH__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, String> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(format!("config file {} does not exist", f.display()));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("BIOMATCH__").split("__"));
+        let c: Config = fig.extract().map_err(|e| format!("invalid configuration: {e}"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check every value; the service refuses to start on the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.body_bytes < 1024 || l.body_bytes > 256 << 20 {
+            return Err(format!("limits.body_bytes = {} must be in 1 KiB..=256 MiB", l.body_bytes));
+        }
+        if l.request_timeout_ms < 10 || l.max_concurrent == 0 || l.max_gallery_subset == 0 {
+            return Err("limits: request_timeout_ms >= 10, max_concurrent >= 1 and max_gallery_subset >= 1 are required".into());
+        }
+        let s = &self.search;
+        if !(s.default_target_fpir > 0.0 && s.default_target_fpir < 1.0) {
+            return Err(format!(
+                "search.default_target_fpir = {} must be in (0, 1)",
+                s.default_target_fpir
+            ));
+        }
+        if !(s.default_target_fmr > 0.0 && s.default_target_fmr < 1.0) {
+            return Err(format!(
+                "search.default_target_fmr = {} must be in (0, 1)",
+                s.default_target_fmr
+            ));
+        }
+        if s.default_max_results == 0 || s.default_max_results > biomatch_gallery::MAX_RESULTS_LIMIT
+        {
+            return Err("search.default_max_results must be in 1..=1000".into());
+        }
+        if s.k_prime == 0 || s.k_prime > 4096 {
+            return Err("search.k_prime must be in 1..=4096".into());
+        }
+        if self.models.is_empty() {
+            return Err("at least one model must be configured".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.models {
+            ModelId::parse(&m.id).map_err(|e| format!("models: {e}"))?;
+            if m.dim == 0 || m.dim > 4096 {
+                return Err(format!("model {}: dim {} out of range", m.id, m.dim));
+            }
+            if !seen.insert(m.modality) {
+                return Err(format!(
+                    "two models configured for the same modality ({:?})",
+                    m.modality
+                ));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for k in &self.api_keys {
+            if k.id.is_empty() || !ids.insert(&k.id) {
+                return Err(format!("api key ids must be non-empty and unique ({:?})", k.id));
+            }
+            if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("api key {}: sha256 must be 64 hex characters", k.id));
+            }
+            if k.roles.is_empty() {
+                return Err(format!("api key {} has no roles", k.id));
+            }
+        }
+        if self.api_keys.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "no api_keys are configured: refusing to listen on the non-loopback address {} \
+                 (configure keys, or listen on 127.0.0.1)",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.audit_dir.clone().unwrap_or_else(|| self.data.join("audit"))
+    }
+
+    /// Where a model's calibration table lives.
+    pub fn calibration_path(&self, m: &ModelConfig) -> PathBuf {
+        if m.calibration.is_absolute() {
+            m.calibration.clone()
+        } else {
+            self.data.join(&m.calibration)
+        }
+    }
+}
+
+/// SHA-256 of an API key secret, hex: what the config stores.
+pub fn hash_key(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_loopback_only_without_keys() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let mut open = c.clone();
+        open.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(open.validate().unwrap_err().contains("non-loopback"));
+        open.api_keys.push(ApiKey {
+            id: "ops".into(),
+            sha256: hash_key("s3cret"),
+            roles: vec![Role::Admin],
+        });
+        open.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut c = Config::default();
+        c.search.default_target_fpir = 2.0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.api_keys.push(ApiKey { id: "x".into(), sha256: "abc".into(), roles: vec![Role::Verify] });
+        assert!(c.validate().unwrap_err().contains("sha256"));
+        let mut c = Config::default();
+        c.models[0].id = "no-version".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("biomatch.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9999\"\n[limits]\nmax_concurrent = 7\n").unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.limits.max_concurrent, 7);
+        assert_eq!(c.limits.body_bytes, Config::default().limits.body_bytes);
+        assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+        std::fs::write(&f, "listen = 12\n").unwrap();
+        assert!(Config::load(Some(&f)).unwrap_err().contains("invalid configuration"));
+    }
+}

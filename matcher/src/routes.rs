@@ -1,0 +1,510 @@
+//! The `/v1` handlers. Each checks the caller's role first, validates its input into domain
+//! types, runs the gallery work on the blocking pool, writes the audit record where required,
+//! and only then answers.
+
+use crate::api::*;
+use crate::audit::AuditRecord;
+use crate::config::Role;
+use crate::error::ApiError;
+use crate::middleware::{blocking, ApiJson, Caller};
+use crate::state::AppState;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use base64::Engine;
+use biomatch_core::calibration::fpir_from_mosip;
+use biomatch_core::fusion::{fuse_fmr, score_of_fmr};
+use biomatch_core::{FingerPosition, Modality, ModelId, SubjectId, Template};
+use biomatch_gallery::{AnnParams, Enrollment, GalleryError, IdentifyOptions, Probe, SearchMode};
+use sha2::Digest;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+/// Decode a sample into a template of the model configured for its modality.
+fn sample_template(
+    state: &AppState,
+    modality: Modality,
+    image: &Option<String>,
+    template: &Option<TemplateIn>,
+) -> Result<Template, ApiError> {
+    match (image, template) {
+        (Some(_), Some(_)) | (None, None) => Err(ApiError::bad_request(format!(
+            "{modality}: give exactly one of `image` or `template`"
+        ))),
+        (Some(img), None) => {
+            base64::engine::general_purpose::STANDARD.decode(img.as_bytes()).map_err(|_| {
+                ApiError::bad_request(format!("{modality}: `image` is not valid base64"))
+            })?;
+            Err(ApiError::invalid(
+                "extraction_unavailable",
+                format!("{modality}: this server has no {modality} extractor yet; send a template"),
+            ))
+        }
+        (None, Some(t)) => {
+            let got = ModelId::parse(&t.model)?;
+            let m = state.model_for(modality).ok_or_else(|| {
+                ApiError::invalid("unknown_model", format!("no model is configured for {modality}"))
+            })?;
+            if m.id != got {
+                let code =
+                    if m.id.name() == got.name() { "model_mismatch" } else { "unknown_model" };
+                return Err(ApiError::invalid(
+                    code,
+                    format!("{modality} templates must come from {}; got {got}", m.id),
+                ));
+            }
+            Ok(Template::new(got, m.dim, t.vector.clone())?)
+        }
+    }
+}
+
+/// The samples of a request as (modality, template) pairs; at least one, no modality twice.
+fn samples(
+    state: &AppState,
+    face: &Option<SampleIn>,
+    fingers: &[FingerIn],
+) -> Result<Vec<(Modality, Template)>, ApiError> {
+    let mut out = Vec::new();
+    if let Some(f) = face {
+        out.push((Modality::Face, sample_template(state, Modality::Face, &f.image, &f.template)?));
+    }
+    let mut seen = HashSet::new();
+    for f in fingers {
+        let m = Modality::Finger(FingerPosition::new(f.position)?);
+        if !seen.insert(f.position) {
+            return Err(ApiError::bad_request(format!(
+                "finger position {} given twice",
+                f.position
+            )));
+        }
+        out.push((m, sample_template(state, m, &f.image, &f.template)?));
+    }
+    if out.is_empty() {
+        return Err(ApiError::bad_request("give at least one sample (`face` or `fingers`)"));
+    }
+    Ok(out)
+}
+
+fn subject_out(info: biomatch_gallery::SubjectInfo) -> SubjectOut {
+    SubjectOut {
+        subject_id: info.subject_id.to_string(),
+        seq: info.seq,
+        templates: info
+            .templates
+            .into_iter()
+            .map(|t| TemplateInfoOut {
+                modality: t.modality.to_string(),
+                model: t.model.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// A digest of what an enrollment request asks for, to recognise a retried request.
+fn fingerprint(subject: &SubjectId, templates: &[(Modality, Template)]) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update(subject.as_str().as_bytes());
+    for (m, t) in templates {
+        h.update([m.code()]);
+        h.update(t.model().to_string().as_bytes());
+        for v in t.vector() {
+            h.update(v.to_le_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    op: &str,
+    subjects: Vec<String>,
+    outcome: String,
+) -> Result<(), ApiError> {
+    let rec = AuditRecord::now(&caller.key.id, op, &caller.request_id, subjects, outcome);
+    state.audit.append(rec).await.map_err(ApiError::internal)
+}
+
+fn outcome_of<T>(r: &Result<T, ApiError>, ok: impl FnOnce(&T) -> String) -> String {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => format!("error:{}", e.code),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/subjects", request_body = EnrollRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes retries of this enrollment safe")),
+    responses((status = 201, body = SubjectOut), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn enroll(
+    State(state): St,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> Result<(StatusCode, Json<SubjectOut>), ApiError> {
+    caller.require(Role::Enroll)?;
+    let subject = SubjectId::new(req.subject_id)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 128)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "Idempotency-Key must be 1..=128 visible ASCII characters",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
+    let templates = samples(&state, &req.face, &req.fingers)?;
+    let fp = fingerprint(&subject, &templates);
+    if let Some(k) = &key {
+        if let Some((seen_fp, out)) = state.idempotency.lock().get(k) {
+            if *seen_fp == fp {
+                return Ok((StatusCode::CREATED, Json(out.clone())));
+            }
+            return Err(ApiError::invalid(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request",
+            ));
+        }
+    }
+    let g = state.gallery()?.clone();
+    let e = Enrollment { subject: subject.clone(), templates: templates.clone() };
+    let retry = key.is_some();
+    let r = blocking(move || {
+        let store = g.store();
+        match store.enroll(&e) {
+            Ok(_) => Ok(subject_out(store.get(&e.subject)?)),
+            // A retry whose first attempt succeeded (e.g. before a restart): same templates → same answer.
+            Err(GalleryError::AlreadyEnrolled(_)) if retry && same_templates(store, &e) => {
+                Ok(subject_out(store.get(&e.subject)?))
+            }
+            Err(err) => Err(err.into()),
+        }
+    })
+    .await;
+    let outcome = outcome_of(&r, |o| format!("enrolled:{}", o.seq));
+    audit(&state, &caller, "enroll", vec![subject.to_string()], outcome).await?;
+    let out = r?;
+    if let Some(k) = key {
+        state.idempotency.lock().put(k, fp, out.clone());
+    }
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Whether the stored enrollment holds exactly these templates (fp16 rounding tolerated).
+fn same_templates(store: &biomatch_gallery::Store, e: &Enrollment) -> bool {
+    let Ok(info) = store.get(&e.subject) else { return false };
+    info.templates.len() == e.templates.len()
+        && e.templates.iter().all(|(m, t)| {
+            store.template(&e.subject, *m).is_ok_and(|(model, v)| {
+                &model == t.model() && v.iter().zip(t.vector()).all(|(a, b)| (a - b).abs() <= 1e-3)
+            })
+        })
+}
+
+#[utoipa::path(get, path = "/v1/subjects/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = SubjectOut), (status = 404, body = ErrorBody)))]
+pub async fn get_subject(
+    State(state): St,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SubjectOut>, ApiError> {
+    caller.require(Role::Enroll)?;
+    let subject = SubjectId::new(id)?;
+    Ok(Json(subject_out(state.gallery()?.store().get(&subject)?)))
+}
+
+#[utoipa::path(delete, path = "/v1/subjects/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = DeleteOut), (status = 404, body = ErrorBody)))]
+pub async fn delete_subject(
+    State(state): St,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeleteOut>, ApiError> {
+    caller.require(Role::Enroll)?;
+    let subject = SubjectId::new(id)?;
+    let g = state.gallery()?.clone();
+    let s2 = subject.clone();
+    let r = blocking(move || Ok(g.store().delete(&s2)?)).await;
+    audit(
+        &state,
+        &caller,
+        "delete",
+        vec![subject.to_string()],
+        outcome_of(&r, |s| format!("deleted:{s}")),
+    )
+    .await?;
+    Ok(Json(DeleteOut { subject_id: subject.to_string(), deleted: true, seq: r? }))
+}
+
+fn check_rate(name: &str, v: f64) -> Result<f64, ApiError> {
+    if v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err(ApiError::invalid("invalid_rate", format!("{name} must be in (0, 1); got {v}")))
+    }
+}
+
+#[utoipa::path(post, path = "/v1/verify", request_body = VerifyRequest,
+    responses((status = 200, body = VerifyResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn verify(
+    State(state): St,
+    caller: Caller,
+    ApiJson(req): ApiJson<VerifyRequest>,
+) -> Result<Json<VerifyResponse>, ApiError> {
+    caller.require(Role::Verify)?;
+    let r = verify_inner(&state, req).await;
+    let subjects = r.as_ref().map(|v| vec![v.subject_id.clone()]).unwrap_or_default();
+    audit(&state, &caller, "verify", subjects, outcome_of(&r, |v| v.decision.clone())).await?;
+    r.map(Json)
+}
+
+async fn verify_inner(
+    state: &Arc<AppState>,
+    req: VerifyRequest,
+) -> Result<VerifyResponse, ApiError> {
+    let subject = SubjectId::new(req.subject_id)?;
+    let target =
+        check_rate("target_fmr", req.target_fmr.unwrap_or(state.config.search.default_target_fmr))?;
+    let templates = samples(state, &req.face, &req.fingers)?;
+    let g = state.gallery()?.clone();
+    let s2 = subject.clone();
+    let raw = blocking(move || {
+        templates
+            .into_iter()
+            .map(|(modality, template)| {
+                let score =
+                    g.store().verify(&s2, &Probe { modality, template: template.clone() })?;
+                Ok((modality, template.model().clone(), score))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await?;
+    let mut scores = Vec::with_capacity(raw.len());
+    for (modality, model, score) in raw {
+        let cal = &state
+            .model(&model)
+            .ok_or_else(|| ApiError::internal("model without calibration"))?
+            .calibration;
+        scores.push(ModalityScoreOut {
+            modality: modality.to_string(),
+            score,
+            fmr: cal.fmr_at(score),
+            threshold: Some(cal.threshold_for_fmr(target)?),
+        });
+    }
+    let fmr = fuse_fmr(scores.iter().map(|s| s.fmr));
+    let is_match = fmr <= target;
+    Ok(VerifyResponse {
+        subject_id: subject.to_string(),
+        decision: if is_match { "match" } else { "no_match" }.into(),
+        is_match,
+        score: score_of_fmr(fmr),
+        fmr,
+        target_fmr: target,
+        threshold: score_of_fmr(target),
+        scores,
+    })
+}
+
+#[utoipa::path(post, path = "/v1/identify", request_body = IdentifyRequest,
+    responses((status = 200, body = IdentifyResponse), (status = 422, body = ErrorBody)))]
+pub async fn identify(
+    State(state): St,
+    caller: Caller,
+    ApiJson(req): ApiJson<IdentifyRequest>,
+) -> Result<Json<IdentifyResponse>, ApiError> {
+    caller.require(Role::Identify)?;
+    let r = identify_inner(&state, req).await;
+    let subjects = r
+        .as_ref()
+        .map(|v| v.candidates.iter().map(|c| c.subject_id.clone()).collect())
+        .unwrap_or_default();
+    audit(
+        &state,
+        &caller,
+        "identify",
+        subjects,
+        outcome_of(&r, |v| format!("candidates:{}", v.candidates.len())),
+    )
+    .await?;
+    r.map(Json)
+}
+
+async fn identify_inner(
+    state: &Arc<AppState>,
+    req: IdentifyRequest,
+) -> Result<IdentifyResponse, ApiError> {
+    let cfg = &state.config;
+    let max_results = req.max_results.unwrap_or(cfg.search.default_max_results);
+    if max_results == 0 || max_results > biomatch_gallery::MAX_RESULTS_LIMIT {
+        return Err(ApiError::invalid(
+            "invalid_parameter",
+            format!("max_results must be in 1..={}", biomatch_gallery::MAX_RESULTS_LIMIT),
+        ));
+    }
+    let templates = samples(state, &req.face, &req.fingers)?;
+    if req.threshold.is_some() && (req.target_fpir.is_some() || req.mosip_target_fpir.is_some()) {
+        return Err(ApiError::bad_request("give either `threshold` or a target FPIR, not both"));
+    }
+    if req.threshold.is_some() && templates.len() > 1 {
+        return Err(ApiError::bad_request(
+            "a raw `threshold` applies to single-modality probes only; use target_fpir",
+        ));
+    }
+    if let Some(t) = req.threshold.filter(|t| !t.is_finite()) {
+        return Err(ApiError::invalid("invalid_parameter", format!("threshold {t} is not finite")));
+    }
+    let target_fpir = match (req.target_fpir, req.mosip_target_fpir) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give target_fpir or mosip_target_fpir, not both"))
+        }
+        (Some(f), None) => Some(check_rate("target_fpir", f)?),
+        (None, Some(m)) => Some(check_rate("mosip_target_fpir", fpir_from_mosip(m))?),
+        (None, None) => req.threshold.is_none().then_some(cfg.search.default_target_fpir),
+    };
+    let subset = match req.gallery {
+        None => None,
+        Some(ids) => {
+            if ids.is_empty() || ids.len() > cfg.limits.max_gallery_subset {
+                return Err(ApiError::invalid(
+                    "invalid_parameter",
+                    format!("gallery must list 1..={} subject ids", cfg.limits.max_gallery_subset),
+                ));
+            }
+            Some(ids.into_iter().map(SubjectId::new).collect::<Result<Vec<_>, _>>()?)
+        }
+    };
+    let ann = AnnParams { k_prime: cfg.search.k_prime, nprobe: None };
+    let mode = match req.search {
+        SearchKindIn::Auto => SearchMode::Auto(ann),
+        SearchKindIn::Exact => SearchMode::Exact,
+        SearchKindIn::Index => SearchMode::Index(ann),
+    };
+    let g = state.gallery()?.clone();
+    let state2 = state.clone();
+    blocking(move || {
+        let store = g.store();
+        let n = subset.as_ref().map_or(store.len(), Vec::len) as u64;
+        let single = templates.len() == 1;
+        let mut per_subject: BTreeMap<SubjectId, Vec<ModalityScoreOut>> = BTreeMap::new();
+        let mut path = None;
+        for (modality, template) in &templates {
+            let cal = &state2
+                .model(template.model())
+                .ok_or_else(|| ApiError::internal("model without calibration"))?
+                .calibration;
+            // Single modality: the candidate threshold applies directly to the raw score.
+            let threshold = match (single, req.threshold, target_fpir) {
+                (true, Some(t), _) => Some(t),
+                (true, None, Some(f)) => Some(cal.threshold_for_fpir(f, n.max(1))?),
+                _ => None,
+            };
+            let k = if single {
+                max_results
+            } else {
+                (max_results * 3).min(biomatch_gallery::MAX_RESULTS_LIMIT)
+            };
+            let opts = IdentifyOptions { max_results: k, threshold, subset: subset.clone() };
+            let probe = Probe { modality: *modality, template: template.clone() };
+            let (cands, p) = g.identify(&probe, &opts, mode)?;
+            path = Some(p);
+            for c in cands {
+                per_subject.entry(c.subject_id).or_default().push(ModalityScoreOut {
+                    modality: modality.to_string(),
+                    score: c.score,
+                    fmr: cal.fmr_at(c.score),
+                    threshold: None,
+                });
+            }
+        }
+        // Fill in the modalities a candidate was not returned for, then fuse.
+        let mut candidates = Vec::with_capacity(per_subject.len());
+        for (subject, mut scores) in per_subject {
+            if !single {
+                for (modality, template) in &templates {
+                    if scores.iter().any(|s| s.modality == modality.to_string()) {
+                        continue;
+                    }
+                    let cal = &state2.model(template.model()).expect("checked above").calibration;
+                    match store.verify(
+                        &subject,
+                        &Probe { modality: *modality, template: template.clone() },
+                    ) {
+                        Ok(score) => scores.push(ModalityScoreOut {
+                            modality: modality.to_string(),
+                            score,
+                            fmr: cal.fmr_at(score),
+                            threshold: None,
+                        }),
+                        Err(GalleryError::NoTemplate { .. } | GalleryError::UnknownSubject(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            let fmr = fuse_fmr(scores.iter().map(|s| s.fmr));
+            if !single {
+                if let Some(f) = target_fpir {
+                    if fmr > f / n.max(1) as f64 {
+                        continue;
+                    }
+                }
+            }
+            candidates.push(CandidateOut {
+                subject_id: subject.to_string(),
+                score: score_of_fmr(fmr),
+                fmr,
+                scores,
+            });
+        }
+        candidates.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| {
+                    b.scores
+                        .iter()
+                        .map(|s| s.score)
+                        .sum::<f32>()
+                        .total_cmp(&a.scores.iter().map(|s| s.score).sum::<f32>())
+                })
+                .then_with(|| a.subject_id.cmp(&b.subject_id))
+        });
+        candidates.truncate(max_results);
+        let path = path.expect("at least one probe");
+        Ok(IdentifyResponse {
+            candidates,
+            gallery_size: n,
+            target_fpir: if req.threshold.is_some() { None } else { target_fpir },
+            search: path.kind.to_owned(),
+            index_generation: path.generation,
+        })
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/extract", request_body = ExtractRequest,
+    responses((status = 422, body = ErrorBody, description = "no extractor in this build yet")))]
+pub async fn extract(
+    State(state): St,
+    caller: Caller,
+    ApiJson(req): ApiJson<ExtractRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_any(&[Role::Verify, Role::Enroll, Role::Identify])?;
+    let modality = match req.modality.as_deref().unwrap_or("face") {
+        "face" => Modality::Face,
+        "finger" => Modality::Finger(FingerPosition::new(1)?),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown modality {other:?}; use face or finger"
+            )))
+        }
+    };
+    state.gallery()?;
+    sample_template(&state, modality, &Some(req.image), &None)
+        .map(|_| Json(serde_json::Value::Null))
+}

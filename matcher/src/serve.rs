@@ -1,0 +1,99 @@
+//! `biomatch serve`: bind, load the gallery in the background (readiness follows), serve until
+//! SIGTERM/Ctrl-C, then finish the requests in flight before exiting.
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::state::AppState;
+use biomatch_gallery::ann::LoadOptions;
+use biomatch_gallery::{Gallery, Store, StoreOptions};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Open the store and load the current index generations (CPU and disk work: call off the
+/// async threads).
+pub fn load_gallery(state: &AppState) -> Result<Gallery, String> {
+    let cfg = &state.config;
+    let store = Store::open(&cfg.data, StoreOptions::new(state.model_specs()))
+        .map_err(|e| format!("cannot open the store at {}: {e}", cfg.data.display()))?;
+    let rec = store.recovery();
+    if rec.wal_torn_bytes_discarded > 0 || !rec.leftover_files_removed.is_empty() {
+        tracing::warn!(recovery = ?rec, "the store recovered from an unclean shutdown");
+    }
+    tracing::info!(subjects = store.len(), "store open");
+    let g = Gallery::new(Arc::new(store));
+    if cfg.search.load_index {
+        let opts = LoadOptions {
+            memory_budget: cfg.search.memory_budget_mb.map(|m| m << 20),
+            ..LoadOptions::default()
+        };
+        for m in &state.models {
+            match g.load_index(&m.id, &opts) {
+                Ok(Some(i)) => {
+                    tracing::info!(model = %m.id, generation = i.manifest.generation, "index loaded")
+                }
+                Ok(None) => tracing::info!(model = %m.id, "no index generation yet: exact search"),
+                // Serving exact is slower but correct; the operator sees why.
+                Err(e) => {
+                    tracing::error!(model = %m.id, error = %e, "index generation not loaded: exact search")
+                }
+            }
+        }
+    }
+    Ok(g)
+}
+
+async fn shutdown_signal(mut fatal: watch::Receiver<Option<String>>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let failed = async {
+        // The loader drops the sender once the gallery is attached: then only signals stop us.
+        if fatal.wait_for(Option::is_some).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("interrupt: finishing requests in flight"),
+        _ = term => tracing::info!("SIGTERM: finishing requests in flight"),
+        _ = failed => {}
+    }
+}
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let audit = AuditLog::open(&config.audit_dir())?;
+    let state = Arc::new(AppState::new(config, audit).map_err(anyhow::Error::msg)?);
+    let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
+    tracing::info!(
+        listen = %state.config.listen,
+        data = %state.config.data.display(),
+        auth = state.auth_enabled(),
+        "biomatch serving (not ready until the gallery is loaded)"
+    );
+    let (fatal_tx, fatal_rx) = watch::channel(None);
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || match load_gallery(&st) {
+        Ok(g) => {
+            st.attach(Arc::new(g));
+            tracing::info!("ready");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "gallery failed to load; shutting down");
+            let _ = fatal_tx.send(Some(e));
+        }
+    });
+    let app = crate::app(state.clone());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(fatal_rx.clone())).await?;
+    if let Some(e) = fatal_rx.borrow().clone() {
+        anyhow::bail!(e);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Shared service state: configuration, the gallery (attached once it is loaded), calibration
+//! tables, API keys, the audit log, metrics and the load-shedding semaphore.
+
+use crate::audit::AuditLog;
+use crate::config::{Config, ModalityKind, Role};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use biomatch_core::{CalibrationTable, Modality, ModelId};
+use biomatch_gallery::{Gallery, ModelSpec};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Semaphore;
+
+/// A model the service accepts, with its calibration.
+#[derive(Debug)]
+pub struct ServiceModel {
+    pub id: ModelId,
+    pub dim: usize,
+    pub kind: ModalityKind,
+    pub calibration: CalibrationTable,
+}
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyInfo {
+    pub id: String,
+    pub roles: Vec<Role>,
+}
+
+/// Responses of recent enrollments by Idempotency-Key, so a retried request gets the original
+/// answer. Bounded; after a restart the content check in the enroll handler takes over.
+#[derive(Debug, Default)]
+pub struct IdempotencyCache {
+    map: HashMap<String, ([u8; 32], crate::api::SubjectOut)>,
+    order: VecDeque<String>,
+}
+
+impl IdempotencyCache {
+    const CAPACITY: usize = 100_000;
+
+    pub fn get(&self, key: &str) -> Option<&([u8; 32], crate::api::SubjectOut)> {
+        self.map.get(key)
+    }
+
+    pub fn put(&mut self, key: String, fingerprint: [u8; 32], out: crate::api::SubjectOut) {
+        if self.map.insert(key.clone(), (fingerprint, out)).is_none() {
+            self.order.push_back(key);
+            while self.order.len() > Self::CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    gallery: OnceLock<Arc<Gallery>>,
+    pub models: Vec<ServiceModel>,
+    /// SHA-256 (hex) of the key → who it is. Empty: authentication is off (loopback only).
+    keys: HashMap<String, KeyInfo>,
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+    pub limiter: Arc<Semaphore>,
+    pub idempotency: Mutex<IdempotencyCache>,
+}
+
+impl AppState {
+    /// Build the state from a validated configuration; loads every calibration table (a missing
+    /// or invalid table stops the start-up with a message saying how to make one).
+    pub fn new(config: Config, audit: AuditLog) -> Result<AppState, String> {
+        let mut models = Vec::new();
+        for m in &config.models {
+            let id = ModelId::parse(&m.id).map_err(|e| e.to_string())?;
+            let path = config.calibration_path(m);
+            let bytes = std::fs::read(&path).map_err(|e| {
+                format!(
+                    "calibration table for {} at {} cannot be read ({e}); for synthetic models \
+                     create it with `biomatch calibrate-synthetic --data {}`",
+                    m.id,
+                    path.display(),
+                    config.data.display()
+                )
+            })?;
+            let calibration: CalibrationTable = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("calibration table {} is invalid: {e}", path.display()))?;
+            if calibration.model != id {
+                return Err(format!(
+                    "calibration table {} is for {}, not {}",
+                    path.display(),
+                    calibration.model,
+                    id
+                ));
+            }
+            models.push(ServiceModel { id, dim: m.dim, kind: m.modality, calibration });
+        }
+        Ok(Self::with_models(config, audit, models))
+    }
+
+    /// Build the state from models whose calibration is already in memory (tests, tools).
+    pub fn with_models(config: Config, audit: AuditLog, models: Vec<ServiceModel>) -> AppState {
+        let keys = config
+            .api_keys
+            .iter()
+            .map(|k| {
+                (
+                    k.sha256.to_ascii_lowercase(),
+                    KeyInfo { id: k.id.clone(), roles: k.roles.clone() },
+                )
+            })
+            .collect();
+        AppState {
+            limiter: Arc::new(Semaphore::new(config.limits.max_concurrent)),
+            config,
+            gallery: OnceLock::new(),
+            models,
+            keys,
+            audit,
+            metrics: Metrics::new(),
+            idempotency: Mutex::new(IdempotencyCache::default()),
+        }
+    }
+
+    /// The store specs for the configured models.
+    pub fn model_specs(&self) -> Vec<ModelSpec> {
+        self.models.iter().map(|m| ModelSpec { model: m.id.clone(), dim: m.dim }).collect()
+    }
+
+    /// Attach the loaded gallery: the service becomes ready.
+    pub fn attach(&self, gallery: Arc<Gallery>) {
+        let _ = self.gallery.set(gallery);
+    }
+
+    pub fn gallery(&self) -> Result<&Arc<Gallery>, ApiError> {
+        self.gallery.get().ok_or_else(ApiError::not_ready)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.gallery.get().is_some()
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    pub fn key(&self, sha256_hex: &str) -> Option<&KeyInfo> {
+        self.keys.get(sha256_hex)
+    }
+
+    /// The configured model for a modality.
+    pub fn model_for(&self, modality: Modality) -> Option<&ServiceModel> {
+        let kind = match modality {
+            Modality::Face => ModalityKind::Face,
+            Modality::Finger(_) => ModalityKind::Finger,
+        };
+        self.models.iter().find(|m| m.kind == kind)
+    }
+
+    pub fn model(&self, id: &ModelId) -> Option<&ServiceModel> {
+        self.models.iter().find(|m| &m.id == id)
+    }
+}

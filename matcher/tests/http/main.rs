@@ -1,0 +1,7 @@
+//! HTTP tests of every route: `app(state)` driven with `tower::ServiceExt::oneshot`, no socket.
+
+mod common;
+mod errors;
+mod flows;
+mod ops;
+mod roles;
