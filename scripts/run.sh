@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # The run command: set up a fresh machine if needed, build biomatch in release mode and run it.
-#   scripts/run.sh                 demo: a 100k-subject synthetic gallery in ./data/demo, then a
-#                                  1:N evaluation that prints its JSON report
-#   scripts/run.sh ARGS...         run `biomatch ARGS...` (e.g. `eval-synthetic --help`)
+#   scripts/run.sh              the service on the embedded default store ./data/store
+#                               (http://127.0.0.1:8080; Ctrl-C or SIGTERM stops it gracefully)
+#   scripts/run.sh demo         a 100k-subject synthetic gallery in ./data/demo and a 1:N
+#                               evaluation, exact vs the sharded index, printing its JSON report
+#   scripts/run.sh ARGS...      `biomatch ARGS...` (e.g. `serve --config biomatch.toml`, `--help`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export OPENBLAS_NUM_THREADS=1
 cargo build --release --locked -p biomatch-matcher
 bin=target/release/biomatch
-if (($#)); then
-  exec "$bin" "$@"
-fi
-mkdir -p data
-echo "demo: enrolling 100000 synthetic subjects into data/demo (reused on later runs)" >&2
-exec "$bin" eval-synthetic --data data/demo --subjects 100000 --probes 1000 --seed 1
+case "${1:-serve-default}" in
+  serve-default)
+    data=${BIOMATCH__DATA:-data/store}
+    if [ ! -f "$data/calibration/synthetic-face@1.json" ]; then
+      echo "run: writing the synthetic model's calibration table into $data" >&2
+      "$bin" calibrate-synthetic --data "$data" >/dev/null
+    fi
+    exec "$bin" serve --data "$data"
+    ;;
+  demo)
+    mkdir -p data
+    echo "demo: 100000 synthetic subjects in data/demo (reused on later runs)" >&2
+    exec "$bin" eval-synthetic --data data/demo --subjects 100000 --probes 1000 --seed 1 --search index
+    ;;
+  *)
+    exec "$bin" "$@"
+    ;;
+esac

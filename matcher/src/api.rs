@@ -78,7 +78,8 @@ pub struct ModalityScoreOut {
     pub modality: String,
     /// Raw similarity (cosine for face templates).
     pub score: f32,
-    /// Estimated false-match rate at this score (from the model's calibration table).
+    /// Estimated false-match rate at this score (from the model's calibration table), within the
+    /// table's range [1e-12, 0.1]: 0.1 reads "0.1 or more", 1e-12 "1e-12 or less".
     pub fmr: f64,
     /// The raw score this modality alone needs at the target rate.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -62,7 +62,9 @@ pub async fn envelope(
     let status = resp.status();
     state.metrics.requests.with_label_values(&[&route, method.as_str(), status.as_str()]).inc();
     state.metrics.latency.with_label_values(&[&route]).observe(start.elapsed().as_secs_f64());
-    if status.is_server_error() {
+    // Shed requests (503) are counted in biomatch_http_shed_total, not logged one by one: under
+    // overload that would be a log line per refused request.
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
         span.in_scope(|| tracing::warn!(status = status.as_u16(), "request failed"));
     }
     resp

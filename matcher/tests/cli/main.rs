@@ -165,10 +165,25 @@ fn serve_starts_ready_and_stops_on_sigterm() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("calibrate-synthetic"));
     assert!(biomatch(&["calibrate-synthetic", "--data", d, "--scores", "100000"]).status.success());
-    // No keys and a public address: refused.
+    // No keys and a public address: refused — from the flag and from the environment.
     let out = biomatch(&["serve", "--data", d, "--listen", "0.0.0.0:0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
+    let out = Command::new(env!("CARGO_BIN_EXE_biomatch"))
+        .args(["serve", "--data", d])
+        .env("BIOMATCH__LISTEN", "0.0.0.0:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
+    // A malformed configuration value stops the start-up with a message.
+    let out = Command::new(env!("CARGO_BIN_EXE_biomatch"))
+        .args(["serve", "--data", d])
+        .env("BIOMATCH__LIMITS__MAX_CONCURRENT", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_concurrent"));
 
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_biomatch"))

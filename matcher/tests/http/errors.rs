@@ -191,3 +191,37 @@ async fn load_is_shed_with_503_and_retry_after() {
     let (s, _) = app.call("POST", "/v1/subjects", Some(ISSUER), Some(enroll_body("A", 1))).await;
     assert_eq!(s, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn slow_requests_time_out_with_504() {
+    use axum::routing::get;
+    use tower::ServiceExt;
+    let app = TestApp::with_config(config_with(|c| c.limits.request_timeout_ms = 20), true);
+    let st = app.state.clone();
+    // The real timeout and envelope layers around a handler that takes too long.
+    let router = axum::Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                "late"
+            }),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            biomatch_matcher::middleware::timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            biomatch_matcher::middleware::envelope,
+        ))
+        .with_state(st);
+    let resp = router
+        .oneshot(axum::http::Request::get("/slow").body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["code"], "timeout");
+}
