@@ -18,6 +18,10 @@ case "${1:-serve-default}" in
       echo "run: writing the synthetic model's calibration table into $data" >&2
       "$bin" calibrate-synthetic --data "$data" >/dev/null
     fi
+    if [ ! -f "$data/calibration/sface@2021dec.json" ]; then
+      echo "run: writing the provisional SFace calibration table into $data (see README)" >&2
+      "$bin" calibrate-sface --data "$data" >/dev/null
+    fi
     exec "$bin" serve --data "$data"
     ;;
   demo)

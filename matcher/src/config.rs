@@ -80,6 +80,49 @@ pub struct SearchConfig {
     pub memory_budget_mb: Option<u64>,
 }
 
+/// The face extractor (YuNet + SFace through ONNX Runtime).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaceExtractorConfig {
+    /// Accept face images. Off: images get 422 `extraction_unavailable`, templates still work.
+    pub enabled: bool,
+    /// Folder with yunet.onnx and sface.onnx (default: `.setup/models`, or `$BIOMATCH_MODELS_DIR`).
+    pub models_dir: Option<PathBuf>,
+    /// `libonnxruntime.so` (default: `.setup/onnxruntime/…`, or `$ORT_DYLIB_PATH`).
+    pub ort_dylib: Option<PathBuf>,
+    /// ONNX sessions per model (concurrent extractions); 0 = one per core.
+    pub sessions: usize,
+    pub intra_threads: usize,
+    /// Use the CUDA execution provider (build with `--features cuda`).
+    pub cuda: bool,
+    /// Several faces in one image: `largest` or `reject`.
+    pub multi_face: String,
+    pub min_inter_eye_px: f32,
+    pub max_image_bytes: usize,
+    pub max_image_side: u32,
+}
+
+impl Default for FaceExtractorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            models_dir: None,
+            ort_dylib: None,
+            sessions: 0,
+            intra_threads: 1,
+            cuda: false,
+            multi_face: "largest".into(),
+            min_inter_eye_px: 20.0,
+            max_image_bytes: 10 << 20,
+            max_image_side: 6000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExtractorsConfig {
+    pub face: FaceExtractorConfig,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -90,6 +133,7 @@ pub struct Config {
     pub limits: Limits,
     pub search: SearchConfig,
     pub models: Vec<ModelConfig>,
+    pub extractors: ExtractorsConfig,
     pub api_keys: Vec<ApiKey>,
 }
 
@@ -114,12 +158,21 @@ impl Default for Config {
                 load_index: true,
                 memory_budget_mb: None,
             },
-            models: vec![ModelConfig {
-                id: "synthetic-face@1".into(),
-                dim: 128,
-                modality: ModalityKind::Face,
-                calibration: PathBuf::from("calibration/synthetic-face@1.json"),
-            }],
+            models: vec![
+                ModelConfig {
+                    id: "sface@2021dec".into(),
+                    dim: 128,
+                    modality: ModalityKind::Face,
+                    calibration: PathBuf::from("calibration/sface@2021dec.json"),
+                },
+                ModelConfig {
+                    id: "synthetic-face@1".into(),
+                    dim: 128,
+                    modality: ModalityKind::Face,
+                    calibration: PathBuf::from("calibration/synthetic-face@1.json"),
+                },
+            ],
+            extractors: ExtractorsConfig::default(),
             api_keys: Vec::new(),
         }
     }
@@ -179,12 +232,19 @@ impl Config {
             if m.dim == 0 || m.dim > 4096 {
                 return Err(format!("model {}: dim {} out of range", m.id, m.dim));
             }
-            if !seen.insert(m.modality) {
-                return Err(format!(
-                    "two models configured for the same modality ({:?})",
-                    m.modality
-                ));
+            if !seen.insert(m.id.clone()) {
+                return Err(format!("model {} is configured twice", m.id));
             }
+        }
+        let f = &self.extractors.face;
+        if !["largest", "reject"].contains(&f.multi_face.as_str()) {
+            return Err(format!(
+                "extractors.face.multi_face = {:?}: use \"largest\" or \"reject\"",
+                f.multi_face
+            ));
+        }
+        if f.enabled && !self.models.iter().any(|m| m.id == "sface@2021dec") {
+            return Err("the face extractor produces sface@2021dec templates: configure that model or disable it".into());
         }
         let mut ids = std::collections::HashSet::new();
         for k in &self.api_keys {

@@ -111,6 +111,22 @@ impl From<biomatch_core::CoreError> for ApiError {
     }
 }
 
+impl From<biomatch_models::ExtractError> for ApiError {
+    fn from(e: biomatch_models::ExtractError) -> Self {
+        use biomatch_models::ExtractError as X;
+        let code = match e {
+            X::Empty => return ApiError::bad_request(e.to_string()),
+            X::TooManyBytes { .. } | X::TooLarge { .. } => "image_too_large",
+            X::Undecodable(_) => "undecodable_image",
+            X::NoFace => "no_face",
+            X::SeveralFaces(_) => "several_faces",
+            X::FaceTooSmall { .. } => "face_too_small",
+            X::Runtime(_) => return ApiError::internal(e),
+        };
+        ApiError::invalid(code, e.to_string())
+    }
+}
+
 impl From<GalleryError> for ApiError {
     fn from(e: GalleryError) -> Self {
         use GalleryError as G;

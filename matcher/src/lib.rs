@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod calibrate;
 pub mod config;
 pub mod error;
 pub mod metrics;

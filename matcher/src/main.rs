@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP service on the embedded store.
     Serve(ServeArgs),
+    /// Write the provisional calibration table of the SFace face model (see its notes).
+    CalibrateSface(biomatch_matcher::calibrate::CalibrateSfaceArgs),
     /// Print the SHA-256 of an API key, the form the configuration stores.
     HashKey {
         /// The secret key.
@@ -68,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             config.validate().map_err(anyhow::Error::msg)?;
             tokio::runtime::Runtime::new()?.block_on(biomatch_matcher::serve::serve(config))
         }
+        Command::CalibrateSface(args) => biomatch_matcher::calibrate::calibrate_sface(&args),
         Command::HashKey { key } => {
             println!("{}", biomatch_matcher::config::hash_key(&key));
             Ok(())

@@ -22,53 +22,71 @@ use std::sync::Arc;
 
 type St = State<Arc<AppState>>;
 
-/// Decode a sample into a template of the model configured for its modality.
-fn sample_template(
+/// A sample after validation: a template, or image bytes for the extractor.
+enum Pending {
+    Ready(Template),
+    Image(Vec<u8>),
+}
+
+/// Validate one sample: a template of a configured model, or decodable base64 image bytes.
+fn sample(
     state: &AppState,
     modality: Modality,
     image: &Option<String>,
     template: &Option<TemplateIn>,
-) -> Result<Template, ApiError> {
+) -> Result<Pending, ApiError> {
     match (image, template) {
         (Some(_), Some(_)) | (None, None) => Err(ApiError::bad_request(format!(
             "{modality}: give exactly one of `image` or `template`"
         ))),
         (Some(img), None) => {
-            base64::engine::general_purpose::STANDARD.decode(img.as_bytes()).map_err(|_| {
-                ApiError::bad_request(format!("{modality}: `image` is not valid base64"))
-            })?;
-            Err(ApiError::invalid(
-                "extraction_unavailable",
-                format!("{modality}: this server has no {modality} extractor yet; send a template"),
-            ))
+            let bytes =
+                base64::engine::general_purpose::STANDARD.decode(img.as_bytes()).map_err(|_| {
+                    ApiError::bad_request(format!("{modality}: `image` is not valid base64"))
+                })?;
+            if state.extractor_for(modality).is_none() {
+                return Err(ApiError::invalid(
+                    "extraction_unavailable",
+                    format!("{modality}: this server has no {modality} extractor; send a template"),
+                ));
+            }
+            Ok(Pending::Image(bytes))
         }
         (None, Some(t)) => {
             let got = ModelId::parse(&t.model)?;
-            let m = state.model_for(modality).ok_or_else(|| {
-                ApiError::invalid("unknown_model", format!("no model is configured for {modality}"))
-            })?;
-            if m.id != got {
-                let code =
-                    if m.id.name() == got.name() { "model_mismatch" } else { "unknown_model" };
-                return Err(ApiError::invalid(
-                    code,
-                    format!("{modality} templates must come from {}; got {got}", m.id),
-                ));
+            match state.models_for(modality).find(|m| m.id == got) {
+                Some(m) => Ok(Pending::Ready(Template::new(got, m.dim, t.vector.clone())?)),
+                None => {
+                    let accepted: Vec<String> =
+                        state.models_for(modality).map(|m| m.id.to_string()).collect();
+                    let code = if state.models_for(modality).any(|m| m.id.name() == got.name()) {
+                        "model_mismatch"
+                    } else {
+                        "unknown_model"
+                    };
+                    Err(ApiError::invalid(
+                        code,
+                        format!(
+                            "{modality} templates must come from one of [{}]; got {got}",
+                            accepted.join(", ")
+                        ),
+                    ))
+                }
             }
-            Ok(Template::new(got, m.dim, t.vector.clone())?)
         }
     }
 }
 
 /// The samples of a request as (modality, template) pairs; at least one, no modality twice.
-fn samples(
-    state: &AppState,
+/// Images are turned into templates on the blocking pool.
+async fn samples(
+    state: &Arc<AppState>,
     face: &Option<SampleIn>,
     fingers: &[FingerIn],
 ) -> Result<Vec<(Modality, Template)>, ApiError> {
-    let mut out = Vec::new();
+    let mut pending = Vec::new();
     if let Some(f) = face {
-        out.push((Modality::Face, sample_template(state, Modality::Face, &f.image, &f.template)?));
+        pending.push((Modality::Face, sample(state, Modality::Face, &f.image, &f.template)?));
     }
     let mut seen = HashSet::new();
     for f in fingers {
@@ -79,10 +97,21 @@ fn samples(
                 f.position
             )));
         }
-        out.push((m, sample_template(state, m, &f.image, &f.template)?));
+        pending.push((m, sample(state, m, &f.image, &f.template)?));
     }
-    if out.is_empty() {
+    if pending.is_empty() {
         return Err(ApiError::bad_request("give at least one sample (`face` or `fingers`)"));
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for (m, p) in pending {
+        let t = match p {
+            Pending::Ready(t) => t,
+            Pending::Image(bytes) => {
+                let x = state.extractor_for(m).expect("checked in sample()").clone();
+                blocking(move || Ok(x.extract(&bytes, m)?.template)).await?
+            }
+        };
+        out.push((m, t));
     }
     Ok(out)
 }
@@ -159,7 +188,7 @@ pub async fn enroll(
                 .to_owned(),
         ),
     };
-    let templates = samples(&state, &req.face, &req.fingers)?;
+    let templates = samples(&state, &req.face, &req.fingers).await?;
     let fp = fingerprint(&subject, &templates);
     if let Some(k) = &key {
         if let Some((seen_fp, out)) = state.idempotency.lock().get(k) {
@@ -271,7 +300,7 @@ async fn verify_inner(
     let subject = SubjectId::new(req.subject_id)?;
     let target =
         check_rate("target_fmr", req.target_fmr.unwrap_or(state.config.search.default_target_fmr))?;
-    let templates = samples(state, &req.face, &req.fingers)?;
+    let templates = samples(state, &req.face, &req.fingers).await?;
     let g = state.gallery()?.clone();
     let s2 = subject.clone();
     let raw = blocking(move || {
@@ -348,7 +377,7 @@ async fn identify_inner(
             format!("max_results must be in 1..={}", biomatch_gallery::MAX_RESULTS_LIMIT),
         ));
     }
-    let templates = samples(state, &req.face, &req.fingers)?;
+    let templates = samples(state, &req.face, &req.fingers).await?;
     if req.threshold.is_some() && (req.target_fpir.is_some() || req.mosip_target_fpir.is_some()) {
         return Err(ApiError::bad_request("give either `threshold` or a target FPIR, not both"));
     }
@@ -488,12 +517,12 @@ async fn identify_inner(
 }
 
 #[utoipa::path(post, path = "/v1/extract", request_body = ExtractRequest,
-    responses((status = 422, body = ErrorBody, description = "no extractor in this build yet")))]
+    responses((status = 200, body = ExtractResponse), (status = 422, body = ErrorBody)))]
 pub async fn extract(
     State(state): St,
     caller: Caller,
     ApiJson(req): ApiJson<ExtractRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ExtractResponse>, ApiError> {
     caller.require_any(&[Role::Verify, Role::Enroll, Role::Identify])?;
     let modality = match req.modality.as_deref().unwrap_or("face") {
         "face" => Modality::Face,
@@ -505,6 +534,21 @@ pub async fn extract(
         }
     };
     state.gallery()?;
-    sample_template(&state, modality, &Some(req.image), &None)
-        .map(|_| Json(serde_json::Value::Null))
+    let Pending::Image(bytes) = sample(&state, modality, &Some(req.image), &None)? else {
+        unreachable!("an image sample")
+    };
+    let x = state.extractor_for(modality).expect("checked in sample()").clone();
+    let e = blocking(move || Ok(x.extract(&bytes, modality)?)).await?;
+    Ok(Json(ExtractResponse {
+        modality: e.modality.to_string(),
+        model: e.template.model().to_string(),
+        vector: e.template.vector().to_vec(),
+        quality: QualityOut {
+            detector_score: e.quality.detector_score,
+            inter_eye_px: e.quality.inter_eye_px,
+            sharpness: e.quality.sharpness,
+            faces: e.quality.faces,
+            bbox: e.quality.bbox,
+        },
+    }))
 }

@@ -67,9 +67,53 @@ async fn shutdown_signal(mut fatal: watch::Receiver<Option<String>>) {
     }
 }
 
+/// Build the face extractor the configuration asks for.
+pub fn face_extractor(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<dyn biomatch_models::Extractor>>> {
+    use biomatch_models::face::{FaceConfig, FaceExtractor, MultiFacePolicy};
+    use biomatch_models::runtime::RuntimeConfig;
+    let f = &config.extractors.face;
+    if !f.enabled {
+        return Ok(None);
+    }
+    let mut rt = RuntimeConfig::from_root(std::path::Path::new("."));
+    if let Some(d) = &f.models_dir {
+        rt.models_dir = d.clone();
+    }
+    if let Some(l) = &f.ort_dylib {
+        rt.dylib = l.clone();
+    }
+    if f.sessions > 0 {
+        rt.sessions = f.sessions;
+    }
+    rt.intra_threads = f.intra_threads;
+    rt.cuda = f.cuda;
+    let mut fc = FaceConfig::new(rt);
+    fc.policy =
+        if f.multi_face == "reject" { MultiFacePolicy::Reject } else { MultiFacePolicy::Largest };
+    fc.min_inter_eye_px = f.min_inter_eye_px;
+    fc.limits = biomatch_models::imageio::ImageLimits {
+        max_bytes: f.max_image_bytes,
+        max_side: f.max_image_side,
+    };
+    let x = FaceExtractor::new(fc).map_err(|e| {
+        anyhow::anyhow!(
+            "face extractor: {e} (set extractors.face.enabled = false to serve templates only)"
+        )
+    })?;
+    tracing::info!(model = %FaceExtractor::model_id(), "face extractor loaded");
+    Ok(Some(Arc::new(x)))
+}
+
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let face = face_extractor(&config)?;
     let audit = AuditLog::open(&config.audit_dir())?;
-    let state = Arc::new(AppState::new(config, audit).map_err(anyhow::Error::msg)?);
+    let mut state = AppState::new(config, audit).map_err(anyhow::Error::msg)?;
+    if let Some(f) = face {
+        state = state.with_face(f);
+    }
+    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(
         listen = %state.config.listen,

@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use biomatch_core::{CalibrationTable, Modality, ModelId};
 use biomatch_gallery::{Gallery, ModelSpec};
+use biomatch_models::Extractor;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
@@ -66,6 +67,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub limiter: Arc<Semaphore>,
     pub idempotency: Mutex<IdempotencyCache>,
+    /// The face extractor, when images are accepted.
+    pub face: Option<Arc<dyn Extractor>>,
 }
 
 impl AppState {
@@ -121,7 +124,14 @@ impl AppState {
             audit,
             metrics: Metrics::new(),
             idempotency: Mutex::new(IdempotencyCache::default()),
+            face: None,
         }
+    }
+
+    /// Accept face images through `extractor`.
+    pub fn with_face(mut self, extractor: Arc<dyn Extractor>) -> Self {
+        self.face = Some(extractor);
+        self
     }
 
     /// The store specs for the configured models.
@@ -150,13 +160,21 @@ impl AppState {
         self.keys.get(sha256_hex)
     }
 
-    /// The configured model for a modality.
-    pub fn model_for(&self, modality: Modality) -> Option<&ServiceModel> {
+    /// The configured models for a modality.
+    pub fn models_for(&self, modality: Modality) -> impl Iterator<Item = &ServiceModel> {
         let kind = match modality {
             Modality::Face => ModalityKind::Face,
             Modality::Finger(_) => ModalityKind::Finger,
         };
-        self.models.iter().find(|m| m.kind == kind)
+        self.models.iter().filter(move |m| m.kind == kind)
+    }
+
+    /// The extractor for images of a modality.
+    pub fn extractor_for(&self, modality: Modality) -> Option<&Arc<dyn Extractor>> {
+        match modality {
+            Modality::Face => self.face.as_ref(),
+            Modality::Finger(_) => None,
+        }
     }
 
     pub fn model(&self, id: &ModelId) -> Option<&ServiceModel> {

