@@ -157,3 +157,35 @@ fn batch_extraction_equals_single() {
         assert_eq!(b.unwrap().template.vector(), single.as_slice());
     }
 }
+
+#[test]
+fn several_faces_follow_the_policy() {
+    use biomatch_models::face::MultiFacePolicy;
+    use image::{imageops, ImageFormat, RgbImage};
+    // Two people side by side: Ardern (larger) and Obama (smaller).
+    let a = image::load_from_memory(&std::fs::read(photo("person_b_1.jpg")).unwrap())
+        .unwrap()
+        .to_rgb8();
+    let b = image::load_from_memory(&std::fs::read(photo("impostor_1.jpg")).unwrap()).unwrap();
+    let b =
+        b.resize(b.width() * 2 / 3, b.height() * 2 / 3, imageops::FilterType::Triangle).to_rgb8();
+    let mut canvas = RgbImage::new(a.width() + b.width(), a.height().max(b.height()));
+    imageops::replace(&mut canvas, &a, 0, 0);
+    imageops::replace(&mut canvas, &b, i64::from(a.width()), 0);
+    let mut png = Vec::new();
+    canvas.write_to(&mut std::io::Cursor::new(&mut png), ImageFormat::Png).unwrap();
+
+    let largest = extractor().extract(&png, Modality::Face).unwrap();
+    assert_eq!(largest.quality.faces, 2);
+    let alone = extractor()
+        .extract(&std::fs::read(photo("person_b_1.jpg")).unwrap(), Modality::Face)
+        .unwrap();
+    let c = cos(largest.template.vector(), alone.template.vector());
+    assert!(c > 0.9, "the largest face is Ardern's: cosine {c}");
+
+    let mut cfg = FaceConfig::new(RuntimeConfig::from_root(&root()));
+    cfg.policy = MultiFacePolicy::Reject;
+    cfg.runtime.sessions = 1;
+    let strict = FaceExtractor::new(cfg).unwrap();
+    assert!(matches!(strict.extract(&png, Modality::Face), Err(ExtractError::SeveralFaces(2))));
+}
