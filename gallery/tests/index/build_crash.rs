@@ -98,5 +98,8 @@ fn killed_builds_leave_a_serving_generation() {
             .count();
         assert!(found >= 49, "round {round}: only {found}/50 mates found on generation {gen}");
         eprintln!("round {round}: killed after generation {last_built}; serving generation {gen}");
+        // What is current on disk is the truth the next round starts from (the child may have
+        // swapped CURRENT without living to print it).
+        last_built = gen;
     }
 }
