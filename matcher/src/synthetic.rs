@@ -476,7 +476,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "search": search,
         "recall_vs_exact": if exact_found == 0 { 1.0 } else { both as f64 / exact_found as f64 },
         "bytes_per_template": index_info.get("bytes_per_template").cloned().unwrap_or_else(|| {
-            json!(g.store().stats().columns[0].dim as f64 * 2.0 + 64.0)
+            // Exact search: the fp16 column plus the in-memory metadata (estimated from sizes).
+            let c = &g.store().stats().columns[0];
+            json!((c.rows as f64 * c.dim as f64 * 2.0 + g.store().metadata_bytes() as f64) / c.rows.max(1) as f64)
         }),
         "exact_p50_ms": metrics::percentile(&exact.latencies, 50.0),
         "exact_p99_ms": metrics::percentile(&exact.latencies, 99.0),
