@@ -44,6 +44,8 @@ pub enum GalleryError {
     Corrupt { path: PathBuf, reason: String },
     #[error("store configuration conflicts with the data on disk: {0}")]
     Config(String),
+    #[error("this store was opened read-only")]
+    ReadOnly,
     #[error("store {0} is open in another process")]
     Locked(PathBuf),
     #[error("the store refuses writes after an I/O failure it could not undo; reopen it")]
@@ -70,6 +72,7 @@ impl GalleryError {
                 | GalleryError::Config(_)
                 | GalleryError::Poisoned
                 | GalleryError::Locked(_)
+                | GalleryError::ReadOnly
                 | GalleryError::Io { .. }
                 | GalleryError::Faiss(_)
                 | GalleryError::OverBudget { .. }

@@ -97,7 +97,8 @@ pub struct ColumnStats {
 
 #[derive(Debug)]
 struct Writer {
-    wal: WalWriter,
+    /// `None` in a read-only store.
+    wal: Option<WalWriter>,
     manifest: Manifest,
     poisoned: bool,
 }
@@ -110,8 +111,8 @@ pub struct Store {
     pub(crate) state: RwLock<State>,
     writer: Mutex<Writer>,
     recovery: Recovery,
-    /// Holds the exclusive advisory lock on `LOCK` for the store's lifetime.
-    _lock: std::fs::File,
+    /// Holds the exclusive advisory lock on `LOCK` for the store's lifetime (`None`: read-only).
+    _lock: Option<std::fs::File>,
 }
 
 const LOCK_FILE: &str = "LOCK";
@@ -124,7 +125,43 @@ fn is_store_file(name: &str) -> bool {
 impl Store {
     /// Open the store in `dir`, creating it if the directory is empty or missing.
     pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
-        let dir = dir.as_ref().to_owned();
+        Self::open_impl(dir.as_ref(), opts, false)
+    }
+
+    /// Open a consistent snapshot of a store that another process (the service) may be writing:
+    /// no lock, no repair, no file is created, changed or removed; writes are refused with
+    /// [`GalleryError::ReadOnly`]. For offline tools such as the index builder. The snapshot
+    /// holds every write acknowledged before the open started.
+    pub fn open_read_only(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+        let dir = dir.as_ref();
+        if !dir.join(MANIFEST_FILE).exists() {
+            return Err(GalleryError::Config(format!(
+                "{} is not a store (no MANIFEST)",
+                dir.display()
+            )));
+        }
+        // A checkpoint in the writer may remove the WAL or tombstone file the manifest we read
+        // named; the next manifest names the files that replaced them.
+        let mut last = None;
+        for _ in 0..10 {
+            match Self::open_impl(dir, opts.clone(), true) {
+                Err(GalleryError::Io { path, source })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    last = Some(GalleryError::Io { path, source });
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn open_impl(dir: &Path, opts: StoreOptions, read_only: bool) -> Result<Store> {
+        let dir = dir.to_owned();
+        if read_only {
+            return Self::load(dir, opts, None);
+        }
         std::fs::create_dir_all(&dir).map_err(GalleryError::io(&dir))?;
         // One process owns a store: a second writer would interleave WAL frames.
         let lock_path = dir.join(LOCK_FILE);
@@ -143,12 +180,18 @@ impl Store {
                 return Err(GalleryError::Io { path: lock_path, source: e })
             }
         }
+        Self::load(dir, opts, Some(lock))
+    }
+
+    /// Load the state; `lock` is `Some` for the owning writer (which may repair and write).
+    fn load(dir: PathBuf, opts: StoreOptions, lock: Option<std::fs::File>) -> Result<Store> {
+        let writable = lock.is_some();
         let mut names = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(GalleryError::io(&dir))? {
             let e = e.map_err(GalleryError::io(&dir))?;
             names.push(e.file_name().to_string_lossy().into_owned());
         }
-        if !names.iter().any(|n| n == MANIFEST_FILE) {
+        if writable && !names.iter().any(|n| n == MANIFEST_FILE) {
             if let Some(n) = names
                 .iter()
                 .find(|n| n.starts_with("seg-") || n.starts_with("wal-") || n.starts_with("del-"))
@@ -249,6 +292,16 @@ impl Store {
                 "discarded a torn, unacknowledged tail of the write-ahead log"
             );
         }
+        if !writable {
+            return Ok(Store {
+                dir,
+                opts,
+                state: RwLock::new(state),
+                writer: Mutex::new(Writer { wal: None, manifest, poisoned: false }),
+                recovery,
+                _lock: None,
+            });
+        }
         let wal = WalWriter::reopen(&wal_path, scan.valid_len)?;
         if new_columns {
             manifest.write(&dir)?;
@@ -269,7 +322,7 @@ impl Store {
             dir,
             opts,
             state: RwLock::new(state),
-            writer: Mutex::new(Writer { wal, manifest, poisoned: false }),
+            writer: Mutex::new(Writer { wal: Some(wal), manifest, poisoned: false }),
             recovery,
             _lock: lock,
         })
@@ -325,7 +378,10 @@ impl Store {
             return Ok(());
         }
         let frames: Vec<u8> = records.iter().flat_map(|r| r.encode()).collect();
-        if let Err(e) = w.wal.append(&frames) {
+        let Some(wal) = w.wal.as_mut() else {
+            return Err(GalleryError::ReadOnly);
+        };
+        if let Err(e) = wal.append(&frames) {
             if matches!(e, GalleryError::Poisoned) {
                 w.poisoned = true;
             }
@@ -337,7 +393,7 @@ impl Store {
             st.apply(r).expect("a validated record applies");
         }
         drop(st);
-        if w.wal.len() > self.opts.checkpoint_wal_bytes {
+        if w.wal.as_ref().is_some_and(|wal| wal.len() > self.opts.checkpoint_wal_bytes) {
             // The records are durable whatever happens here; a failed checkpoint is retried later.
             if let Err(e) = self.checkpoint_locked(w) {
                 tracing::error!(error = %e, "checkpoint failed; the write-ahead log keeps the data");
@@ -477,6 +533,9 @@ impl Store {
     /// Seal the WAL into segments now (normally automatic).
     pub fn checkpoint(&self) -> Result<()> {
         let mut w = self.writer.lock();
+        if w.wal.is_none() {
+            return Err(GalleryError::ReadOnly);
+        }
         if w.poisoned {
             return Err(GalleryError::Poisoned);
         }
@@ -549,7 +608,7 @@ impl Store {
                 new_files.clear();
                 return Err(e);
             }
-            w.wal = wal;
+            w.wal = Some(wal);
             Ok(sealed)
         })();
         let sealed = match result {
@@ -580,7 +639,7 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let wal_bytes = self.writer.lock().wal.len();
+        let wal_bytes = self.writer.lock().wal.as_ref().map_or(0, WalWriter::len);
         let st = self.state.read();
         StoreStats {
             subjects: st.subjects.len(),

@@ -156,9 +156,12 @@ impl From<GalleryError> for ApiError {
                 )
             }
             G::OverBudget { .. } => ApiError::invalid("over_memory_budget", e.to_string()),
-            G::Corrupt { .. } | G::Config(_) | G::Io { .. } | G::Faiss(_) | G::Locked(_) => {
-                ApiError::internal(e)
-            }
+            G::Corrupt { .. }
+            | G::Config(_)
+            | G::Io { .. }
+            | G::Faiss(_)
+            | G::Locked(_)
+            | G::ReadOnly => ApiError::internal(e),
         }
     }
 }

@@ -251,6 +251,26 @@ pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<Bui
     // 3. Fill and write the shards in parallel, into a temporary generation directory.
     let dir = index_dir(store, model);
     std::fs::create_dir_all(&dir).map_err(GalleryError::io(&dir))?;
+    // One build at a time per model, across processes (the service's admin build and the
+    // offline builder): they would race for the same generation number.
+    let lock_path = dir.join("BUILD.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(GalleryError::io(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(GalleryError::BadIndexParams(format!(
+                "another index build of {model} is running"
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(GalleryError::Io { path: lock_path, source: e })
+        }
+    }
     let generation = read_current(&dir)?.unwrap_or(0) + 1;
     let tmp = dir.join(format!("{}.tmp", gen_name(generation)));
     if tmp.exists() {

@@ -196,3 +196,28 @@ fn leftovers_of_an_interrupted_checkpoint_are_removed() {
     );
     assert_eq!(store.len(), 1);
 }
+
+#[test]
+fn a_read_only_snapshot_next_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = open(dir.path());
+    for i in 0..50 {
+        writer.enroll(&enrollment(7, i)).unwrap();
+    }
+    writer.checkpoint().unwrap();
+    writer.enroll(&enrollment(7, 50)).unwrap(); // only in the WAL
+    writer.delete(&sid(3)).unwrap();
+    let ro = Store::open_read_only(dir.path(), options()).unwrap();
+    assert_eq!(ro.len(), 50);
+    assert!(ro.contains(&sid(50)) && !ro.contains(&sid(3)));
+    assert_eq!(top1(&ro, 10), Some(sid(10).to_string()));
+    assert!(matches!(ro.enroll(&enrollment(7, 99)), Err(GalleryError::ReadOnly)));
+    assert!(matches!(ro.delete(&sid(1)), Err(GalleryError::ReadOnly)));
+    assert!(matches!(ro.checkpoint(), Err(GalleryError::ReadOnly)));
+    // The writer is unaffected and its files unchanged by the reader.
+    writer.enroll(&enrollment(7, 51)).unwrap();
+    drop(writer);
+    assert_eq!(open(dir.path()).len(), 51);
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(Store::open_read_only(empty.path(), options()), Err(GalleryError::Config(_))));
+}

@@ -1,1 +1,0 @@
-//! Offline index rebuild. Arrives with the sharded-index issue.
