@@ -32,6 +32,24 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(GalleryError::io(dir))
 }
 
+/// Take an exclusive advisory lock on `path` (created if missing) without waiting.
+/// `Ok(None)`: another process (or handle) holds it. The lock lasts as long as the file.
+pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(GalleryError::io(path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(GalleryError::Io { path: path.to_owned(), source: e })
+        }
+    }
+}
+
 /// Append the CRC32 footer of everything in `buf`.
 pub fn push_crc(buf: &mut Vec<u8>) {
     let crc = crc32fast::hash(buf);

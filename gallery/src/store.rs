@@ -164,22 +164,9 @@ impl Store {
         }
         std::fs::create_dir_all(&dir).map_err(GalleryError::io(&dir))?;
         // One process owns a store: a second writer would interleave WAL frames.
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(GalleryError::io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(GalleryError::Locked(dir));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(GalleryError::Io { path: lock_path, source: e })
-            }
-        }
+        let Some(lock) = fsutil::try_lock_exclusive(&dir.join(LOCK_FILE))? else {
+            return Err(GalleryError::Locked(dir));
+        };
         Self::load(dir, opts, Some(lock))
     }
 

@@ -253,24 +253,11 @@ pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<Bui
     std::fs::create_dir_all(&dir).map_err(GalleryError::io(&dir))?;
     // One build at a time per model, across processes (the service's admin build and the
     // offline builder): they would race for the same generation number.
-    let lock_path = dir.join("BUILD.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(GalleryError::io(&lock_path))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(GalleryError::BadIndexParams(format!(
-                "another index build of {model} is running"
-            )));
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(GalleryError::Io { path: lock_path, source: e })
-        }
-    }
+    let Some(_build_lock) = fsutil::try_lock_exclusive(&dir.join("BUILD.lock"))? else {
+        return Err(GalleryError::BadIndexParams(format!(
+            "another index build of {model} is running"
+        )));
+    };
     let generation = read_current(&dir)?.unwrap_or(0) + 1;
     let tmp = dir.join(format!("{}.tmp", gen_name(generation)));
     if tmp.exists() {
