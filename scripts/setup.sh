@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # System packages: C/C++ toolchain and BLAS for the bundled FAISS build (sharded ANN index),
 # cmake to drive it, pkg-config for -sys crates.
-apt_packages=(cmake g++ libopenblas-dev pkg-config)
+apt_packages=(cmake g++ libopenblas-dev pkg-config fonts-dejavu-core)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

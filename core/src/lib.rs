@@ -6,6 +6,7 @@
 
 pub mod calibration;
 pub mod error;
+pub mod finger;
 pub mod fusion;
 pub mod id;
 pub mod metrics;

@@ -1,0 +1,1 @@
+//! Minutia Cylinder-Code matcher (to be written).
