@@ -9,6 +9,7 @@ use crate::FingerPosition;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod index;
 pub mod iso;
 pub mod mcc;
 
@@ -115,11 +116,20 @@ impl FingerTemplate {
             return Err(FingerError::BadQuality(self.quality));
         }
         if self.minutiae.len() > MAX_MINUTIAE {
-            return Err(FingerError::TooManyMinutiae { got: self.minutiae.len(), max: MAX_MINUTIAE });
+            return Err(FingerError::TooManyMinutiae {
+                got: self.minutiae.len(),
+                max: MAX_MINUTIAE,
+            });
         }
         for (index, m) in self.minutiae.iter().enumerate() {
             if m.x >= w || m.y >= h {
-                return Err(FingerError::MinutiaOutOfRange { index, x: m.x, y: m.y, width: w, height: h });
+                return Err(FingerError::MinutiaOutOfRange {
+                    index,
+                    x: m.x,
+                    y: m.y,
+                    width: w,
+                    height: h,
+                });
             }
             if m.quality > 100 {
                 return Err(FingerError::BadQuality(m.quality));
