@@ -44,7 +44,9 @@
 //! Enrolled identities are `0..identities`; non-mated probes come from `identities..2^40`;
 //! calibration identities ([`Population::impostor_scores`]) from `2^40..`. They never collide.
 
+pub mod det_plot;
 pub mod error;
+pub mod finger;
 pub mod format;
 mod population;
 mod rng;

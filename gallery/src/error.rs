@@ -22,6 +22,13 @@ pub enum GalleryError {
     DuplicateModality(Modality),
     #[error("subject {0} appears twice in one batch")]
     DuplicateInBatch(SubjectId),
+    /// A finger template breaks an invariant (image size, minutia outside the image, …).
+    #[error("finger template {index} is invalid: {source}")]
+    InvalidFinger { index: usize, source: biomatch_core::finger::FingerError },
+    #[error(
+        "finger template {index} does not say which finger it is (a position 1..=10 is required)"
+    )]
+    MissingFingerPosition { index: usize },
     #[error("model {got} is not accepted by this gallery{}", gallery_hint(.gallery))]
     ModelMismatch { got: ModelId, gallery: Option<ModelId> },
     #[error("template of model {model} has dimension {got}; the gallery stores {expected}")]

@@ -13,6 +13,11 @@
 //! valid frame follows it the tail is cut off (it was never acknowledged, because acknowledgement
 //! waits for fsync). A valid frame *after* an invalid one means the middle of the log is damaged:
 //! the store then refuses to open instead of silently dropping acknowledged records.
+//!
+//! The header and frame layers (everything but the payload) are shared with the finger store's
+//! log (`finger_store.rs`): [`LogHeader`], [`encode_header`], [`encode_frame`], [`scan_frames`]
+//! and [`WalWriter`] give every frame log the same torn-tail and middle-damage rules, each log
+//! with its own header magic and payload codec.
 
 use crate::error::{GalleryError, Result};
 use crate::fsutil::Reader;
@@ -24,14 +29,48 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"BMWAL\0\0\x01";
 const VERSION: u32 = 1;
-const HEADER_LEN: u64 = 16;
+/// Length of every frame log's header: magic (8) | format version u32 | reserved u32.
+pub(crate) const HEADER_LEN: u64 = 16;
 const FRAME_MAGIC: u32 = 0x4C57_4D42; // "BMWL"
-const FRAME_HEADER: usize = 12;
+/// Length of a frame's header: FRAME_MAGIC u32 | payload length u32 | CRC32(payload) u32.
+pub(crate) const FRAME_HEADER: usize = 12;
 /// No single record comes near this; a larger length field is damage.
 const MAX_PAYLOAD: usize = 16 << 20;
 
 const KIND_ENROLL: u8 = 1;
 const KIND_DELETE: u8 = 2;
+
+/// Identity of one kind of frame log, written in (and checked against) its 16-byte header.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogHeader {
+    pub magic: &'static [u8; 8],
+    pub version: u32,
+    /// What the log is, for error messages ("write-ahead log").
+    pub what: &'static str,
+}
+
+/// The face store's write-ahead log.
+pub(crate) const WAL_HEADER: LogHeader =
+    LogHeader { magic: MAGIC, version: VERSION, what: "write-ahead log" };
+
+/// The 16-byte header a frame log starts with: magic | version u32 | reserved u32 (= 0).
+pub(crate) fn encode_header(header: &LogHeader) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_LEN as usize);
+    bytes.extend_from_slice(header.magic);
+    bytes.extend_from_slice(&header.version.to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes());
+    bytes
+}
+
+/// Wrap a payload in a frame: FRAME_MAGIC | length | CRC32(payload) | payload.
+pub(crate) fn encode_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
+    frame.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
 
 /// One template of an enrollment record, already in the stored representation.
 #[derive(Clone, PartialEq)]
@@ -85,12 +124,7 @@ impl WalRecord {
                 p.extend_from_slice(bytemuck::cast_slice(&t.vector));
             }
         }
-        let mut frame = Vec::with_capacity(FRAME_HEADER + p.len());
-        frame.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
-        frame.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&p).to_le_bytes());
-        frame.extend_from_slice(&p);
-        frame
+        encode_frame(&p)
     }
 
     fn decode(payload: &[u8]) -> Option<WalRecord> {
@@ -123,8 +157,8 @@ impl WalRecord {
     }
 }
 
-/// Try to parse one frame at `pos`; returns the record and the frame length.
-fn parse_frame(bytes: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
+/// The CRC-checked payload of the frame at `pos`, if a whole, intact frame starts there.
+fn frame_payload(bytes: &[u8], pos: usize) -> Option<&[u8]> {
     let mut r = Reader::new(bytes.get(pos..)?);
     if r.u32()? != FRAME_MAGIC {
         return None;
@@ -135,44 +169,73 @@ fn parse_frame(bytes: &[u8], pos: usize) -> Option<(WalRecord, usize)> {
     }
     let crc = r.u32()?;
     let payload = r.take(len)?;
-    if crc32fast::hash(payload) != crc {
-        return None;
-    }
-    Some((WalRecord::decode(payload)?, FRAME_HEADER + len))
+    (crc32fast::hash(payload) == crc).then_some(payload)
 }
 
-/// What replay found in a log file.
+/// Try to parse one frame at `pos`; returns the decoded record and the frame length.
+fn parse_frame<T>(
+    bytes: &[u8],
+    pos: usize,
+    decode: &impl Fn(&[u8]) -> Option<T>,
+) -> Option<(T, usize)> {
+    let payload = frame_payload(bytes, pos)?;
+    Some((decode(payload)?, FRAME_HEADER + payload.len()))
+}
+
+/// What replay found in a frame log.
 #[derive(Debug)]
-pub(crate) struct WalScan {
-    pub records: Vec<WalRecord>,
+pub(crate) struct FrameScan<T> {
+    pub records: Vec<T>,
     /// Length of the valid prefix (header + whole frames).
     pub valid_len: u64,
     /// Bytes of torn tail that were not replayed.
     pub discarded: u64,
 }
 
-/// Read and validate a whole log. Errors only on damage that is not a torn tail.
+/// What replay found in a write-ahead log.
+pub(crate) type WalScan = FrameScan<WalRecord>;
+
+/// Read and validate a whole write-ahead log. Errors only on damage that is not a torn tail.
 pub(crate) fn scan(path: &Path) -> Result<WalScan> {
+    scan_frames(path, &WAL_HEADER, WalRecord::decode)
+}
+
+/// Read and validate a whole frame log with `header`, decoding each payload with `decode` (a frame
+/// whose payload does not decode counts as invalid). Replay stops at the first invalid frame; if
+/// no valid frame follows it, the rest is a torn tail (reported in `discarded`), otherwise the log
+/// is damaged in the middle and this errors with [`GalleryError::Corrupt`].
+pub(crate) fn scan_frames<T>(
+    path: &Path,
+    header: &LogHeader,
+    decode: impl Fn(&[u8]) -> Option<T>,
+) -> Result<FrameScan<T>> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(GalleryError::io(path))?;
-    if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
-        return Err(GalleryError::corrupt(path, "not a biomatch write-ahead log (bad header)"));
+    if bytes.len() < HEADER_LEN as usize || &bytes[..8] != header.magic {
+        return Err(GalleryError::corrupt(
+            path,
+            format!("not a biomatch {} (bad header)", header.what),
+        ));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(GalleryError::corrupt(path, format!("unsupported WAL version {version}")));
+    if version != header.version {
+        return Err(GalleryError::corrupt(
+            path,
+            format!("unsupported {} version {version}", header.what),
+        ));
     }
     let mut pos = HEADER_LEN as usize;
     let mut records = Vec::new();
     while pos < bytes.len() {
-        match parse_frame(&bytes, pos) {
+        match parse_frame(&bytes, pos, &decode) {
             Some((rec, n)) => {
                 records.push(rec);
                 pos += n;
             }
             None => {
                 // A torn tail has no valid frame after it; anything else is damage in the middle.
-                if let Some(at) = (pos + 1..bytes.len()).find(|&p| parse_frame(&bytes, p).is_some())
+                if let Some(at) =
+                    (pos + 1..bytes.len()).find(|&p| parse_frame(&bytes, p, &decode).is_some())
                 {
                     return Err(GalleryError::corrupt(
                         path,
@@ -186,7 +249,7 @@ pub(crate) fn scan(path: &Path) -> Result<WalScan> {
             }
         }
     }
-    Ok(WalScan { records, valid_len: pos as u64, discarded: (bytes.len() - pos) as u64 })
+    Ok(FrameScan { records, valid_len: pos as u64, discarded: (bytes.len() - pos) as u64 })
 }
 
 /// The open log that new records are appended to.
@@ -198,19 +261,20 @@ pub(crate) struct WalWriter {
 }
 
 impl WalWriter {
-    /// Create a new, empty log (fails if the file exists).
+    /// Create a new, empty write-ahead log (fails if the file exists).
     pub fn create(path: &Path) -> Result<Self> {
+        Self::create_with_header(path, &WAL_HEADER)
+    }
+
+    /// Create a new, empty frame log with `header`, fsynced (fails if the file exists).
+    pub fn create_with_header(path: &Path, header: &LogHeader) -> Result<Self> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)
             .map_err(GalleryError::io(path))?;
-        let mut header = Vec::with_capacity(HEADER_LEN as usize);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        file.write_all(&header).map_err(GalleryError::io(path))?;
+        file.write_all(&encode_header(header)).map_err(GalleryError::io(path))?;
         file.sync_all().map_err(GalleryError::io(path))?;
         Ok(Self { file, path: path.to_owned(), len: HEADER_LEN })
     }
