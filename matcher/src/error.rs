@@ -121,6 +121,9 @@ impl From<biomatch_models::ExtractError> for ApiError {
             X::NoFace => "no_face",
             X::SeveralFaces(_) => "several_faces",
             X::FaceTooSmall { .. } => "face_too_small",
+            X::TooSmall { .. } => "image_too_small",
+            X::Blank { .. } => "blank_image",
+            X::TooFewMinutiae { .. } => "too_few_minutiae",
             X::Runtime(_) => return ApiError::internal(e),
         };
         ApiError::invalid(code, e.to_string())
@@ -144,6 +147,9 @@ impl From<GalleryError> for ApiError {
             }
             G::ModelMismatch { .. } => ApiError::invalid("model_mismatch", e.to_string()),
             G::WrongDimension { .. } => ApiError::invalid("invalid_template", e.to_string()),
+            G::InvalidFinger { .. } | G::MissingFingerPosition { .. } => {
+                ApiError::invalid("invalid_template", e.to_string())
+            }
             G::BadMaxResults { .. } | G::BadIndexParams(_) => {
                 ApiError::invalid("invalid_parameter", e.to_string())
             }

@@ -8,7 +8,7 @@
 //! end-of-image marker: decoders silently grey-fill a truncated file, which must not be enrolled.
 
 use crate::ExtractError;
-use image::{ImageReader, Limits, RgbImage};
+use image::{GrayImage, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 
 /// Limits on accepted images.
@@ -25,8 +25,41 @@ impl Default for ImageLimits {
     }
 }
 
-/// Decode JPEG or PNG into RGB8.
+/// Decode JPEG or PNG into RGB8 (an alpha channel is dropped).
 pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ExtractError> {
+    Ok(match decode_dynamic(bytes, limits)? {
+        Decoded::Rgb(rgb) => rgb,
+        Decoded::Png(img) => img.into_rgb8(),
+    })
+}
+
+/// Decode JPEG or PNG into 8-bit grey. Transparent pixels are composited onto white, the
+/// background of a fingerprint scan.
+pub fn decode_gray(bytes: &[u8], limits: &ImageLimits) -> Result<GrayImage, ExtractError> {
+    Ok(match decode_dynamic(bytes, limits)? {
+        Decoded::Rgb(rgb) => image::DynamicImage::ImageRgb8(rgb).into_luma8(),
+        Decoded::Png(img) if img.color().has_alpha() => {
+            let la = img.into_luma_alpha8();
+            let (w, h) = la.dimensions();
+            let px = la
+                .pixels()
+                .map(|p| {
+                    let (l, a) = (u32::from(p.0[0]), u32::from(p.0[1]));
+                    ((l * a + 255 * (255 - a) + 127) / 255) as u8
+                })
+                .collect();
+            GrayImage::from_raw(w, h, px).expect("one grey byte per pixel")
+        }
+        Decoded::Png(img) => img.into_luma8(),
+    })
+}
+
+enum Decoded {
+    Rgb(RgbImage),
+    Png(image::DynamicImage),
+}
+
+fn decode_dynamic(bytes: &[u8], limits: &ImageLimits) -> Result<Decoded, ExtractError> {
     if bytes.is_empty() {
         return Err(ExtractError::Empty);
     }
@@ -41,7 +74,7 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Extrac
         _ => return Err(ExtractError::Undecodable("not a JPEG or PNG".into())),
     }
     if reader.format() == Some(image::ImageFormat::Jpeg) {
-        return decode_jpeg(bytes, limits);
+        return decode_jpeg(bytes, limits).map(Decoded::Rgb);
     }
     let (w, h) = reader.into_dimensions().map_err(|e| ExtractError::Undecodable(e.to_string()))?;
     if w > limits.max_side || h > limits.max_side || w == 0 || h == 0 {
@@ -61,7 +94,7 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Extrac
     l.max_alloc = Some(u64::from(limits.max_side).pow(2) * 4 + (64 << 20));
     reader.limits(l);
     let img = reader.decode().map_err(|e| ExtractError::Undecodable(e.to_string()))?;
-    Ok(img.into_rgb8())
+    Ok(Decoded::Png(img))
 }
 
 fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ExtractError> {

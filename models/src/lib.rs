@@ -6,6 +6,7 @@
 //! `models/manifest.json` lists them with their checksums.
 
 pub mod face;
+pub mod finger;
 pub mod imageio;
 pub mod runtime;
 
@@ -53,6 +54,12 @@ pub enum ExtractError {
     SeveralFaces(usize),
     #[error("the face is too small: {inter_eye_px:.0} px between the eyes; at least {min:.0} are needed")]
     FaceTooSmall { inter_eye_px: f32, min: f32 },
+    #[error("the image is {width}x{height} pixels; at least {min}x{min} are needed")]
+    TooSmall { width: u32, height: u32, min: u32 },
+    #[error("the image is blank (grey-level standard deviation {contrast:.1})")]
+    Blank { contrast: f32 },
+    #[error("only {got} minutiae were found; at least {min} are needed")]
+    TooFewMinutiae { got: usize, min: usize },
     #[error("model runtime error: {0}")]
     Runtime(String),
 }

@@ -1,1 +1,0 @@
-//! Minutia Cylinder-Code matcher (to be written).
