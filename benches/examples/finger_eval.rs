@@ -59,6 +59,14 @@ struct Args {
     /// Write the MCC calibration table (impostor scores) here.
     #[arg(long)]
     calibration: Option<PathBuf>,
+    /// Pre-selection index: hash functions (L) and bits per hash (p); default: the index's own.
+    #[arg(long)]
+    index_hashes: Option<usize>,
+    #[arg(long)]
+    index_bits: Option<usize>,
+    /// Only the pre-selection experiment (parameter sweeps).
+    #[arg(long)]
+    only_preselection: bool,
 }
 
 type Templates = Vec<Vec<Option<FingerTemplate>>>;
@@ -91,6 +99,11 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let mcc_prep_us =
         t0.elapsed().as_secs_f64() * 1e6 / total as f64 * rayon::current_num_threads() as f64;
+    if a.only_preselection {
+        let pre = preselection(&a, &mcc, &params)?;
+        println!("{}", serde_json::to_string_pretty(&pre)?);
+        return Ok(());
+    }
     let boz: Vec<Vec<Option<BozorthTemplate>>> = templates
         .iter()
         .map(|f| f.iter().map(|t| t.as_ref().and_then(|t| BozorthTemplate::new(t).ok())).collect())
@@ -112,9 +125,7 @@ fn main() -> anyhow::Result<()> {
             impostor.push(((f, 0), (g, 1)));
         }
     }
-    let pair_ok = |&((f, i), (g, j)): &Pair| {
-        templates[f][i].is_some() && templates[g][j].is_some()
-    };
+    let pair_ok = |&((f, i), (g, j)): &Pair| templates[f][i].is_some() && templates[g][j].is_some();
     let fte_genuine = genuine.iter().filter(|p| !pair_ok(p)).count();
     genuine.retain(pair_ok);
     impostor.retain(pair_ok);
@@ -252,8 +263,10 @@ fn preselection(
     let gallery: Vec<Option<&MccTemplate>> =
         mcc.iter().map(|f| f[0].as_ref().filter(|t| t.cylinder_count() > 0)).collect();
     let t0 = Instant::now();
-    let mut index =
-        FingerIndex::new(IndexParams::new(biomatch_core::finger::mcc::BITS_PER_CYLINDER))?;
+    let mut ip = IndexParams::new(biomatch_core::finger::mcc::BITS_PER_CYLINDER);
+    ip.hash_functions = a.index_hashes.unwrap_or(ip.hash_functions);
+    ip.bits_per_hash = a.index_bits.unwrap_or(ip.bits_per_hash);
+    let mut index = FingerIndex::new(ip)?;
     for (f, t) in gallery.iter().enumerate() {
         if let Some(t) = t {
             let v = bits(t);

@@ -62,6 +62,8 @@ fn main() {
     let mut p = MccParams::default();
     let (mut from, mut to, mut impostors, mut threads, mut seed) = (0, 2000, 100_000, 1, 7u64);
     let mut angle = String::new();
+    let mut worst = 0usize;
+    let mut border = -1.0f32;
     for kv in &args[1..] {
         if kv == "paper" {
             p = MccParams::paper();
@@ -77,6 +79,8 @@ fn main() {
             "threads" => threads = u(),
             "seed" => seed = u() as u64,
             "angle" => angle = v.to_string(),
+            "worst" => worst = u(),
+            "border" => border = f(),
             "radius" => p.radius = f(),
             "sigma_s" => p.sigma_s = f(),
             "sigma_d" => p.sigma_d = f(),
@@ -116,6 +120,16 @@ fn main() {
                     a => panic!("angle={a}?"),
                 };
             }
+        }
+    }
+    if border >= 0.0 {
+        for t in raw.iter_mut().flatten().flatten() {
+            let pts: Vec<(f32, f32)> =
+                t.minutiae.iter().map(|m| (f32::from(m.x), f32::from(m.y))).collect();
+            let hull = hull(&pts);
+            let keep: Vec<bool> = pts.iter().map(|&p| edge_distance(&hull, p) >= border).collect();
+            let mut k = keep.iter();
+            t.minutiae.retain(|_| *k.next().expect("same length"));
         }
     }
     let t0 = Instant::now();
@@ -166,6 +180,27 @@ fn main() {
     }
     let per_s = speed_pairs.len() as f64 / t0.elapsed().as_secs_f64();
     std::hint::black_box(sink);
+    if worst > 0 {
+        let mut order: Vec<usize> = (0..gs.len()).collect();
+        order.sort_by(|&x, &y| gs[x].total_cmp(&gs[y]));
+        let mut imp_sorted = is.clone();
+        imp_sorted.sort_by(|x, y| y.total_cmp(x));
+        println!("impostor score at rank 1e-3: {:.4}", imp_sorted[is.len() / 1000]);
+        for &x in order.iter().take(worst) {
+            let f = genuine[x].0;
+            let m = |i: usize| raw[f][i].as_ref().map_or(0, |t| t.minutiae.len());
+            let c = |i: usize| mcc[f][i].as_ref().map_or(0, |t| t.cylinder_count());
+            println!(
+                "finger {:5}: score {:.4}  minutiae {}/{}  cylinders {}/{}",
+                from + f,
+                gs[x],
+                m(0),
+                m(1),
+                c(0),
+                c(1)
+            );
+        }
+    }
     let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
     let cyl = mcc.iter().flatten().flatten().map(|t| t.cylinder_count()).sum::<usize>() as f64
         / mcc.iter().flatten().flatten().count() as f64;
@@ -184,4 +219,48 @@ fn main() {
         is.len(),
         extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
     );
+}
+
+/// Convex hull (monotone chain).
+fn hull(pts: &[(f32, f32)]) -> Vec<(f32, f32)> {
+    let mut p = pts.to_vec();
+    p.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    p.dedup();
+    if p.len() < 3 {
+        return p;
+    }
+    let cross = |o: (f32, f32), a: (f32, f32), b: (f32, f32)| {
+        (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0)
+    };
+    let mut h: Vec<(f32, f32)> = Vec::new();
+    for &q in &p {
+        while h.len() >= 2 && cross(h[h.len() - 2], h[h.len() - 1], q) <= 0.0 {
+            h.pop();
+        }
+        h.push(q);
+    }
+    let lower = h.len() + 1;
+    for &q in p.iter().rev().skip(1) {
+        while h.len() >= lower && cross(h[h.len() - 2], h[h.len() - 1], q) <= 0.0 {
+            h.pop();
+        }
+        h.push(q);
+    }
+    h.pop();
+    h
+}
+
+/// Distance from `p` to the nearest edge of the polygon `h`.
+fn edge_distance(h: &[(f32, f32)], p: (f32, f32)) -> f32 {
+    let n = h.len();
+    let mut best = f32::INFINITY;
+    for i in 0..n {
+        let (a, b) = (h[i], h[(i + 1) % n]);
+        let (ex, ey, px, py) = (b.0 - a.0, b.1 - a.1, p.0 - a.0, p.1 - a.1);
+        let l = ex * ex + ey * ey;
+        let t = if l > 0.0 { ((px * ex + py * ey) / l).clamp(0.0, 1.0) } else { 0.0 };
+        let (dx, dy) = (px - t * ex, py - t * ey);
+        best = best.min((dx * dx + dy * dy).sqrt());
+    }
+    best
 }

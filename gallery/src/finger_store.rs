@@ -551,6 +551,11 @@ impl FingerStore {
         self.state.read().subjects.get(subject).map(|e| e.fingers.clone())
     }
 
+    /// The sequence number of the subject's enrollment.
+    pub fn seq_of(&self, subject: &SubjectId) -> Option<u64> {
+        self.state.read().subjects.get(subject).map(|e| e.seq)
+    }
+
     pub fn contains(&self, subject: &SubjectId) -> bool {
         self.state.read().subjects.contains_key(subject)
     }

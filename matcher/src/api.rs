@@ -21,12 +21,17 @@ pub struct SampleIn {
     pub template: Option<TemplateIn>,
 }
 
-/// A finger sample with its ISO/ANSI finger position (1 = right thumb … 10 = left little).
+/// A finger sample with its ISO/ANSI finger position (1 = right thumb … 10 = left little):
+/// exactly one of `image` (base64 PNG/JPEG, 500 dpi: minutiae by NIST mindtct), `minutiae`
+/// (base64 ISO/IEC 19794-2:2005 or ANSI/INCITS 378-2004 finger minutiae record from the client's
+/// own extractor; its first view is used) or `template` (a fixed-length vector of a configured
+/// finger model). Minutiae fingers are compared by the MCC matcher (`mcc@1`).
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FingerIn {
     pub position: u8,
     pub image: Option<String>,
+    pub minutiae: Option<String>,
     pub template: Option<TemplateIn>,
 }
 
@@ -147,9 +152,24 @@ pub struct IdentifyResponse {
     pub gallery_size: u64,
     /// The FPIR the candidate threshold was set for (absent with a raw threshold).
     pub target_fpir: Option<f64>,
-    /// `exact` or `index`.
+    /// `exact` or `index` (the first probe's path; fingers: `index` when pre-selected).
     pub search: String,
     pub index_generation: Option<u64>,
+    /// How each minutiae finger probe was searched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finger_search: Vec<FingerSearchOut>,
+}
+
+/// One finger probe's 1:N search.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct FingerSearchOut {
+    pub modality: String,
+    /// Gallery fingers of the probe's position.
+    pub gallery_fingers: usize,
+    /// Fingers the MCC matcher compared.
+    pub compared: usize,
+    /// Whether the pre-selection index chose them (else every finger was compared).
+    pub preselected: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -174,13 +194,32 @@ pub struct QualityOut {
     pub bbox: [f32; 4],
 }
 
-/// A template extracted from an image, returned to the caller who sent the image.
+/// Quality signals of a fingerprint extraction.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct FingerQualityOut {
+    /// Minutiae in the template.
+    pub minutiae: usize,
+    /// Mean mindtct reliability of the minutiae, 0..=1.
+    pub mean_reliability: f32,
+    /// Grey-level standard deviation of the image.
+    pub contrast: f32,
+}
+
+/// A template extracted from an image, returned to the caller who sent the image: a face vector,
+/// or a finger's minutiae as an ISO/IEC 19794-2:2005 record.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ExtractResponse {
     pub modality: String,
     pub model: String,
-    pub vector: Vec<f32>,
-    pub quality: QualityOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityOut>,
+    /// Base64 ISO/IEC 19794-2:2005 record (fingers): send it back as a finger's `minutiae`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minutiae: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finger_quality: Option<FingerQualityOut>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

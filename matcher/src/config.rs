@@ -123,6 +123,42 @@ pub struct ExtractorsConfig {
     pub face: FaceExtractorConfig,
 }
 
+/// Fingerprints as minutiae: NIST mindtct extraction from 500-dpi images, ISO/IEC 19794-2 and
+/// ANSI 378 records from clients, the MCC matcher and its pre-selection index. Minutiae fingers
+/// are stored in `<data>/fingers` and scored on the `mcc@1` calibration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FingerprintConfig {
+    pub enabled: bool,
+    /// Calibration table of MCC scores (JSON); relative paths are under the data dir. Default:
+    /// the table built into the binary (`matcher/calibration/mcc@1.json`, from synthetic prints).
+    pub calibration: Option<PathBuf>,
+    /// 1:N: share of a finger position's gallery the index hands to the matcher.
+    pub penetration: f64,
+    /// 1:N: at least this many candidates per probe finger.
+    pub min_candidates: usize,
+    /// 1:N: compare every finger when a position holds fewer than this.
+    pub exhaustive_below: usize,
+    /// Images with fewer minutiae are refused (422 too_few_minutiae).
+    pub min_minutiae: usize,
+    pub max_image_bytes: usize,
+    pub max_image_side: u32,
+}
+
+impl Default for FingerprintConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            calibration: None,
+            penetration: 0.05,
+            min_candidates: 200,
+            exhaustive_below: 2000,
+            min_minutiae: 8,
+            max_image_bytes: 10 << 20,
+            max_image_side: 2000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -134,6 +170,7 @@ pub struct Config {
     pub search: SearchConfig,
     pub models: Vec<ModelConfig>,
     pub extractors: ExtractorsConfig,
+    pub fingerprints: FingerprintConfig,
     pub api_keys: Vec<ApiKey>,
 }
 
@@ -173,6 +210,7 @@ impl Default for Config {
                 },
             ],
             extractors: ExtractorsConfig::default(),
+            fingerprints: FingerprintConfig::default(),
             api_keys: Vec::new(),
         }
     }
@@ -246,6 +284,18 @@ impl Config {
         if f.enabled && !self.models.iter().any(|m| m.id == "sface@2021dec") {
             return Err("the face extractor produces sface@2021dec templates: configure that model or disable it".into());
         }
+        let fp = &self.fingerprints;
+        if !(fp.penetration > 0.0 && fp.penetration <= 1.0) || fp.min_candidates == 0 {
+            return Err(format!(
+                "fingerprints: penetration = {} must be in (0, 1] and min_candidates >= 1",
+                fp.penetration
+            ));
+        }
+        if fp.max_image_side < 150 || fp.max_image_bytes == 0 {
+            return Err(
+                "fingerprints: max_image_side >= 150 and max_image_bytes >= 1 are required".into(),
+            );
+        }
         let mut ids = std::collections::HashSet::new();
         for k in &self.api_keys {
             if k.id.is_empty() || !ids.insert(&k.id) {
@@ -270,6 +320,11 @@ impl Config {
 
     pub fn audit_dir(&self) -> PathBuf {
         self.audit_dir.clone().unwrap_or_else(|| self.data.join("audit"))
+    }
+
+    /// Where the fingers' store lives.
+    pub fn fingers_dir(&self) -> PathBuf {
+        self.data.join("fingers")
     }
 
     /// Where a model's calibration table lives.

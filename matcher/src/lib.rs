@@ -56,6 +56,10 @@ pub use state::AppState;
         api::CandidateOut,
         api::SearchKindIn,
         api::ExtractRequest,
+        api::ExtractResponse,
+        api::QualityOut,
+        api::FingerQualityOut,
+        api::FingerSearchOut,
         api::ErrorBody,
         api::IndexRequest,
         api::IndexOut

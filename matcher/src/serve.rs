@@ -5,7 +5,9 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::state::AppState;
 use biomatch_gallery::ann::LoadOptions;
-use biomatch_gallery::{Gallery, Store, StoreOptions};
+use biomatch_gallery::{
+    FingerGallery, FingerSearchParams, FingerStore, Gallery, Store, StoreOptions,
+};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -40,6 +42,38 @@ pub fn load_gallery(state: &AppState) -> Result<Gallery, String> {
         }
     }
     Ok(g)
+}
+
+/// Open the fingers' store and build their search structures (MCC templates, pre-selection
+/// indexes): CPU work, call off the async threads. `None` when fingerprints are disabled.
+pub fn load_fingers(state: &AppState) -> Result<Option<FingerGallery>, String> {
+    let cfg = &state.config;
+    if !cfg.fingerprints.enabled {
+        return Ok(None);
+    }
+    let dir = cfg.fingers_dir();
+    let store = FingerStore::open(&dir)
+        .map_err(|e| format!("cannot open the fingers' store at {}: {e}", dir.display()))?;
+    let rec = store.recovery();
+    if rec.torn_bytes_discarded > 0 || !rec.leftover_files_removed.is_empty() {
+        tracing::warn!(recovery = ?rec, "the fingers' store recovered from an unclean shutdown");
+    }
+    let fp = &cfg.fingerprints;
+    let params = FingerSearchParams {
+        penetration: fp.penetration,
+        min_candidates: fp.min_candidates,
+        exhaustive_below: fp.exhaustive_below,
+    };
+    let t0 = std::time::Instant::now();
+    let g = FingerGallery::open(Arc::new(store), Default::default(), params)
+        .map_err(|e| format!("cannot build the finger search: {e}"))?;
+    tracing::info!(
+        subjects = g.len(),
+        fingers = g.fingers(),
+        ms = t0.elapsed().as_millis() as u64,
+        "fingers loaded"
+    );
+    Ok(Some(g))
 }
 
 async fn shutdown_signal(mut fatal: watch::Receiver<Option<String>>) {
@@ -123,14 +157,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let (fatal_tx, fatal_rx) = watch::channel(None);
     let st = state.clone();
-    tokio::task::spawn_blocking(move || match load_gallery(&st) {
-        Ok(g) => {
-            st.attach(Arc::new(g));
-            tracing::info!("ready");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "gallery failed to load; shutting down");
-            let _ = fatal_tx.send(Some(e));
+    tokio::task::spawn_blocking(move || {
+        match load_fingers(&st).and_then(|f| {
+            if let Some(f) = f {
+                st.attach_fingers(Arc::new(f));
+            }
+            load_gallery(&st)
+        }) {
+            Ok(g) => {
+                st.attach(Arc::new(g));
+                tracing::info!("ready");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "gallery failed to load; shutting down");
+                let _ = fatal_tx.send(Some(e));
+            }
         }
     });
     let app = crate::app(state.clone());

@@ -5,8 +5,10 @@ use crate::audit::AuditLog;
 use crate::config::{Config, ModalityKind, Role};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use biomatch_core::finger::FingerTemplate;
 use biomatch_core::{CalibrationTable, Modality, ModelId};
-use biomatch_gallery::{Gallery, ModelSpec};
+use biomatch_gallery::{FingerGallery, Gallery, ModelSpec};
+use biomatch_models::finger::FingerExtractor;
 use biomatch_models::Extractor;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -69,6 +71,33 @@ pub struct AppState {
     pub idempotency: Mutex<IdempotencyCache>,
     /// The face extractor, when images are accepted.
     pub face: Option<Arc<dyn Extractor>>,
+    /// Minutiae fingerprints: search (attached with the gallery), calibration, extractor.
+    fingers: OnceLock<Arc<FingerGallery>>,
+    pub finger_calibration: Option<CalibrationTable>,
+    pub finger_extractor: Option<Arc<FingerExtractor>>,
+    /// Enrollments touch two stores (vectors, minutiae): one at a time, so the existence check
+    /// and both writes are not interleaved with another enrollment of the same subject.
+    pub enroll_lock: Mutex<()>,
+}
+
+/// The MCC calibration table built into the binary (synthetic prints, see the file's basis).
+pub const MCC_CALIBRATION: &str = include_str!("../calibration/mcc@1.json");
+
+/// The id minutiae fingers are scored under: mindtct minutiae (or a client's ISO/ANSI record)
+/// compared by MCC.
+pub fn mcc_model() -> ModelId {
+    ModelId::new("mcc", "1").expect("valid model id")
+}
+
+/// Parse and check an MCC calibration table.
+pub fn mcc_calibration(bytes: &[u8]) -> Result<CalibrationTable, String> {
+    let t: CalibrationTable =
+        serde_json::from_slice(bytes).map_err(|e| format!("MCC calibration table: {e}"))?;
+    t.validate().map_err(|e| format!("MCC calibration table: {e}"))?;
+    if t.model != mcc_model() {
+        return Err(format!("MCC calibration table is for {}, not {}", t.model, mcc_model()));
+    }
+    Ok(t)
 }
 
 impl AppState {
@@ -100,7 +129,30 @@ impl AppState {
             }
             models.push(ServiceModel { id, dim: m.dim, kind: m.modality, calibration });
         }
-        Ok(Self::with_models(config, audit, models))
+        let fp = config.fingerprints.clone();
+        let mut state = Self::with_models(config, audit, models);
+        if fp.enabled {
+            let table = match &fp.calibration {
+                None => mcc_calibration(MCC_CALIBRATION.as_bytes())?,
+                Some(p) => {
+                    let p = if p.is_absolute() { p.clone() } else { state.config.data.join(p) };
+                    let bytes = std::fs::read(&p)
+                        .map_err(|e| format!("MCC calibration table {}: {e}", p.display()))?;
+                    mcc_calibration(&bytes)?
+                }
+            };
+            let limits = biomatch_models::finger::FingerLimits {
+                image: biomatch_models::imageio::ImageLimits {
+                    max_bytes: fp.max_image_bytes,
+                    max_side: fp.max_image_side,
+                },
+                min_minutiae: fp.min_minutiae,
+                ..Default::default()
+            };
+            state.finger_calibration = Some(table);
+            state.finger_extractor = Some(Arc::new(FingerExtractor::new(limits)));
+        }
+        Ok(state)
     }
 
     /// Build the state from models whose calibration is already in memory (tests, tools).
@@ -125,7 +177,48 @@ impl AppState {
             metrics: Metrics::new(),
             idempotency: Mutex::new(IdempotencyCache::default()),
             face: None,
+            fingers: OnceLock::new(),
+            finger_calibration: None,
+            finger_extractor: None,
+            enroll_lock: Mutex::new(()),
         }
+    }
+
+    /// Accept minutiae fingerprints, scored with `calibration`, images through `extractor`.
+    pub fn with_fingerprints(
+        mut self,
+        calibration: CalibrationTable,
+        extractor: Option<Arc<FingerExtractor>>,
+    ) -> Self {
+        self.finger_calibration = Some(calibration);
+        self.finger_extractor = extractor;
+        self
+    }
+
+    /// Attach the loaded finger search (before [`AppState::attach`], which makes the service ready).
+    pub fn attach_fingers(&self, fingers: Arc<FingerGallery>) {
+        let _ = self.fingers.set(fingers);
+    }
+
+    /// The finger search, if fingerprints are enabled and loaded.
+    pub fn fingers(&self) -> Option<&Arc<FingerGallery>> {
+        self.fingers.get()
+    }
+
+    /// The finger search, or why there is none.
+    pub fn fingers_or_err(&self) -> Result<&Arc<FingerGallery>, ApiError> {
+        self.gallery()?;
+        self.fingers.get().ok_or_else(|| {
+            ApiError::invalid(
+                "fingerprints_unavailable",
+                "this server does not accept minutiae fingerprints (fingerprints.enabled = false)",
+            )
+        })
+    }
+
+    /// Check a minutiae finger template against the service's rules.
+    pub fn check_finger(&self, t: &FingerTemplate) -> Result<(), ApiError> {
+        t.validate().map_err(|e| ApiError::invalid("invalid_template", e.to_string()))
     }
 
     /// Accept face images through `extractor`.
@@ -175,6 +268,18 @@ impl AppState {
             Modality::Face => self.face.as_ref(),
             Modality::Finger(_) => None,
         }
+    }
+
+    /// The calibration table scores of `model` are read with (`mcc@1` for minutiae fingers).
+    pub fn calibration(&self, model: &ModelId) -> Result<&CalibrationTable, ApiError> {
+        if *model == mcc_model() {
+            if let Some(t) = &self.finger_calibration {
+                return Ok(t);
+            }
+        }
+        self.model(model)
+            .map(|m| &m.calibration)
+            .ok_or_else(|| ApiError::internal("model without calibration"))
     }
 
     pub fn model(&self, id: &ModelId) -> Option<&ServiceModel> {

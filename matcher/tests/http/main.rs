@@ -3,6 +3,7 @@
 mod common;
 mod errors;
 mod faces;
+mod fingers;
 mod flows;
 mod ops;
 mod roles;

@@ -49,6 +49,8 @@ pub struct Matcher {
     up: Vec<f32>,
     down: Vec<f32>,
     work: Work,
+    /// The instruction set the comparison runs with (supported by this CPU).
+    isa: Isa,
 }
 
 #[derive(Default)]
@@ -102,7 +104,20 @@ impl Matcher {
             up: Vec::new(),
             down: Vec::new(),
             work: Work::default(),
+            isa: Isa::detect(),
         }
+    }
+
+    /// A matcher that compares with the code compiled for `isa`, or `None` when this CPU does
+    /// not support it. Every instruction set gives bit-identical scores; [`Matcher::new`] picks
+    /// the fastest one supported ([`Isa::detect`]).
+    pub fn with_isa(params: &MccParams, isa: Isa) -> Option<Matcher> {
+        isa.is_supported().then(|| Matcher { isa, ..Matcher::new(params) })
+    }
+
+    /// The instruction set this matcher compares with.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// The parameters this matcher compares with.
@@ -120,6 +135,30 @@ impl Matcher {
     }
 
     fn score(&mut self, a: &MccTemplate, b: &MccTemplate) -> f32 {
+        match self.isa {
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2 => {
+                // SAFETY: `self.isa` is `Avx2` only when `Isa::is_supported` found AVX2 and POPCNT
+                // on this CPU at run time (`Matcher::new` through `Isa::detect`, or
+                // `Matcher::with_isa`), which is what `score_avx2` requires.
+                unsafe { score_avx2(self, a, b) }
+            }
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Popcnt => {
+                // SAFETY: `self.isa` is `Popcnt` only when `Isa::is_supported` found POPCNT on
+                // this CPU at run time, which is what `score_popcnt` requires.
+                unsafe { score_popcnt(self, a, b) }
+            }
+            _ => self.score_with::<NATIVE_POPCNT>(a, b),
+        }
+    }
+
+    /// The whole comparison, inlined into one function per instruction set. `HW` selects the
+    /// popcount instruction (when compiled with it) over the portable bit arithmetic; the two
+    /// count exactly the same, and the float arithmetic is the same IEEE operations in the same
+    /// order whatever the instruction set (no fused multiply-add), so scores are bit-identical.
+    #[inline(always)]
+    fn score_with<const HW: bool>(&mut self, a: &MccTemplate, b: &MccTemplate) -> f32 {
         let (na, nb) = (a.cylinders.len(), b.cylinders.len());
         if na == 0 || nb == 0 {
             return 0.0;
@@ -130,13 +169,13 @@ impl Matcher {
         let np = p.min_np + (z * p.max_np.saturating_sub(p.min_np) as f32).round() as usize;
         let np = np.max(1);
 
-        self.local_similarities(&a.cylinders, &b.cylinders);
-        if self.cands.is_empty() {
+        let n_cands = self.local_similarities::<HW>(&a.cylinders, &b.cylinders);
+        if n_cands == 0 {
             return 0.0;
         }
-        let nr = n_min.min(self.params.max_relax_pairs).min(self.cands.len()).max(1);
-        if self.cands.len() > nr {
-            self.cands.select_nth_unstable_by(nr - 1, |x, y| y.cmp(x));
+        let nr = n_min.min(self.params.max_relax_pairs).min(n_cands).max(1);
+        if n_cands > nr {
+            self.cands[..n_cands].select_nth_unstable_by(nr - 1, |x, y| y.cmp(x));
         }
         self.relax(a, b, nr);
 
@@ -152,37 +191,20 @@ impl Matcher {
         (sum / np as f32).clamp(0.0, 1.0)
     }
 
-    /// Fills `self.cands` with every matchable pair of positive similarity.
-    fn local_similarities(&mut self, a: &[Cylinder], b: &[Cylinder]) {
-        self.cands.clear();
+    /// Fills the start of `self.cands` with every matchable pair of positive similarity and
+    /// returns their number (the buffer only grows, so that it is never cleared).
+    #[inline(always)]
+    fn local_similarities<const HW: bool>(&mut self, a: &[Cylinder], b: &[Cylinder]) -> usize {
+        if self.cands.len() < a.len() * b.len() {
+            self.cands.resize(a.len() * b.len(), 0);
+        }
+        let mut n = 0;
         let max_units = self.max_angle_units;
         let min_common = self.min_common_cells;
         let sqrt = &self.sqrt[..=64 * ND];
-        let cands = &mut self.cands;
+        let cands = &mut self.cands[..];
         let mut visit = |i: usize, ca: &Cylinder, range: std::ops::Range<usize>| {
-            for (j, cb) in b[range.clone()].iter().enumerate() {
-                let (x, na, nb) = if ca.mask == cb.mask {
-                    // The common case (both cylinders well inside the print): the counts of the
-                    // cylinders are their own, and only the XOR needs counting.
-                    if u32::from(ca.valid) < min_common {
-                        continue;
-                    }
-                    (xor_count(&ca.bits, &cb.bits), u32::from(ca.ones), u32::from(cb.ones))
-                } else {
-                    let common = ca.mask & cb.mask;
-                    if common.count_ones() < min_common {
-                        continue;
-                    }
-                    pair_counts(&ca.bits, &cb.bits, common)
-                };
-                let norms = sqrt[na as usize] + sqrt[nb as usize];
-                let lambda = 1.0 - sqrt[x as usize] / norms;
-                // `norms == 0` gives NaN, which fails the test as well.
-                if lambda > 0.0 {
-                    let j = range.start + j;
-                    cands.push(u64::from(lambda.to_bits()) << 32 | (i as u64) << 8 | j as u64);
-                }
-            }
+            n = visit_range::<HW>(cands, n, sqrt, min_common, i, ca, b, range);
         };
         // `b` is sorted by direction: the matchable cylinders form one circular range.
         for (i, ca) in a.iter().enumerate() {
@@ -201,9 +223,11 @@ impl Matcher {
                 visit(i, ca, 0..end);
             }
         }
+        n
     }
 
     /// Relaxes the first `nr` candidates; leaves `λ⁰` in `lam0` and the relaxed values in `lam`.
+    #[inline(always)]
     fn relax(&mut self, a: &MccTemplate, b: &MccTemplate, nr: usize) {
         let ps = &mut self.pairs;
         for v in [&mut ps.ax, &mut ps.ay, &mut ps.bx, &mut ps.by, &mut ps.delta] {
@@ -243,10 +267,6 @@ impl Matcher {
         // Compatibility of pairs t < k: `up[t·np + k] = ρ(t, k)`, `down[t·np + k] = ρ(k, t)`
         // (zero for k ≤ t). The two share the distance and direction terms; only the radial term
         // depends on whether it is seen from t or from k.
-        self.up.clear();
-        self.up.resize(np * np, 0.0);
-        self.down.clear();
-        self.down.resize(np * np, 0.0);
         let p = &self.params;
         let c = Consts {
             mu1: p.rho_distance.0,
@@ -262,29 +282,54 @@ impl Matcher {
         let work = &mut self.work;
         work.resize(nr * np + 1);
         let mut n = 0;
-        for t in 0..nr - 1 {
-            let k0 = (t + 1) / LANES * LANES;
-            for k in (k0..np).step_by(LANES) {
-                let (e12, wr, wi) = shared_lanes(ps, t, k, &c);
-                for l in 0..LANES {
-                    let kk = k + l;
-                    work.t[n] = t as u16;
-                    work.k[n] = kk as u16;
-                    work.e12[n] = e12[l];
-                    work.wr[n] = wr[l];
-                    work.wi[n] = wi[l];
-                    n += usize::from((kk > t) & (kk < nr) & (e12[l] <= NEGLIGIBLE));
+        {
+            let (wt, wk) = (&mut work.t[..], &mut work.k[..]);
+            let (we, wwr, wwi) = (&mut work.e12[..], &mut work.wr[..], &mut work.wi[..]);
+            for t in 0..nr - 1 {
+                let k0 = (t + 1) / LANES * LANES;
+                for k in (k0..np).step_by(LANES) {
+                    let (e12, wr, wi) = shared_lanes(ps, t, k, &c);
+                    let keep: [bool; LANES] = std::array::from_fn(|l| {
+                        (k + l > t) & (k + l < nr) & (e12[l] <= NEGLIGIBLE)
+                    });
+                    if !keep.iter().fold(false, |x, &y| x | y) {
+                        continue;
+                    }
+                    for l in 0..LANES {
+                        wt[n] = t as u16;
+                        wk[n] = (k + l) as u16;
+                        we[n] = e12[l];
+                        wwr[n] = wr[l];
+                        wwi[n] = wi[l];
+                        n += usize::from(keep[l]);
+                    }
                 }
             }
         }
-        // Pass 2, the listed pairs: the radial terms seen from t and from k.
+        // Pass 2, the listed pairs: the radial terms seen from t and from k. With few listed
+        // pairs (most comparisons of different fingers) the relaxation runs on the list; with
+        // many, on dense matrices (vectorised). The choice depends on the pairs only, never on
+        // the instruction set.
+        let sparse = 4 * n < nr * nr;
+        if !sparse {
+            self.up.clear();
+            self.up.resize(np * np, 0.0);
+            self.down.clear();
+            self.down.resize(np * np, 0.0);
+        }
         for start in (0..n).step_by(LANES) {
             let len = LANES.min(n - start);
             let (up, down) = radial_lanes(ps, work, start, len, &c);
-            for l in 0..len {
-                let idx = usize::from(work.t[start + l]) * np + usize::from(work.k[start + l]);
-                self.up[idx] = up[l];
-                self.down[idx] = down[l];
+            if sparse {
+                // `radial_lanes` has read these lanes: they now hold ρ(t, k) and ρ(k, t).
+                work.wr[start..start + len].copy_from_slice(&up[..len]);
+                work.wi[start..start + len].copy_from_slice(&down[..len]);
+            } else {
+                for l in 0..len {
+                    let idx = usize::from(work.t[start + l]) * np + usize::from(work.k[start + l]);
+                    self.up[idx] = up[l];
+                    self.down[idx] = down[l];
+                }
             }
         }
         let w = p.relax_weight;
@@ -292,13 +337,24 @@ impl Matcher {
         for _ in 0..p.relax_iterations {
             let acc = &mut ps.next[..np];
             acc.fill(0.0);
-            for t in 0..nr - 1 {
-                let k0 = (t + 1) / LANES * LANES;
-                let row = t * np + k0..(t + 1) * np;
-                acc[t] += dot(&self.up[row.clone()], &ps.lam[k0..np]);
-                let lt = ps.lam[t];
-                for (x, &r) in acc[k0..].iter_mut().zip(&self.down[row]) {
-                    *x += r * lt;
+            if sparse {
+                let lam = &ps.lam[..np];
+                let list =
+                    work.t[..n].iter().zip(&work.k[..n]).zip(&work.wr[..n]).zip(&work.wi[..n]);
+                for (((&t, &k), &up), &down) in list {
+                    let (t, k) = (usize::from(t), usize::from(k));
+                    acc[t] += up * lam[k];
+                    acc[k] += down * lam[t];
+                }
+            } else {
+                for t in 0..nr - 1 {
+                    let k0 = (t + 1) / LANES * LANES;
+                    let row = t * np + k0..(t + 1) * np;
+                    acc[t] += dot(&self.up[row.clone()], &ps.lam[k0..np]);
+                    let lt = ps.lam[t];
+                    for (x, &r) in acc[k0..].iter_mut().zip(&self.down[row]) {
+                        *x += r * lt;
+                    }
                 }
             }
             for (x, &l) in acc[..nr].iter_mut().zip(&ps.lam[..nr]) {
@@ -310,6 +366,115 @@ impl Matcher {
         }
         ps.lam.truncate(nr);
     }
+}
+
+/// Whether the portable path may use `count_ones` as is: everywhere but on x86 CPUs without a
+/// popcount instruction in the baseline (there `count_ones` is a slow software fallback).
+const NATIVE_POPCNT: bool =
+    !cfg!(any(target_arch = "x86", target_arch = "x86_64")) || cfg!(target_feature = "popcnt");
+
+/// The instruction sets the comparison is compiled for. The crate is built for the baseline
+/// CPU of its target; the comparison is compiled a second and third time for newer x86 CPUs,
+/// and [`Isa::detect`] picks the best one at run time. All give bit-identical scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// The baseline of the target (software popcount on plain x86-64).
+    Portable,
+    /// x86 with the POPCNT instruction.
+    Popcnt,
+    /// x86 with AVX2 and POPCNT (8-lane float kernels of the relaxation).
+    Avx2,
+}
+
+impl Isa {
+    /// The fastest instruction set this CPU supports (detected once, then cached).
+    pub fn detect() -> Isa {
+        static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            [Isa::Avx2, Isa::Popcnt].into_iter().find(|i| i.is_supported()).unwrap_or(Isa::Portable)
+        })
+    }
+
+    /// Whether this CPU can run the code compiled for `self` (run-time detection).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Popcnt => std::arch::is_x86_feature_detected!("popcnt"),
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("popcnt")
+            }
+            #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+            Isa::Popcnt | Isa::Avx2 => false,
+        }
+    }
+
+    /// A short name, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Popcnt => "popcnt",
+            Isa::Avx2 => "avx2+popcnt",
+        }
+    }
+}
+
+/// The comparison compiled with AVX2 and POPCNT. Callers must have checked both at run time.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,popcnt")]
+fn score_avx2(m: &mut Matcher, a: &MccTemplate, b: &MccTemplate) -> f32 {
+    m.score_with::<true>(a, b)
+}
+
+/// The comparison compiled with POPCNT. Callers must have checked it at run time.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "popcnt")]
+fn score_popcnt(m: &mut Matcher, a: &MccTemplate, b: &MccTemplate) -> f32 {
+    m.score_with::<true>(a, b)
+}
+
+/// Writes to `cands` from `n` on the pairs of `ca` (cylinder `i` of the first template) with
+/// `b[range]` that are matchable and of positive similarity, keyed by `λ` bits then the two
+/// indices; returns the new count. `cands` has room for every pair of the comparison, so that
+/// the test on λ is a conditional increment rather than a mispredicted branch.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn visit_range<const HW: bool>(
+    cands: &mut [u64],
+    mut n: usize,
+    sqrt: &[f32],
+    min_common: u32,
+    i: usize,
+    ca: &Cylinder,
+    b: &[Cylinder],
+    range: std::ops::Range<usize>,
+) -> usize {
+    let sqrt = &sqrt[..=64 * ND];
+    for (j, cb) in b[range.clone()].iter().enumerate() {
+        let (x, na, nb) = if ca.mask == cb.mask {
+            // The common case (both cylinders well inside the print): the counts of the
+            // cylinders are their own, and only the XOR needs counting.
+            if u32::from(ca.valid) < min_common {
+                continue;
+            }
+            (xor_count::<HW>(&ca.bits, &cb.bits), u32::from(ca.ones), u32::from(cb.ones))
+        } else {
+            let common = ca.mask & cb.mask;
+            if common.count_ones() < min_common {
+                continue;
+            }
+            pair_counts::<HW>(&ca.bits, &cb.bits, common)
+        };
+        let norms = sqrt[na as usize] + sqrt[nb as usize];
+        let lambda = 1.0 - sqrt[x as usize] / norms;
+        let j = range.start + j;
+        cands[n] = u64::from(lambda.to_bits()) << 32 | (i as u64) << 8 | j as u64;
+        // `norms == 0` gives NaN, which fails the test as well.
+        n += usize::from(lambda > 0.0);
+    }
+    n
 }
 
 /// Lanes of the compatibility kernel.
@@ -414,15 +579,12 @@ impl Work {
 /// `1 / ρ` above which a compatibility counts as 0 (skipping the radial term).
 const NEGLIGIBLE: f32 = 1e6;
 
-/// `popcount(a ⊕ b)` over the sections.
+/// `popcount(a ⊕ b)` over the sections; `HW`: with the popcount instruction.
 #[inline(always)]
-fn xor_count(a: &[u64; ND], b: &[u64; ND]) -> u32 {
-    #[cfg(target_feature = "popcnt")]
-    {
+fn xor_count<const HW: bool>(a: &[u64; ND], b: &[u64; ND]) -> u32 {
+    if HW {
         a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
-    }
-    #[cfg(not(target_feature = "popcnt"))]
-    {
+    } else {
         let mut acc = 0u64;
         for chunk in 0..ND.div_ceil(3) {
             let mut s = 0u64;
@@ -437,7 +599,6 @@ fn xor_count(a: &[u64; ND], b: &[u64; ND]) -> u32 {
 
 /// Popcount without a popcount instruction: per-word counts kept in nibbles (≤ 4 per word, so
 /// three words add up without overflow), then bytes (≤ 8 per word), then one horizontal sum.
-#[cfg(not(target_feature = "popcnt"))]
 mod swar {
     const M1: u64 = 0x5555_5555_5555_5555;
     const M2: u64 = 0x3333_3333_3333_3333;
@@ -465,11 +626,11 @@ mod swar {
     }
 }
 
-/// `(popcount((a ⊕ b) ∧ m), popcount(a ∧ m), popcount(b ∧ m))` summed over the sections.
+/// `(popcount((a ⊕ b) ∧ m), popcount(a ∧ m), popcount(b ∧ m))` summed over the sections;
+/// `HW`: with the popcount instruction.
 #[inline(always)]
-fn pair_counts(a: &[u64; ND], b: &[u64; ND], m: u64) -> (u32, u32, u32) {
-    #[cfg(target_feature = "popcnt")]
-    {
+fn pair_counts<const HW: bool>(a: &[u64; ND], b: &[u64; ND], m: u64) -> (u32, u32, u32) {
+    if HW {
         let (mut x, mut na, mut nb) = (0, 0, 0);
         for k in 0..ND {
             let (wa, wb) = (a[k] & m, b[k] & m);
@@ -478,9 +639,7 @@ fn pair_counts(a: &[u64; ND], b: &[u64; ND], m: u64) -> (u32, u32, u32) {
             nb += wb.count_ones();
         }
         (x, na, nb)
-    }
-    #[cfg(not(target_feature = "popcnt"))]
-    {
+    } else {
         let (mut x, mut na, mut nb) = (0u64, 0u64, 0u64);
         for chunk in 0..ND.div_ceil(3) {
             let (mut sx, mut sa, mut sb) = (0u64, 0u64, 0u64);
@@ -617,9 +776,13 @@ mod tests {
                     acc.2 + (y & m).count_ones(),
                 )
             });
-            assert_eq!(pair_counts(&a, &b, m), want);
-            assert_eq!(xor_count(&a, &b), pair_counts(&a, &b, !0).0);
+            assert_eq!(pair_counts::<false>(&a, &b, m), want);
+            assert_eq!(pair_counts::<true>(&a, &b, m), want);
+            assert_eq!(xor_count::<false>(&a, &b), pair_counts::<true>(&a, &b, !0).0);
+            assert_eq!(xor_count::<true>(&a, &b), pair_counts::<true>(&a, &b, !0).0);
         }
-        assert_eq!(pair_counts(&[!0; ND], &[0; ND], !0), (64 * ND as u32, 64 * ND as u32, 0));
+        let full = (64 * ND as u32, 64 * ND as u32, 0);
+        assert_eq!(pair_counts::<false>(&[!0; ND], &[0; ND], !0), full);
+        assert_eq!(pair_counts::<true>(&[!0; ND], &[0; ND], !0), full);
     }
 }

@@ -559,3 +559,32 @@ fn fast_comparison_matches_the_plain_formulas() {
     }
     eprintln!("largest relative difference to the reference on mates: {worst:e}");
 }
+
+#[test]
+fn every_instruction_set_gives_bit_identical_scores() {
+    let mut rng = Rng::new(7);
+    let d = Distortion::realistic();
+    let masters: Vec<Master> = (0..10).map(|_| master(&mut rng)).collect();
+    let ts: Vec<MccTemplate> = masters
+        .iter()
+        .flat_map(|m| [0, 1].map(|_| prepare(&impression(m, &d, &mut rng))))
+        .collect();
+    let p = MccParams::default();
+    let mut portable = Matcher::with_isa(&p, Isa::Portable).expect("always supported");
+    assert_eq!(Matcher::new(&p).isa(), Isa::detect());
+    let others: Vec<Matcher> =
+        [Isa::Popcnt, Isa::Avx2].into_iter().filter_map(|isa| Matcher::with_isa(&p, isa)).collect();
+    eprintln!(
+        "instruction sets: portable + {:?} (detected {:?})",
+        others.iter().map(Matcher::isa).collect::<Vec<_>>(),
+        Isa::detect()
+    );
+    for mut m in others {
+        for a in &ts {
+            for b in &ts {
+                let (x, y) = (portable.similarity(a, b), m.similarity(a, b));
+                assert_eq!(x.to_bits(), y.to_bits(), "{:?}: {x} vs {y}", m.isa());
+            }
+        }
+    }
+}
