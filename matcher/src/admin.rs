@@ -78,9 +78,13 @@ pub async fn stats(State(state): St, caller: Caller) -> Result<Json<serde_json::
     let g = state.gallery()?;
     let indexes: Vec<IndexOut> =
         s.columns.iter().filter_map(|c| g.index(&c.model)).map(|i| index_out(&i)).collect();
-    Ok(Json(
-        serde_json::json!({ "store": s, "indexes": indexes, "audit_records": state.audit.written() }),
-    ))
+    let fingers = state.fingers().map(|f| f.store().stats());
+    Ok(Json(serde_json::json!({
+        "store": s,
+        "indexes": indexes,
+        "fingers": fingers,
+        "audit_records": state.audit.written()
+    })))
 }
 
 /// Load the current index generation from disk (built by `index/build` or the offline builder).

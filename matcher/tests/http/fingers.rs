@@ -59,6 +59,10 @@ async fn real_prints_enroll_verify_identify_delete() {
         assert_eq!(s, StatusCode::CREATED, "{v}");
         assert_eq!(v["templates"], json!([{ "modality": "finger2", "model": "mcc@1" }]));
     }
+    let (s, stats) = app.call("GET", "/v1/admin/stats", Some(OPS), None).await;
+    assert_eq!(s, StatusCode::OK, "{stats}");
+    assert_eq!(stats["fingers"]["subjects"], 2, "{stats}");
+    assert_eq!(stats["fingers"]["fingers"], 2, "{stats}");
     let probe = json!([finger_image(2, &print("p1_2.png"))]);
     let verify = |id: &str| json!({ "subject_id": id, "fingers": probe });
     let (s, genuine) = app.call("POST", "/v1/verify", Some(BANK), Some(verify("CIT-A"))).await;
