@@ -49,6 +49,9 @@ struct Args {
     /// Probes for the pre-selection experiment.
     #[arg(long, default_value_t = 1000)]
     probes: usize,
+    /// Skip this many fingers before taking probes (held-out probes for tuned parameters).
+    #[arg(long, default_value_t = 0)]
+    probe_skip: usize,
     /// Pairs timed on one thread for the speed comparison.
     #[arg(long, default_value_t = 20_000)]
     speed_pairs: usize,
@@ -281,6 +284,7 @@ fn preselection(
         .filter(|&f| {
             gallery[f].is_some() && mcc[f][1].as_ref().is_some_and(|t| t.cylinder_count() > 0)
         })
+        .skip(a.probe_skip)
         .take(a.probes)
         .collect();
     // Rank of the mate in the index's ordering (None: not returned at all).
