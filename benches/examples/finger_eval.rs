@@ -260,9 +260,6 @@ fn preselection(
     params: &MccParams,
 ) -> anyhow::Result<serde_json::Value> {
     let n = mcc.len();
-    let bits = |t: &MccTemplate| -> Vec<Vec<u64>> {
-        (0..t.cylinder_count()).map(|i| t.cylinder_bits(i).to_vec()).collect()
-    };
     let gallery: Vec<Option<&MccTemplate>> =
         mcc.iter().map(|f| f[0].as_ref().filter(|t| t.cylinder_count() > 0)).collect();
     let t0 = Instant::now();
@@ -272,9 +269,7 @@ fn preselection(
     let mut index = FingerIndex::new(ip)?;
     for (f, t) in gallery.iter().enumerate() {
         if let Some(t) = t {
-            let v = bits(t);
-            let refs: Vec<&[u64]> = v.iter().map(Vec::as_slice).collect();
-            index.insert(f as u32, &refs)?;
+            index.insert(f as u32, &t.cylinder_vectors())?;
         }
     }
     index.compact();
@@ -292,9 +287,8 @@ fn preselection(
     let ranks: Vec<Option<usize>> = probes
         .iter()
         .map(|&f| {
-            let v = bits(mcc[f][1].as_ref().unwrap());
-            let refs: Vec<&[u64]> = v.iter().map(Vec::as_slice).collect();
-            let hits = index.search(&refs, live).expect("probe vectors have the index's length");
+            let probe = mcc[f][1].as_ref().unwrap().cylinder_vectors();
+            let hits = index.search(&probe, live).expect("probe vectors have the index's length");
             hits.iter().position(|&(id, _)| id as usize == f)
         })
         .collect();
@@ -329,9 +323,7 @@ fn preselection(
     let mut pre_rank1 = 0;
     for &f in &timed {
         let p = mcc[f][1].as_ref().unwrap();
-        let v = bits(p);
-        let refs: Vec<&[u64]> = v.iter().map(Vec::as_slice).collect();
-        let cands = index.search(&refs, k5).expect("valid probe");
+        let cands = index.search(&p.cylinder_vectors(), k5).expect("valid probe");
         let best = cands
             .iter()
             .map(|&(g, _)| (g as usize, m.similarity(p, gallery[g as usize].unwrap())))

@@ -57,6 +57,17 @@ struct Entry {
     mcc: MccTemplate,
 }
 
+impl Entry {
+    /// The searchable form of a finger; `None` without a position (the store refuses those).
+    fn new(subject: &SubjectId, t: &FingerTemplate, mcc: &MccParams) -> Option<Entry> {
+        Some(Entry {
+            subject: subject.clone(),
+            position: t.position?,
+            mcc: MccTemplate::new(t, mcc),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     /// Dense finger id → entry; `None` once deleted (ids are not reused until a rebuild).
@@ -78,10 +89,6 @@ pub struct FingerGallery {
     writer: Mutex<()>,
 }
 
-fn cylinders(t: &MccTemplate) -> Vec<&[u64]> {
-    (0..t.cylinder_count()).map(|i| t.cylinder_bits(i)).collect()
-}
-
 fn position_of(t: &FingerTemplate, index: usize) -> Result<FingerPosition> {
     t.position.ok_or(GalleryError::MissingFingerPosition { index })
 }
@@ -98,13 +105,7 @@ impl FingerGallery {
         let entries: Vec<Entry> = snapshot
             .par_iter()
             .flat_map_iter(|(subject, fingers)| {
-                fingers.iter().filter_map(|t| {
-                    Some(Entry {
-                        subject: subject.clone(),
-                        position: t.position?,
-                        mcc: MccTemplate::new(t, &mcc),
-                    })
-                })
+                fingers.iter().filter_map(|t| Entry::new(subject, t, &mcc))
             })
             .collect();
         let mut inner = Inner {
@@ -170,11 +171,7 @@ impl FingerGallery {
         }
         let prepared: Vec<Entry> = fingers
             .iter()
-            .map(|t| Entry {
-                subject: subject.clone(),
-                position: t.position.expect("checked"),
-                mcc: MccTemplate::new(t, &self.mcc),
-            })
+            .map(|t| Entry::new(subject, t, &self.mcc).expect("position checked"))
             .collect();
         let _w = self.writer.lock();
         let seq = self.store.enroll(subject, fingers)?;
@@ -254,7 +251,7 @@ impl FingerGallery {
                 let k = ((self.search.penetration * n as f64).ceil() as usize)
                     .max(self.search.min_candidates);
                 let hits = inner.indexes[pi]
-                    .search(&cylinders(&p), k)
+                    .search(&p.cylinder_vectors(), k)
                     .map_err(|e| GalleryError::BadIndexParams(e.to_string()))?;
                 (hits.into_iter().map(|(id, _)| id).collect(), true)
             }
@@ -292,7 +289,7 @@ impl Inner {
         let p = usize::from(e.position.code() - 1);
         if e.mcc.cylinder_count() > 0 {
             self.indexes[p]
-                .insert(id, &cylinders(&e.mcc))
+                .insert(id, &e.mcc.cylinder_vectors())
                 .map_err(|err| GalleryError::BadIndexParams(err.to_string()))?;
         }
         self.by_subject.entry(e.subject.clone()).or_default().push(id);

@@ -15,7 +15,7 @@ use base64::Engine;
 use biomatch_core::calibration::fpir_from_mosip;
 use biomatch_core::finger::{iso, FingerTemplate};
 use biomatch_core::fusion::{fuse_fmr, score_of_fmr};
-use biomatch_core::{FingerPosition, Modality, ModelId, SubjectId, Template};
+use biomatch_core::{CalibrationTable, FingerPosition, Modality, ModelId, SubjectId, Template};
 use biomatch_gallery::{
     AnnParams, Enrollment, FingerGallery, GalleryError, IdentifyOptions, Probe, SearchMode, Store,
 };
@@ -443,6 +443,32 @@ pub async fn delete_subject(
     Ok(Json(DeleteOut { subject_id: subject.to_string(), deleted: true, seq: r? }))
 }
 
+/// One modality's score in an identify answer, read against its calibration.
+fn scored(modality: Modality, score: f32, cal: &CalibrationTable) -> ModalityScoreOut {
+    ModalityScoreOut {
+        modality: modality.to_string(),
+        score,
+        fmr: cal.fmr_at(score),
+        threshold: None,
+    }
+}
+
+/// Add a candidate's score for a modality it was not returned for; a candidate lacking that
+/// modality just gets no score for it.
+fn fill_in(
+    scores: &mut Vec<ModalityScoreOut>,
+    modality: Modality,
+    cal: &CalibrationTable,
+    verified: Result<f32, GalleryError>,
+) -> Result<(), ApiError> {
+    match verified {
+        Ok(score) => scores.push(scored(modality, score, cal)),
+        Err(GalleryError::NoTemplate { .. } | GalleryError::UnknownSubject(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
 fn check_rate(name: &str, v: f64) -> Result<f64, ApiError> {
     if v > 0.0 && v < 1.0 {
         Ok(v)
@@ -621,14 +647,13 @@ async fn identify_inner(
         } as u64;
         let single = samples.len() == 1;
         // Single modality: the candidate threshold applies directly to the raw score.
-        let raw_threshold =
-            |cal: &biomatch_core::CalibrationTable| -> Result<Option<f32>, ApiError> {
-                Ok(match (single, req.threshold, target_fpir) {
-                    (true, Some(t), _) => Some(t),
-                    (true, None, Some(f)) => Some(cal.threshold_for_fpir(f, n.max(1))?),
-                    _ => None,
-                })
-            };
+        let raw_threshold = |cal: &CalibrationTable| -> Result<Option<f32>, ApiError> {
+            Ok(match (single, req.threshold, target_fpir) {
+                (true, Some(t), _) => Some(t),
+                (true, None, Some(f)) => Some(cal.threshold_for_fpir(f, n.max(1))?),
+                _ => None,
+            })
+        };
         let k = if single {
             max_results
         } else {
@@ -645,12 +670,7 @@ async fn identify_inner(
             let (cands, p) = g.identify(&probe, &opts, mode)?;
             path = Some((p.kind.to_owned(), p.generation));
             for c in cands {
-                per_subject.entry(c.subject_id).or_default().push(ModalityScoreOut {
-                    modality: modality.to_string(),
-                    score: c.score,
-                    fmr: cal.fmr_at(c.score),
-                    threshold: None,
-                });
+                per_subject.entry(c.subject_id).or_default().push(scored(*modality, c.score, cal));
             }
         }
         let cal_f = state2.calibration(&mcc_model());
@@ -669,12 +689,7 @@ async fn identify_inner(
                 ((if info.preselected { "index" } else { "exact" }).to_owned(), None)
             });
             for (subject, score) in cands {
-                per_subject.entry(subject).or_default().push(ModalityScoreOut {
-                    modality: modality.to_string(),
-                    score,
-                    fmr: cal.fmr_at(score),
-                    threshold: None,
-                });
+                per_subject.entry(subject).or_default().push(scored(modality, score, cal));
             }
         }
         // Fill in the modalities a candidate was not returned for, then fuse.
@@ -686,19 +701,8 @@ async fn identify_inner(
                         continue;
                     }
                     let cal = state2.calibration(template.model())?;
-                    match store.verify(
-                        &subject,
-                        &Probe { modality: *modality, template: template.clone() },
-                    ) {
-                        Ok(score) => scores.push(ModalityScoreOut {
-                            modality: modality.to_string(),
-                            score,
-                            fmr: cal.fmr_at(score),
-                            threshold: None,
-                        }),
-                        Err(GalleryError::NoTemplate { .. } | GalleryError::UnknownSubject(_)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    let probe = Probe { modality: *modality, template: template.clone() };
+                    fill_in(&mut scores, *modality, cal, store.verify(&subject, &probe))?;
                 }
                 for t in &samples.fingers {
                     let modality = Modality::Finger(t.position.expect("set by finger_sample"));
@@ -707,16 +711,7 @@ async fn identify_inner(
                     }
                     let (f, cal) =
                         (fingers.as_ref().expect("checked"), cal_f.as_ref().map_err(Clone::clone)?);
-                    match f.verify(&subject, t) {
-                        Ok(score) => scores.push(ModalityScoreOut {
-                            modality: modality.to_string(),
-                            score,
-                            fmr: cal.fmr_at(score),
-                            threshold: None,
-                        }),
-                        Err(GalleryError::NoTemplate { .. } | GalleryError::UnknownSubject(_)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    fill_in(&mut scores, modality, cal, f.verify(&subject, t))?;
                 }
             }
             let fmr = fuse_fmr(scores.iter().map(|s| s.fmr));

@@ -13,7 +13,7 @@
 //!   (`bits_per_hash`, at most 32) drawn at random, reproducibly from `seed`, giving a `p`-bit key.
 //!   Two vectors at Hamming distance `d` collide in one function with probability `(1 − d/n)^p`.
 //! - One table per function maps a key to the fingers owning a vector with that key (one posting
-//!   per inserted vector, so a finger with two colliding vectors counts twice).
+//!   per inserted vector; at search time a finger counts once per table and probe vector).
 //! - Search: every probe vector `v` looks up its key in each of the `L` tables; a gallery finger
 //!   `T` found in table `t` (through any of its vectors) earns the key's weight
 //!   `w = ln(1 + F / df)`, `F` the indexed fingers and `df` the postings under that key (inverse
@@ -65,7 +65,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Largest number of hash functions (collision counters are 16-bit).
+/// Largest number of hash functions (bounds memory and search time; each is one table).
 pub const MAX_HASH_FUNCTIONS: usize = 1024;
 /// Largest number of projected bits per hash function (keys are `u32`).
 pub const MAX_BITS_PER_HASH: usize = 32;
@@ -440,7 +440,7 @@ impl FingerIndex {
 /// are empty.
 #[derive(Debug, Default)]
 struct Scratch {
-    /// Collisions of the current probe vector per finger.
+    /// Marks the fingers already credited in the current table for the current probe vector.
     coll: Vec<u16>,
     /// Accumulated similarity per finger.
     score: Vec<f32>,

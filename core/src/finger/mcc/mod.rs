@@ -240,6 +240,12 @@ impl MccTemplate {
         &self.cylinders[i].bits
     }
 
+    /// Every cylinder's bits ([`MccTemplate::cylinder_bits`]), in order: what a pre-selection
+    /// index inserts or searches with.
+    pub fn cylinder_vectors(&self) -> Vec<&[u64]> {
+        self.cylinders.iter().map(|c| &c.bits[..]).collect()
+    }
+
     /// Validity of the bits of cylinder `i`, same layout as [`MccTemplate::cylinder_bits`] (the
     /// spatial validity word repeated for every section). Panics when `i >= cylinder_count()`.
     pub fn cylinder_mask(&self, i: usize) -> &[u64] {
