@@ -42,6 +42,7 @@ impl Fixture {
                         Modality::Face,
                         Template::new(synthetic_model(), dim, v).expect("valid"),
                     )],
+                    fingers: Vec::new(),
                 })
                 .collect();
             for r in store.enroll_batch(&e).expect("enroll") {

@@ -25,6 +25,7 @@ pub enum GalleryError {
     /// A finger template breaks an invariant (image size, minutia outside the image, …).
     #[error("finger template {index} is invalid: {source}")]
     InvalidFinger { index: usize, source: biomatch_core::finger::FingerError },
+
     #[error(
         "finger template {index} does not say which finger it is (a position 1..=10 is required)"
     )]
@@ -59,6 +60,9 @@ pub enum GalleryError {
     Poisoned,
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The commit hook (the audit journal) could not record a commit group; nothing was stored.
+    #[error("the commit journal refused the write: {0}")]
+    Journal(String),
 }
 
 fn gallery_hint(gallery: &Option<ModelId>) -> String {
@@ -81,6 +85,7 @@ impl GalleryError {
                 | GalleryError::Locked(_)
                 | GalleryError::ReadOnly
                 | GalleryError::Io { .. }
+                | GalleryError::Journal(_)
                 | GalleryError::Faiss(_)
                 | GalleryError::OverBudget { .. }
         )

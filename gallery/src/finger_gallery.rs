@@ -1,6 +1,7 @@
-//! Fingerprint 1:1 and 1:N search over the [`FingerStore`]: MCC templates of every enrolled finger
-//! held in memory, and a pre-selection index (MCC-cylinder LSH, `core::finger::index`) per finger
-//! position so that a 1:N search runs the MCC matcher only on a short candidate list.
+//! Fingerprint 1:1 and 1:N search over the minutiae fingers of the [`Store`]: MCC templates of
+//! every enrolled finger held in memory, and a pre-selection index (MCC-cylinder LSH,
+//! `core::finger::index`) per finger position so that a 1:N search runs the MCC matcher only on a
+//! short candidate list.
 //!
 //! Search path: a probe finger with a known position is compared with gallery fingers of the same
 //! position only. Below `exhaustive_below` fingers of that position (or for a subject subset) every
@@ -8,19 +9,22 @@
 //! fingers and only those are compared. Scores are MCC similarities in [0, 1]; a subject's score is
 //! its best finger of that position (one per position, so that is its only one).
 //!
-//! Writes go to the store first (durable, fsynced), then into memory, under one writer mutex: a
-//! search that starts after an enrollment was acknowledged sees it.
+//! This is a search structure only: the fingers are durable in the [`Store`]. It is built from the
+//! store at start ([`FingerGallery::build`]) and follows its commits: the store's commit hook
+//! calls [`FingerGallery::insert`] / [`FingerGallery::remove`] in sequence order, after a group
+//! is durable and before its writers are answered, so a search that starts after an enrollment
+//! was acknowledged sees it. Probes and new fingers are prepared ([`PreparedFinger`]: the MCC
+//! template) once, outside any lock, and compared many times.
 
 use crate::error::{GalleryError, Result};
-use crate::finger_store::FingerStore;
+use crate::store::Store;
 use biomatch_core::finger::index::{FingerIndex, IndexParams};
 use biomatch_core::finger::mcc::{Matcher, MccParams, MccTemplate, BITS_PER_CYLINDER};
 use biomatch_core::finger::FingerTemplate;
 use biomatch_core::{FingerPosition, Modality, SubjectId};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// How 1:N finger searches choose their candidates.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,22 +54,17 @@ pub struct FingerSearchInfo {
     pub preselected: bool,
 }
 
-#[derive(Debug)]
-struct Entry {
-    subject: SubjectId,
-    position: FingerPosition,
+/// A finger ready to be compared: its position and MCC template, built once.
+#[derive(Debug, Clone)]
+pub struct PreparedFinger {
+    pub position: FingerPosition,
     mcc: MccTemplate,
 }
 
-impl Entry {
-    /// The searchable form of a finger; `None` without a position (the store refuses those).
-    fn new(subject: &SubjectId, t: &FingerTemplate, mcc: &MccParams) -> Option<Entry> {
-        Some(Entry {
-            subject: subject.clone(),
-            position: t.position?,
-            mcc: MccTemplate::new(t, mcc),
-        })
-    }
+#[derive(Debug)]
+struct Entry {
+    subject: SubjectId,
+    finger: PreparedFinger,
 }
 
 #[derive(Debug)]
@@ -79,14 +78,12 @@ struct Inner {
     live: [usize; 10],
 }
 
-/// Finger search over a [`FingerStore`]. `Send + Sync`.
+/// Finger search over the store's minutiae fingers. `Send + Sync`.
 #[derive(Debug)]
 pub struct FingerGallery {
-    store: Arc<FingerStore>,
     mcc: MccParams,
     search: FingerSearchParams,
     inner: RwLock<Inner>,
-    writer: Mutex<()>,
 }
 
 fn position_of(t: &FingerTemplate, index: usize) -> Result<FingerPosition> {
@@ -94,44 +91,53 @@ fn position_of(t: &FingerTemplate, index: usize) -> Result<FingerPosition> {
 }
 
 impl FingerGallery {
-    /// Build the in-memory search structures from the store's current content (MCC templates in
-    /// parallel).
-    pub fn open(
-        store: Arc<FingerStore>,
-        mcc: MccParams,
-        search: FingerSearchParams,
-    ) -> Result<Self> {
-        let snapshot = store.snapshot();
-        let entries: Vec<Entry> = snapshot
-            .par_iter()
-            .flat_map_iter(|(subject, fingers)| {
-                fingers.iter().filter_map(|t| Entry::new(subject, t, &mcc))
-            })
-            .collect();
-        let mut inner = Inner {
-            fingers: Vec::with_capacity(entries.len()),
-            by_subject: HashMap::with_capacity(snapshot.len()),
+    /// An empty finger search.
+    pub fn new(mcc: MccParams, search: FingerSearchParams) -> Result<Self> {
+        let inner = Inner {
+            fingers: Vec::new(),
+            by_subject: HashMap::new(),
             indexes: (0..10)
                 .map(|_| FingerIndex::new(IndexParams::new(BITS_PER_CYLINDER)))
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| GalleryError::BadIndexParams(e.to_string()))?,
             live: [0; 10],
         };
-        for e in entries {
-            inner.add(e)?;
+        Ok(Self { mcc, search, inner: RwLock::new(inner) })
+    }
+
+    /// Build the search structures from the store's fingers (MCC templates in parallel).
+    pub fn build(store: &Store, mcc: MccParams, search: FingerSearchParams) -> Result<Self> {
+        let g = Self::new(mcc, search)?;
+        let mut all = Vec::new();
+        store.for_each_fingers(|s, _, f| all.push((s.clone(), f)))?;
+        let prepared: Vec<(SubjectId, Vec<PreparedFinger>)> =
+            all.into_par_iter().map(|(s, f)| (s, g.prepare_all(&f))).collect();
+        let mut inner = g.inner.write();
+        for (s, fingers) in prepared {
+            for f in fingers {
+                inner.add(Entry { subject: s.clone(), finger: f })?;
+            }
         }
         for ix in &mut inner.indexes {
             ix.compact();
         }
-        Ok(Self { store, mcc, search, inner: RwLock::new(inner), writer: Mutex::new(()) })
-    }
-
-    pub fn store(&self) -> &Arc<FingerStore> {
-        &self.store
+        drop(inner);
+        Ok(g)
     }
 
     pub fn mcc_params(&self) -> &MccParams {
         &self.mcc
+    }
+
+    /// The comparable form of one finger (its position must be set).
+    pub fn prepare(&self, t: &FingerTemplate) -> Result<PreparedFinger> {
+        Ok(PreparedFinger { position: position_of(t, 0)?, mcc: MccTemplate::new(t, &self.mcc) })
+    }
+
+    /// The comparable form of a subject's checked fingers (each with its position; fingers
+    /// without one are skipped: the store refuses them).
+    pub fn prepare_all(&self, fingers: &[FingerTemplate]) -> Vec<PreparedFinger> {
+        fingers.iter().filter_map(|t| self.prepare(t).ok()).collect()
     }
 
     /// Subjects holding fingers.
@@ -152,57 +158,31 @@ impl FingerGallery {
         self.inner.read().by_subject.contains_key(subject)
     }
 
-    /// Finger positions a subject holds.
-    pub fn positions(&self, subject: &SubjectId) -> Vec<FingerPosition> {
-        let inner = self.inner.read();
-        let mut p: Vec<FingerPosition> = inner
-            .by_subject
-            .get(subject)
-            .map(|ids| ids.iter().filter_map(|&i| inner.entry(i).map(|e| e.position)).collect())
-            .unwrap_or_default();
-        p.sort();
-        p
-    }
-
-    /// Durably enroll a subject's fingers (1..=10, distinct positions), then make them searchable.
-    pub fn enroll(&self, subject: &SubjectId, fingers: &[FingerTemplate]) -> Result<u64> {
-        for (i, t) in fingers.iter().enumerate() {
-            position_of(t, i)?;
-        }
-        let prepared: Vec<Entry> = fingers
-            .iter()
-            .map(|t| Entry::new(subject, t, &self.mcc).expect("position checked"))
-            .collect();
-        let _w = self.writer.lock();
-        let seq = self.store.enroll(subject, fingers)?;
+    /// Make a subject's (durably stored) fingers searchable.
+    pub fn insert(&self, subject: &SubjectId, fingers: Vec<PreparedFinger>) -> Result<()> {
         let mut inner = self.inner.write();
-        for e in prepared {
-            inner.add(e)?;
+        for f in fingers {
+            inner.add(Entry { subject: subject.clone(), finger: f })?;
         }
-        Ok(seq)
+        Ok(())
     }
 
-    /// Durably delete a subject's fingers.
-    pub fn delete(&self, subject: &SubjectId) -> Result<u64> {
-        let _w = self.writer.lock();
-        let seq = self.store.delete(subject)?;
+    /// Forget a subject's fingers (after its delete is durable).
+    pub fn remove(&self, subject: &SubjectId) {
         let mut inner = self.inner.write();
         if let Some(ids) = inner.by_subject.remove(subject) {
             for id in ids {
                 if let Some(e) = inner.fingers[id as usize].take() {
-                    let p = usize::from(e.position.code() - 1);
+                    let p = usize::from(e.finger.position.code() - 1);
                     inner.indexes[p].remove(id);
                     inner.live[p] -= 1;
                 }
             }
         }
-        Ok(seq)
     }
 
-    /// MCC similarity of `probe` with the subject's finger of the same position.
-    pub fn verify(&self, subject: &SubjectId, probe: &FingerTemplate) -> Result<f32> {
-        let position = position_of(probe, 0)?;
-        let p = MccTemplate::new(probe, &self.mcc);
+    /// MCC similarity of a prepared probe with the subject's finger of the same position.
+    pub fn verify(&self, subject: &SubjectId, probe: &PreparedFinger) -> Result<f32> {
         let inner = self.inner.read();
         let ids = inner
             .by_subject
@@ -211,19 +191,19 @@ impl FingerGallery {
         let e = ids
             .iter()
             .filter_map(|&i| inner.entry(i))
-            .find(|e| e.position == position)
+            .find(|e| e.finger.position == probe.position)
             .ok_or_else(|| GalleryError::NoTemplate {
                 subject: subject.clone(),
-                modality: Modality::Finger(position),
+                modality: Modality::Finger(probe.position),
             })?;
-        Ok(Matcher::new(&self.mcc).similarity(&p, &e.mcc))
+        Ok(Matcher::new(&self.mcc).similarity(&probe.mcc, &e.finger.mcc))
     }
 
-    /// The best `max_results` subjects for `probe` (same finger position), best first, with scores
-    /// at or above `threshold`; optionally only among `subset`.
+    /// The best `max_results` subjects for a prepared probe (same finger position), best first,
+    /// with scores at or above `threshold`; optionally only among `subset`.
     pub fn identify(
         &self,
-        probe: &FingerTemplate,
+        probe: &PreparedFinger,
         max_results: usize,
         threshold: Option<f32>,
         subset: Option<&[SubjectId]>,
@@ -234,8 +214,7 @@ impl FingerGallery {
                 max: crate::MAX_RESULTS_LIMIT,
             });
         }
-        let position = position_of(probe, 0)?;
-        let p = MccTemplate::new(probe, &self.mcc);
+        let (position, p) = (probe.position, &probe.mcc);
         let inner = self.inner.read();
         let pi = usize::from(position.code() - 1);
         let n = inner.live[pi];
@@ -258,10 +237,10 @@ impl FingerGallery {
         };
         let mut scored: Vec<(u32, f32)> = ids
             .par_iter()
-            .filter(|&&id| inner.entry(id).is_some_and(|e| e.position == position))
+            .filter(|&&id| inner.entry(id).is_some_and(|e| e.finger.position == position))
             .map_init(
                 || Matcher::new(&self.mcc),
-                |m, &id| (id, m.similarity(&p, &inner.entry(id).expect("filtered").mcc)),
+                |m, &id| (id, m.similarity(p, &inner.entry(id).expect("filtered").finger.mcc)),
             )
             .collect();
         let compared = scored.len();
@@ -286,10 +265,10 @@ impl Inner {
     fn add(&mut self, e: Entry) -> Result<()> {
         let id = u32::try_from(self.fingers.len())
             .map_err(|_| GalleryError::Config("more than 2^32 fingers in one gallery".into()))?;
-        let p = usize::from(e.position.code() - 1);
-        if e.mcc.cylinder_count() > 0 {
+        let p = usize::from(e.finger.position.code() - 1);
+        if e.finger.mcc.cylinder_count() > 0 {
             self.indexes[p]
-                .insert(id, &e.mcc.cylinder_vectors())
+                .insert(id, &e.finger.mcc.cylinder_vectors())
                 .map_err(|err| GalleryError::BadIndexParams(err.to_string()))?;
         }
         self.by_subject.entry(e.subject.clone()).or_default().push(id);

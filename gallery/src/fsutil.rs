@@ -94,6 +94,11 @@ impl<'a> Reader<'a> {
         Some(s)
     }
 
+    /// The next byte, without consuming it.
+    pub fn peek_u8(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
     pub fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|b| b[0])
     }

@@ -15,7 +15,7 @@ use crate::ann::{self, LoadOptions, ShardedIndex};
 use crate::error::{GalleryError, Result};
 use crate::kernel::dot_f32_f16;
 use crate::search::{self, Hit, IdentifyOptions, Probe, TopK};
-use crate::state::{State, DELETED};
+use crate::state::State;
 use crate::store::Store;
 use biomatch_core::{Candidate, ModelId};
 use parking_lot::RwLock;
@@ -225,7 +225,8 @@ fn indexed_tops(
             let mut top = TopK::new(opts.max_results);
             for row in rows.into_iter().filter(|&r| r < covered) {
                 let s = col.state[row as usize];
-                if s == DELETED || s != code {
+                // A deleted row's state has the DELETED bit set, so it never equals a code.
+                if s != code {
                     continue;
                 }
                 let score = dot_f32_f16(p.template.vector(), col.vector(row));

@@ -5,32 +5,36 @@
 //!   see `ARCHITECTURE.md` for why not an embedded KV engine). Enroll/delete are acknowledged only
 //!   after fsync; open recovers from a crash at any instant.
 //! - [`Store::verify`] / [`Store::identify`]: exact 1:1 and 1:N search with a SIMD fp16 kernel.
-//! - [`FingerStore`]: the crash-safe store of fingerprint minutiae templates (up to ten fingers
-//!   per subject), in its own directory, on the same CRC-framed log format as the WAL.
+//!   A subject's vector templates and minutiae fingers are one record (one WAL frame, one
+//!   sequence number, one fsync); concurrent writers share fsyncs (group commit).
+//! - [`FingerGallery`]: MCC 1:1 and pre-selected 1:N search over the store's fingers.
 //!
 //! This crate does file I/O and CPU work; it never touches the network or an async runtime.
 
 pub mod ann;
 pub mod error;
 pub mod finger_gallery;
-pub mod finger_store;
+mod finger_segment;
 mod fsutil;
 pub mod gallery;
 pub mod kernel;
+pub mod legacy;
 mod manifest;
+mod minutiae;
 pub mod search;
 mod segment;
 mod state;
 pub mod store;
+mod subjects;
 mod wal;
 
 pub use error::{GalleryError, Result};
-pub use finger_gallery::{FingerGallery, FingerSearchInfo, FingerSearchParams};
-pub use finger_store::{FingerRecovery, FingerStore, FingerStoreOptions, FingerStoreStats};
+pub use finger_gallery::{FingerGallery, FingerSearchInfo, FingerSearchParams, PreparedFinger};
 pub use gallery::{AnnParams, Gallery, SearchMode, SearchPath};
+pub use minutiae::MAX_FINGERS;
 pub use search::{IdentifyOptions, Probe, MAX_RESULTS_LIMIT};
 pub use segment::RowMeta;
 pub use store::{
-    ColumnStats, Enrollment, ModelSpec, Recovery, ScanBatch, ScanSummary, Store, StoreOptions,
-    StoreStats, SubjectInfo, TemplateInfo,
+    ColumnStats, CommitHook, Committed, Enrollment, FingerStats, ModelSpec, Note, Recovery,
+    ScanBatch, ScanSummary, Store, StoreOptions, StoreStats, SubjectInfo, TemplateInfo, WriteOp,
 };

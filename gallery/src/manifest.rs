@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"BMMANI\0\x01";
-const VERSION: u32 = 1;
+/// Version 2 added `fingers`; version 1 manifests are read as having none.
+const VERSION: u32 = 2;
 const DEL_MAGIC: &[u8; 8] = b"BMDEL\0\0\x01";
+const DEL_VERSION: u32 = 1;
 
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 
@@ -52,6 +54,10 @@ pub(crate) struct Manifest {
     pub wal: String,
     pub tombstones: Option<String>,
     pub columns: Vec<ColumnManifest>,
+    /// Finger segments (`fng-*.bmf`), contiguous in record id (`first_row`, `rows` count
+    /// records). Absent in version 1 manifests.
+    #[serde(default)]
+    pub fingers: Vec<SegmentRef>,
 }
 
 impl Manifest {
@@ -67,11 +73,16 @@ impl Manifest {
         format!("seg-{column:02}-{id:08}.bms")
     }
 
+    pub fn finger_segment_name(id: u64) -> String {
+        format!("fng-{id:08}.bmf")
+    }
+
     /// Every file this manifest refers to.
     pub fn files(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.wal.as_str())
             .chain(self.tombstones.as_deref())
             .chain(self.columns.iter().flat_map(|c| c.segments.iter().map(|s| s.file.as_str())))
+            .chain(self.fingers.iter().map(|s| s.file.as_str()))
     }
 
     pub fn read(dir: &Path) -> Result<Manifest> {
@@ -82,7 +93,7 @@ impl Manifest {
             return Err(GalleryError::corrupt(&path, "not a biomatch manifest (bad magic)"));
         }
         let version = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(GalleryError::corrupt(
                 &path,
                 format!("unsupported manifest version {version}"),
@@ -105,7 +116,7 @@ impl Manifest {
 pub(crate) fn write_tombstones(path: &Path, rows: &[(u16, u64)]) -> Result<()> {
     let mut bytes = Vec::with_capacity(24 + rows.len() * 10);
     bytes.extend_from_slice(DEL_MAGIC);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&DEL_VERSION.to_le_bytes());
     bytes.extend_from_slice(&(rows.len() as u64).to_le_bytes());
     for (c, r) in rows {
         bytes.extend_from_slice(&c.to_le_bytes());
@@ -120,7 +131,7 @@ pub(crate) fn read_tombstones(path: &Path) -> Result<Vec<(u16, u64)>> {
     let body = fsutil::check_crc(path, &bytes)?;
     let bad = || GalleryError::corrupt(path, "malformed tombstone file");
     let mut r = Reader::new(body);
-    if r.take(8) != Some(DEL_MAGIC.as_slice()) || r.u32() != Some(VERSION) {
+    if r.take(8) != Some(DEL_MAGIC.as_slice()) || r.u32() != Some(DEL_VERSION) {
         return Err(bad());
     }
     let n = r.u64().ok_or_else(bad)?;

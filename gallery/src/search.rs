@@ -198,7 +198,7 @@ pub(crate) fn candidates(
                 .heap
                 .into_iter()
                 .map(|Reverse(h)| Candidate {
-                    subject_id: col.meta[h.row as usize].subject.clone(),
+                    subject_id: st.subjects.id(col.subject[h.row as usize]),
                     score: h.score,
                     scores: vec![ModalityScore { modality: p.modality, score: h.score }],
                 })
@@ -255,7 +255,7 @@ fn scan_all(
             for (i, v) in vecs.chunks_exact(d).enumerate() {
                 let row = first + i as u64;
                 let s = col.state[row as usize];
-                if s == DELETED {
+                if s & DELETED != 0 {
                     continue;
                 }
                 for ((p, top), &code) in probes.iter().zip(&mut tops).zip(&codes) {

@@ -1,26 +1,44 @@
-//! The durable template store: enroll, delete, get, scan, checkpoint.
+//! The durable subject store: enroll, delete, get, scan, checkpoint.
+//!
+//! One subject is one record: its face and other vector templates and its minutiae fingers are
+//! logged together in one WAL record, under one sequence number, made durable by one fsync.
 //!
 //! Durability: a write is appended to the WAL and fsynced *before* it is applied to the in-memory
-//! state and acknowledged. Readers (searches) take a read lock on the state; writers serialise on
-//! the writer mutex (which owns the WAL) and take the state's write lock only for the in-memory
-//! apply, so a search never waits for an fsync, and every search that starts after a write was
-//! acknowledged sees it.
+//! state and acknowledged. Readers (searches) take a read lock on the state; writers take the
+//! state's write lock only for the in-memory apply, so a search never waits for an fsync, and
+//! every search that starts after a write was acknowledged sees it.
+//!
+//! **Group commit** (leader/follower): a writer queues its write and takes the writer mutex (which
+//! owns the WAL). Whoever gets the mutex while its write is still queued becomes the leader: it
+//! takes *every* queued write, validates them in order, logs them with one append and one fsync,
+//! applies them and hands each writer its result; writers whose write a leader already committed
+//! just read their result. So concurrent writers share one fsync, and each is answered only after
+//! the fsync that covers its write. A [`CommitHook`] sees each group before it is logged (the
+//! service makes the group's audit records durable there, so no enrollment is ever stored
+//! without its audit record) and after it is applied (the finger search structures follow).
 //!
 //! Checkpoint: when the WAL grows past `checkpoint_wal_bytes`, the rows it added are sealed into new
-//! immutable segments, deletes into a new tombstone file, a fresh WAL is created and the manifest
-//! is swapped atomically to name them. See `manifest.rs` for why every crash point is safe.
+//! immutable segments (fp16 columns; minutiae in variable-length finger segments), deletes into a
+//! new tombstone file, a fresh WAL is created and the manifest is swapped atomically to name them.
+//! See `manifest.rs` for why every crash point is safe. With `auto_checkpoint` off the owner runs
+//! [`Store::checkpoint_if_due`] off the request path instead.
 
 use crate::error::{GalleryError, Result};
+use crate::finger_segment::{self, FingerSegment, FINGER_COLUMN};
 use crate::fsutil;
 use crate::manifest::{self, ColumnManifest, Manifest, SegmentRef, MANIFEST_FILE};
+use crate::minutiae;
 use crate::segment::{self, RowMeta, Segment};
-use crate::state::{Column, State, SubjectEntry, DELETED};
+use crate::state::{Column, Fingers, State, DELETED};
 use crate::wal::{self, WalRecord, WalTemplate, WalWriter};
-use biomatch_core::{Modality, ModelId, SubjectId, Template};
+use biomatch_core::finger::FingerTemplate;
+use biomatch_core::{FingerPosition, Modality, ModelId, SubjectId, Template};
 use half::f16;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use std::any::Any;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// A model the gallery accepts, with its template dimension.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,19 +54,78 @@ pub struct StoreOptions {
     pub models: Vec<ModelSpec>,
     /// Seal the WAL into segments once it is larger than this.
     pub checkpoint_wal_bytes: u64,
+    /// Checkpoint inside the write that passes `checkpoint_wal_bytes` (true), or leave it to the
+    /// owner's [`Store::checkpoint_if_due`] off the request path (false).
+    pub auto_checkpoint: bool,
 }
 
 impl StoreOptions {
     pub fn new(models: Vec<ModelSpec>) -> Self {
-        Self { models, checkpoint_wal_bytes: 64 << 20 }
+        Self { models, checkpoint_wal_bytes: 64 << 20, auto_checkpoint: true }
     }
 }
 
-/// One subject's templates to enroll.
+/// One subject's templates to enroll: vector templates (one per modality) and minutiae fingers
+/// (one per finger position, each with its position set). At least one of either.
 #[derive(Clone, Debug)]
 pub struct Enrollment {
     pub subject: SubjectId,
     pub templates: Vec<(Modality, Template)>,
+    pub fingers: Vec<FingerTemplate>,
+}
+
+impl Enrollment {
+    /// An enrollment of vector templates only.
+    pub fn new(subject: SubjectId, templates: Vec<(Modality, Template)>) -> Self {
+        Self { subject, templates, fingers: Vec::new() }
+    }
+}
+
+/// One write for the group commit.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    Enroll(Enrollment),
+    Delete(SubjectId),
+}
+
+impl WriteOp {
+    pub fn subject(&self) -> &SubjectId {
+        match self {
+            WriteOp::Enroll(e) => &e.subject,
+            WriteOp::Delete(s) => s,
+        }
+    }
+}
+
+/// What a writer attaches to its write for the [`CommitHook`] (audit context, prepared search
+/// structures); the store never looks inside.
+pub type Note = Box<dyn Any + Send + Sync>;
+
+/// A write of a commit group that passed validation, with its sequence number.
+#[derive(Debug)]
+pub struct Committed<'a> {
+    pub seq: u64,
+    pub op: &'a WriteOp,
+    pub note: Option<&'a Note>,
+}
+
+/// Sees every commit group (see the module docs). Called by the committing thread with the writer
+/// lock held, in sequence order: keep it short.
+pub trait CommitHook: Send + Sync + std::fmt::Debug {
+    /// Before the group is logged. An error fails every write of the group; nothing is logged.
+    fn before_log(&self, group: &[Committed<'_>]) -> std::result::Result<(), String>;
+    /// After the group is durable and applied, before any of its writers gets its answer.
+    fn applied(&self, group: &[Committed<'_>]);
+    /// `before_log` passed but the group could not be made durable: none of it is stored.
+    fn failed(&self, group: &[Committed<'_>], error: &GalleryError);
+}
+
+/// One writer's place in the commit queue.
+struct Ticket {
+    ops: Vec<(WriteOp, Option<Note>)>,
+    /// Whether the ops are one bulk batch (a repeated subject is `DuplicateInBatch`).
+    batch: bool,
+    result: Mutex<Option<Result<Vec<Result<u64>>>>>,
 }
 
 /// Metadata of an enrolled subject (never biometric data).
@@ -58,6 +135,8 @@ pub struct SubjectInfo {
     /// Sequence number of the enrollment.
     pub seq: u64,
     pub templates: Vec<TemplateInfo>,
+    /// Positions of the subject's minutiae fingers, ascending.
+    pub fingers: Vec<FingerPosition>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -80,7 +159,25 @@ pub struct StoreStats {
     pub subjects: usize,
     pub last_seq: u64,
     pub wal_bytes: u64,
+    /// Log appends since open, each made durable by one fsync (group commit: one per group).
+    pub wal_appends: u64,
+    /// Writes those appends carried; `wal_writes / wal_appends` is the group-commit factor.
+    pub wal_writes: u64,
     pub columns: Vec<ColumnStats>,
+    pub fingers: FingerStats,
+}
+
+/// Counts of the minutiae fingers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FingerStats {
+    /// Subjects holding fingers.
+    pub subjects: usize,
+    /// Live finger templates.
+    pub fingers: usize,
+    /// Finger records ever written (deleted ones included until they are compacted away).
+    pub records: u64,
+    pub segments: usize,
+    pub unsealed_records: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -104,22 +201,55 @@ struct Writer {
 }
 
 /// The embedded, crash-safe gallery store. `Send + Sync`: share it behind an `Arc`.
-#[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
     opts: StoreOptions,
     pub(crate) state: RwLock<State>,
     writer: Mutex<Writer>,
+    /// Writes waiting for a leader (group commit).
+    queue: Mutex<Vec<Arc<Ticket>>>,
+    hook: OnceLock<Arc<dyn CommitHook>>,
+    /// Log appends (each one fsync) and the writes they carried, for monitoring.
+    appends: std::sync::atomic::AtomicU64,
+    appended_writes: std::sync::atomic::AtomicU64,
     recovery: Recovery,
     /// Holds the exclusive advisory lock on `LOCK` for the store's lifetime (`None`: read-only).
     _lock: Option<std::fs::File>,
 }
 
+impl std::fmt::Debug for Store {
+    // Counts only: never templates.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("read_only", &self._lock.is_none())
+            .field("recovery", &self.recovery)
+            .finish_non_exhaustive()
+    }
+}
+
 const LOCK_FILE: &str = "LOCK";
 
 fn is_store_file(name: &str) -> bool {
-    (name.starts_with("seg-") || name.starts_with("wal-") || name.starts_with("del-"))
+    (name.starts_with("seg-")
+        || name.starts_with("wal-")
+        || name.starts_with("del-")
+        || name.starts_with("fng-"))
         || name.ends_with(".tmp")
+}
+
+/// A copy of a commit failure for each writer of the group.
+fn share(e: &GalleryError) -> GalleryError {
+    match e {
+        GalleryError::Io { path, source } => GalleryError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        GalleryError::Poisoned => GalleryError::Poisoned,
+        GalleryError::ReadOnly => GalleryError::ReadOnly,
+        GalleryError::Journal(m) => GalleryError::Journal(m.clone()),
+        other => GalleryError::Journal(other.to_string()),
+    }
 }
 
 impl Store {
@@ -179,10 +309,12 @@ impl Store {
             names.push(e.file_name().to_string_lossy().into_owned());
         }
         if writable && !names.iter().any(|n| n == MANIFEST_FILE) {
-            if let Some(n) = names
-                .iter()
-                .find(|n| n.starts_with("seg-") || n.starts_with("wal-") || n.starts_with("del-"))
-            {
+            if let Some(n) = names.iter().find(|n| {
+                n.starts_with("seg-")
+                    || n.starts_with("wal-")
+                    || n.starts_with("del-")
+                    || n.starts_with("fng-")
+            }) {
                 return Err(GalleryError::corrupt(
                     dir.join(n),
                     "data files exist but the MANIFEST is missing; refusing to start an empty store over them",
@@ -195,6 +327,7 @@ impl Store {
                 wal: Manifest::wal_name(1),
                 tombstones: None,
                 columns: Vec::new(),
+                fingers: Vec::new(),
             };
             WalWriter::create(&dir.join(&m.wal))?;
             m.write(&dir)?;
@@ -228,8 +361,10 @@ impl Store {
 
         // Sealed segments and tombstones.
         let mut columns = Vec::with_capacity(manifest.columns.len());
+        let mut loaded_meta: Vec<Vec<RowMeta>> = Vec::with_capacity(manifest.columns.len());
         for (ci, cm) in manifest.columns.iter().enumerate() {
             let mut col = Column::new(cm.model.clone(), cm.dim);
+            let mut col_meta = Vec::new();
             for sref in &cm.segments {
                 let path = dir.join(&sref.file);
                 let (seg, meta) = Segment::open(&path, ci as u16, cm.dim)?;
@@ -244,23 +379,59 @@ impl Store {
                 }
                 col.state.extend(meta.iter().map(|m| m.modality.code()));
                 col.live += meta.len();
-                col.meta.extend(meta);
+                col_meta.extend(meta);
                 col.segments.push(seg);
             }
             col.mem_first_row = col.rows();
             columns.push(col);
+            loaded_meta.push(col_meta);
         }
+        let mut fingers = Fingers::default();
+        let mut finger_meta = Vec::new();
+        for sref in &manifest.fingers {
+            let path = dir.join(&sref.file);
+            let (seg, meta) = FingerSegment::open(&path)?;
+            if seg.first_record != fingers.records()
+                || seg.records != sref.rows
+                || sref.first_row != seg.first_record
+            {
+                return Err(GalleryError::corrupt(
+                    &path,
+                    "finger segment records disagree with the manifest",
+                ));
+            }
+            fingers.live.extend(std::iter::repeat_n(true, meta.len()));
+            fingers.live_count += meta.len();
+            finger_meta.extend(meta);
+            fingers.segments.push((seg, path));
+        }
+        fingers.mem_first = fingers.records();
         if let Some(del) = &manifest.tombstones {
             let path = dir.join(del);
+            let missing =
+                || GalleryError::corrupt(&path, "tombstone names a row that does not exist");
             for (c, row) in manifest::read_tombstones(&path)? {
-                let col = columns.get_mut(c as usize).filter(|col| row < col.rows()).ok_or_else(
-                    || GalleryError::corrupt(&path, "tombstone names a row that does not exist"),
-                )?;
+                if c == FINGER_COLUMN {
+                    if row >= fingers.records() {
+                        return Err(missing());
+                    }
+                    // Deleted records hold no live fingers yet (counted by index_loaded_fingers).
+                    if fingers.live[row as usize] {
+                        fingers.live[row as usize] = false;
+                        fingers.live_count -= 1;
+                    }
+                    continue;
+                }
+                let col = columns
+                    .get_mut(c as usize)
+                    .filter(|col| row < col.rows())
+                    .ok_or_else(missing)?;
                 col.delete_row(row);
             }
         }
-        let mut state = State { columns, subjects: Default::default(), last_seq: 0 };
-        state.index_loaded_rows();
+        let mut state = State { columns, fingers, subjects: Default::default(), last_seq: 0 };
+        state.index_loaded_rows(loaded_meta);
+        state.index_loaded_fingers(finger_meta)?;
         state.last_seq = state.last_seq.max(manifest.checkpoint_seq);
 
         // Replay the WAL (idempotently: records already sealed are skipped).
@@ -272,6 +443,7 @@ impl Store {
             state.apply(rec).map_err(|why| GalleryError::corrupt(&wal_path, why))?;
             recovery.wal_records_replayed += 1;
         }
+        state.shrink();
         if scan.discarded > 0 {
             tracing::warn!(
                 file = %wal_path.display(),
@@ -279,16 +451,25 @@ impl Store {
                 "discarded a torn, unacknowledged tail of the write-ahead log"
             );
         }
+        let make = |wal, manifest, lock| Store {
+            dir: dir.clone(),
+            opts: opts.clone(),
+            state: RwLock::new(State::default()),
+            writer: Mutex::new(Writer { wal, manifest, poisoned: false }),
+            queue: Mutex::new(Vec::new()),
+            hook: OnceLock::new(),
+            appends: Default::default(),
+            appended_writes: Default::default(),
+            recovery: Recovery::default(),
+            _lock: lock,
+        };
         if !writable {
-            return Ok(Store {
-                dir,
-                opts,
-                state: RwLock::new(state),
-                writer: Mutex::new(Writer { wal: None, manifest, poisoned: false }),
-                recovery,
-                _lock: None,
-            });
+            let mut store = make(None, manifest, None);
+            *store.state.get_mut() = state;
+            store.recovery = recovery;
+            return Ok(store);
         }
+        let wal_version = wal::version_of(&wal_path)?;
         let wal = WalWriter::reopen(&wal_path, scan.valid_len)?;
         if new_columns {
             manifest.write(&dir)?;
@@ -305,14 +486,22 @@ impl Store {
             tracing::info!(files = ?recovery.leftover_files_removed, "removed files of an interrupted checkpoint");
         }
 
-        Ok(Store {
-            dir,
-            opts,
-            state: RwLock::new(state),
-            writer: Mutex::new(Writer { wal: Some(wal), manifest, poisoned: false }),
-            recovery,
-            _lock: lock,
-        })
+        let mut store = make(Some(wal), manifest, lock);
+        *store.state.get_mut() = state;
+        store.recovery = recovery;
+        if wal_version < wal::WAL_HEADER.version {
+            // A log of an older format: seal it, so that new frames go to a log of this version.
+            let mut w = store.writer.lock();
+            store.checkpoint_locked(&mut w)?;
+            drop(w);
+            tracing::info!(version = wal_version, "sealed a write-ahead log of an older format");
+        }
+        Ok(store)
+    }
+
+    /// Set the hook that sees every commit group (once; later calls are ignored).
+    pub fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
+        let _ = self.hook.set(hook);
     }
 
     pub fn dir(&self) -> &Path {
@@ -324,13 +513,19 @@ impl Store {
         &self.recovery
     }
 
-    /// Turn validated templates into a WAL record, or say why they cannot be enrolled.
+    /// Turn validated templates into a WAL record, or say why they cannot be enrolled (the
+    /// caller checked that the subject is not enrolled).
     fn prepare(state: &State, seq: u64, e: &Enrollment) -> Result<WalRecord> {
-        if e.templates.is_empty() {
+        if e.templates.is_empty() && e.fingers.is_empty() {
             return Err(GalleryError::EmptyEnrollment);
         }
-        if state.subjects.contains_key(&e.subject) {
-            return Err(GalleryError::AlreadyEnrolled(e.subject.clone()));
+        if !e.fingers.is_empty() {
+            minutiae::check_fingers(&e.fingers)?;
+            if let Some((m, _)) = e.templates.iter().find(|(m, _)| {
+                matches!(m, Modality::Finger(p) if e.fingers.iter().any(|f| f.position == Some(*p)))
+            }) {
+                return Err(GalleryError::DuplicateModality(*m));
+            }
         }
         let mut seen = HashSet::new();
         let mut templates = Vec::with_capacity(e.templates.len());
@@ -353,118 +548,294 @@ impl Store {
                 vector: crate::kernel::to_f16(t.vector()),
             });
         }
-        Ok(WalRecord::Enroll { seq, subject: e.subject.clone(), templates })
+        Ok(WalRecord::Enroll {
+            seq,
+            subject: e.subject.clone(),
+            templates,
+            fingers: e.fingers.clone(),
+        })
     }
 
-    /// Log `records` durably, then apply them. Called with the writer lock held.
-    fn commit(&self, w: &mut Writer, records: &[WalRecord]) -> Result<()> {
-        if w.poisoned {
-            return Err(GalleryError::Poisoned);
+    /// Submit writes and wait until a commit group covering them is durable (or failed).
+    fn submit(&self, ops: Vec<(WriteOp, Option<Note>)>, batch: bool) -> Result<Vec<Result<u64>>> {
+        let ticket = Arc::new(Ticket { ops, batch, result: Mutex::new(None) });
+        self.queue.lock().push(ticket.clone());
+        let mut w = self.writer.lock();
+        if let Some(r) = ticket.result.lock().take() {
+            return r; // A leader before us committed it.
         }
-        if records.is_empty() {
-            return Ok(());
-        }
-        let frames: Vec<u8> = records.iter().flat_map(|r| r.encode()).collect();
-        let Some(wal) = w.wal.as_mut() else {
-            return Err(GalleryError::ReadOnly);
-        };
-        if let Err(e) = wal.append(&frames) {
-            if matches!(e, GalleryError::Poisoned) {
-                w.poisoned = true;
+        let group = std::mem::take(&mut *self.queue.lock());
+        self.commit_group(&mut w, &group);
+        drop(w);
+        let r = ticket.result.lock().take();
+        r.expect("the leader answered its own ticket")
+    }
+
+    /// Validate, log (one append, one fsync), apply and answer a group of tickets. Called with the
+    /// writer lock held.
+    fn commit_group(&self, w: &mut Writer, group: &[Arc<Ticket>]) {
+        let answer_all = |e: &GalleryError| {
+            for t in group {
+                *t.result.lock() = Some(Err(share(e)));
             }
-            return Err(e);
+        };
+        if w.poisoned {
+            return answer_all(&GalleryError::Poisoned);
         }
-        let mut st = self.state.write();
-        for r in records {
-            // Validated against this same state under the writer lock just before logging.
-            st.apply(r).expect("a validated record applies");
+        if w.wal.is_none() {
+            return answer_all(&GalleryError::ReadOnly);
         }
-        drop(st);
-        if w.wal.as_ref().is_some_and(|wal| wal.len() > self.opts.checkpoint_wal_bytes) {
+        // 1. Validate in order against the state and the group's earlier writes.
+        let mut results: Vec<Vec<Result<u64>>> = Vec::with_capacity(group.len());
+        let mut records = Vec::new();
+        let mut accepted: Vec<(usize, usize)> = Vec::new();
+        {
+            let st = self.state.read();
+            let mut seq = st.last_seq;
+            let mut enrolled: HashSet<&SubjectId> = HashSet::new();
+            let mut deleted: HashSet<&SubjectId> = HashSet::new();
+            for (ti, t) in group.iter().enumerate() {
+                let mut mine: HashSet<&SubjectId> = HashSet::new();
+                let mut out = Vec::with_capacity(t.ops.len());
+                for (oi, (op, _)) in t.ops.iter().enumerate() {
+                    let s = op.subject();
+                    let exists =
+                        enrolled.contains(s) || (st.subjects.contains(s) && !deleted.contains(s));
+                    let r = match op {
+                        WriteOp::Enroll(_) if t.batch && mine.contains(s) => {
+                            Err(GalleryError::DuplicateInBatch(s.clone()))
+                        }
+                        WriteOp::Enroll(_) if exists => {
+                            Err(GalleryError::AlreadyEnrolled(s.clone()))
+                        }
+                        WriteOp::Enroll(e) => Self::prepare(&st, seq + 1, e),
+                        WriteOp::Delete(_) if !exists => {
+                            Err(GalleryError::UnknownSubject(s.clone()))
+                        }
+                        WriteOp::Delete(_) => {
+                            Ok(WalRecord::Delete { seq: seq + 1, subject: s.clone() })
+                        }
+                    };
+                    mine.insert(s);
+                    match r {
+                        Ok(rec) => {
+                            seq += 1;
+                            match op {
+                                WriteOp::Enroll(_) => {
+                                    enrolled.insert(s);
+                                }
+                                WriteOp::Delete(_) => {
+                                    enrolled.remove(s);
+                                    deleted.insert(s);
+                                }
+                            }
+                            records.push(rec);
+                            accepted.push((ti, oi));
+                            out.push(Ok(seq));
+                        }
+                        Err(e) => out.push(Err(e)),
+                    }
+                }
+                results.push(out);
+            }
+        }
+        let committed: Vec<Committed<'_>> = accepted
+            .iter()
+            .zip(&records)
+            .map(|(&(ti, oi), rec)| {
+                let (op, note) = &group[ti].ops[oi];
+                Committed { seq: rec.seq(), op, note: note.as_ref() }
+            })
+            .collect();
+        // 2. The hook (audit) first, then the log: one append, one fsync for the whole group.
+        let hook = self.hook.get();
+        let logged = if records.is_empty() {
+            Ok(())
+        } else {
+            let pre = match hook {
+                Some(h) => h.before_log(&committed).map_err(GalleryError::Journal),
+                None => Ok(()),
+            };
+            pre.and_then(|()| {
+                let frames: Vec<u8> = records.iter().flat_map(|r| r.encode()).collect();
+                let wal = w.wal.as_mut().expect("checked writable");
+                wal.append(&frames).inspect_err(|e| {
+                    if matches!(e, GalleryError::Poisoned) {
+                        w.poisoned = true;
+                    }
+                    if let Some(h) = hook {
+                        h.failed(&committed, e);
+                    }
+                })
+            })
+        };
+        if let Err(e) = logged {
+            // Nothing of the group is stored: every write it accepted fails with the cause.
+            for &(ti, oi) in &accepted {
+                results[ti][oi] = Err(share(&e));
+            }
+        } else if !records.is_empty() {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.appends.fetch_add(1, Relaxed);
+            self.appended_writes.fetch_add(records.len() as u64, Relaxed);
+            // 3. Apply, let the hook follow, answer.
+            let mut st = self.state.write();
+            for r in &records {
+                // Validated against this same state under the writer lock just before logging.
+                st.apply(r).expect("a validated record applies");
+            }
+            drop(st);
+            if let Some(h) = hook {
+                h.applied(&committed);
+            }
+        }
+        for (t, r) in group.iter().zip(results) {
+            *t.result.lock() = Some(Ok(r));
+        }
+        if self.opts.auto_checkpoint && self.checkpoint_due(w) {
             // The records are durable whatever happens here; a failed checkpoint is retried later.
             if let Err(e) = self.checkpoint_locked(w) {
                 tracing::error!(error = %e, "checkpoint failed; the write-ahead log keeps the data");
             }
         }
-        Ok(())
+    }
+
+    fn checkpoint_due(&self, w: &Writer) -> bool {
+        w.wal.as_ref().is_some_and(|wal| wal.len() > self.opts.checkpoint_wal_bytes)
+    }
+
+    /// One write through the group commit, with a note for the [`CommitHook`].
+    pub fn write(&self, op: WriteOp, note: Option<Note>) -> Result<u64> {
+        let mut r = self.submit(vec![(op, note)], false)?;
+        r.pop().expect("one result per write")
+    }
+
+    /// Several writes in one commit group (one fsync); each gets its own result, an I/O failure
+    /// fails them all (outer `Err`, nothing applied). A subject repeated in the batch is refused.
+    pub fn write_batch(&self, ops: Vec<(WriteOp, Option<Note>)>) -> Result<Vec<Result<u64>>> {
+        self.submit(ops, true)
     }
 
     /// Enroll one subject. Returns the enrollment's sequence number once it is durable.
     pub fn enroll(&self, e: &Enrollment) -> Result<u64> {
-        let mut w = self.writer.lock();
-        let rec = {
-            let st = self.state.read();
-            Self::prepare(&st, st.last_seq + 1, e)?
-        };
-        let seq = rec.seq();
-        self.commit(&mut w, std::slice::from_ref(&rec))?;
-        Ok(seq)
+        self.write(WriteOp::Enroll(e.clone()), None)
     }
 
     /// Enroll many subjects with one fsync. Each item gets its own result (invalid items are
     /// refused without affecting the others); an I/O failure fails the whole batch (outer `Err`),
     /// and then nothing of it was applied.
     pub fn enroll_batch(&self, batch: &[Enrollment]) -> Result<Vec<Result<u64>>> {
-        let mut w = self.writer.lock();
-        let mut records = Vec::with_capacity(batch.len());
-        let mut out = Vec::with_capacity(batch.len());
-        {
-            let st = self.state.read();
-            let mut seq = st.last_seq;
-            let mut in_batch = HashSet::new();
-            for e in batch {
-                let r = if !in_batch.insert(&e.subject) {
-                    Err(GalleryError::DuplicateInBatch(e.subject.clone()))
-                } else {
-                    Self::prepare(&st, seq + 1, e)
-                };
-                match r {
-                    Ok(rec) => {
-                        seq += 1;
-                        out.push(Ok(seq));
-                        records.push(rec);
-                    }
-                    Err(e) => out.push(Err(e)),
-                }
-            }
-        }
-        self.commit(&mut w, &records)?;
-        Ok(out)
+        self.write_batch(batch.iter().map(|e| (WriteOp::Enroll(e.clone()), None)).collect())
     }
 
     /// Delete a subject (a tombstone, honoured by every search that starts after this returns).
     pub fn delete(&self, subject: &SubjectId) -> Result<u64> {
+        self.write(WriteOp::Delete(subject.clone()), None)
+    }
+
+    /// Attach minutiae fingers to a subject enrolled without any (or to a new subject), as one
+    /// record. Only for converting a store of the earlier two-store layout (`legacy.rs`).
+    pub(crate) fn attach_fingers_batch(
+        &self,
+        items: Vec<(SubjectId, Vec<FingerTemplate>)>,
+    ) -> Result<usize> {
         let mut w = self.writer.lock();
-        let seq = {
+        if w.poisoned {
+            return Err(GalleryError::Poisoned);
+        }
+        let mut records = Vec::new();
+        {
             let st = self.state.read();
-            if !st.subjects.contains_key(subject) {
-                return Err(GalleryError::UnknownSubject(subject.clone()));
+            let mut seq = st.last_seq;
+            for (subject, fingers) in items {
+                if st.finger_record(&subject).is_some() {
+                    continue; // Converted before (an interrupted conversion is re-run).
+                }
+                minutiae::check_fingers(&fingers)?;
+                seq += 1;
+                records.push(WalRecord::Attach { seq, subject, fingers });
             }
-            st.last_seq + 1
-        };
-        self.commit(&mut w, &[WalRecord::Delete { seq, subject: subject.clone() }])?;
-        Ok(seq)
+        }
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let frames: Vec<u8> = records.iter().flat_map(|r| r.encode()).collect();
+        w.wal.as_mut().ok_or(GalleryError::ReadOnly)?.append(&frames)?;
+        let mut st = self.state.write();
+        for r in &records {
+            st.apply(r).expect("a validated record applies");
+        }
+        Ok(records.len())
     }
 
     /// Metadata of an enrolled subject.
     pub fn get(&self, subject: &SubjectId) -> Result<SubjectInfo> {
         let st = self.state.read();
-        let e = st
+        let slot = st
             .subjects
-            .get(subject)
+            .find(subject)
             .ok_or_else(|| GalleryError::UnknownSubject(subject.clone()))?;
         Ok(SubjectInfo {
             subject_id: subject.clone(),
-            seq: e.seq,
-            templates: e
-                .templates
-                .iter()
-                .map(|&(modality, c, _)| TemplateInfo {
+            seq: st.subjects.seq(slot),
+            templates: st
+                .templates_of(slot)
+                .into_iter()
+                .map(|(modality, c, _)| TemplateInfo {
                     modality,
                     model: st.columns[c as usize].model.clone(),
                 })
                 .collect(),
+            fingers: st
+                .subjects
+                .fingers(slot)
+                .map(|(_, bits)| {
+                    (1..=10u8)
+                        .filter(|p| bits & (1 << p) != 0)
+                        .map(|p| FingerPosition::new(p).expect("1..=10"))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
+    }
+
+    /// The minutiae fingers of a subject (empty if it has none).
+    pub fn fingers(&self, subject: &SubjectId) -> Result<Vec<FingerTemplate>> {
+        let st = self.state.read();
+        let slot = st
+            .subjects
+            .find(subject)
+            .ok_or_else(|| GalleryError::UnknownSubject(subject.clone()))?;
+        match st.subjects.fingers(slot) {
+            Some((id, _)) => st.fingers.get(id),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Visit every subject that has minutiae fingers, with its enrollment sequence number, in
+    /// finger record order, under one consistent snapshot (writers wait until the visit ends).
+    /// For building search structures at start-up.
+    pub fn for_each_fingers(
+        &self,
+        mut f: impl FnMut(&SubjectId, u64, Vec<FingerTemplate>),
+    ) -> Result<()> {
+        let st = self.state.read();
+        let mut all: Vec<(u64, u32)> = st
+            .subjects
+            .live()
+            .filter_map(|i| st.subjects.fingers(i).map(|(id, _)| (id, i)))
+            .collect();
+        all.sort_unstable();
+        for (id, slot) in all {
+            f(&st.subjects.id(slot), st.subjects.seq(slot), st.fingers.get(id)?);
+        }
+        Ok(())
+    }
+
+    /// Sequence number of the subject's enrollment, if enrolled.
+    pub fn seq_of(&self, subject: &SubjectId) -> Option<u64> {
+        let st = self.state.read();
+        st.subjects.find(subject).map(|i| st.subjects.seq(i))
     }
 
     /// The stored (fp16-rounded) template of a subject, as f32.
@@ -476,7 +847,7 @@ impl Store {
     }
 
     pub fn contains(&self, subject: &SubjectId) -> bool {
-        self.state.read().subjects.contains_key(subject)
+        self.state.read().subjects.contains(subject)
     }
 
     pub fn len(&self) -> usize {
@@ -507,14 +878,24 @@ impl Store {
                 let mut rows = Vec::with_capacity(end - start);
                 for i in start..end {
                     let row = first + i as u64;
-                    if col.state[row as usize] != DELETED {
+                    if col.is_live(row) {
                         rows.push(row);
                     }
                 }
-                f(ScanBatch { col, rows, first, vectors: vecs });
+                f(ScanBatch { st: &st, col, rows, first, vectors: vecs });
             }
         }
         Ok(ScanSummary { last_seq: st.last_seq, rows: col.rows(), live: col.live })
+    }
+
+    /// Checkpoint if the WAL has passed `checkpoint_wal_bytes` (for owners that run checkpoints
+    /// off the request path). Returns whether one ran.
+    pub fn checkpoint_if_due(&self) -> Result<bool> {
+        let mut w = self.writer.lock();
+        if w.wal.is_none() || w.poisoned || !self.checkpoint_due(&w) {
+            return Ok(false);
+        }
+        self.checkpoint_locked(&mut w).map(|()| true)
     }
 
     /// Seal the WAL into segments now (normally automatic).
@@ -535,7 +916,8 @@ impl Store {
         next.generation += 1;
         next.wal = Manifest::wal_name(next.generation);
         let mut new_files: Vec<PathBuf> = Vec::new();
-        let result = (|| -> Result<Vec<(usize, Segment)>> {
+        type Sealed = (Vec<(usize, Segment)>, Option<(FingerSegment, PathBuf)>);
+        let result = (|| -> Result<Sealed> {
             let st = self.state.read();
             next.checkpoint_seq = st.last_seq;
             let mut sealed = Vec::new();
@@ -553,7 +935,7 @@ impl Store {
                     col.dim,
                     col.mem_first_row,
                     &col.mem,
-                    &col.meta[col.mem_first_row as usize..],
+                    &st.row_meta(ci, col.mem_first_row..col.rows()),
                 )?;
                 let (seg, _) = Segment::open(&path, ci as u16, col.dim)?;
                 next.columns[ci].segments.push(SegmentRef {
@@ -563,6 +945,21 @@ impl Store {
                 });
                 sealed.push((ci, seg));
             }
+            let mut sealed_fingers = None;
+            if st.fingers.mem_records() > 0 {
+                let name = Manifest::finger_segment_name(next.next_segment);
+                next.next_segment += 1;
+                let path = self.dir.join(&name);
+                new_files.push(path.clone());
+                finger_segment::write(&path, st.fingers.mem_first, &st.fingers.mem)?;
+                let (seg, _) = FingerSegment::open(&path)?;
+                next.fingers.push(SegmentRef {
+                    file: name,
+                    first_row: seg.first_record,
+                    rows: seg.records,
+                });
+                sealed_fingers = Some((seg, path));
+            }
             let deleted: Vec<(u16, u64)> = st
                 .columns
                 .iter()
@@ -571,9 +968,17 @@ impl Store {
                     col.state
                         .iter()
                         .enumerate()
-                        .filter(|(_, &s)| s == DELETED)
+                        .filter(|(_, &s)| s & DELETED != 0)
                         .map(move |(r, _)| (ci as u16, r as u64))
                 })
+                .chain(
+                    st.fingers
+                        .live
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &l)| !l)
+                        .map(|(r, _)| (FINGER_COLUMN, r as u64)),
+                )
                 .collect();
             drop(st);
             next.tombstones = None;
@@ -596,9 +1001,9 @@ impl Store {
                 return Err(e);
             }
             w.wal = Some(wal);
-            Ok(sealed)
+            Ok((sealed, sealed_fingers))
         })();
-        let sealed = match result {
+        let (sealed, sealed_fingers) = match result {
             Ok(s) => s,
             Err(e) => {
                 // The old manifest still names the old, intact files: just drop what was written.
@@ -616,6 +1021,12 @@ impl Store {
                 col.mem = Vec::new();
                 col.segments.push(seg);
             }
+            if let Some((seg, path)) = sealed_fingers {
+                let f = &mut st.fingers;
+                f.mem_first = seg.first_record + seg.records;
+                f.mem = Vec::new();
+                f.segments.push((seg, path));
+            }
         }
         w.manifest = next;
         let new_named: HashSet<&str> = w.manifest.files().collect();
@@ -628,10 +1039,20 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let wal_bytes = self.writer.lock().wal.as_ref().map_or(0, WalWriter::len);
         let st = self.state.read();
+        let f = &st.fingers;
         StoreStats {
+            fingers: FingerStats {
+                subjects: f.live_count,
+                fingers: f.live_fingers,
+                records: f.records(),
+                segments: f.segments.len(),
+                unsealed_records: f.mem_records(),
+            },
             subjects: st.subjects.len(),
             last_seq: st.last_seq,
             wal_bytes,
+            wal_appends: self.appends.load(std::sync::atomic::Ordering::Relaxed),
+            wal_writes: self.appended_writes.load(std::sync::atomic::Ordering::Relaxed),
             columns: st
                 .columns
                 .iter()
@@ -661,12 +1082,12 @@ impl Store {
 
 /// Find a subject's template of one modality.
 pub(crate) fn lookup(st: &State, subject: &SubjectId, modality: Modality) -> Result<(u16, u64)> {
-    let e: &SubjectEntry =
-        st.subjects.get(subject).ok_or_else(|| GalleryError::UnknownSubject(subject.clone()))?;
-    e.templates
-        .iter()
+    let slot =
+        st.subjects.find(subject).ok_or_else(|| GalleryError::UnknownSubject(subject.clone()))?;
+    st.templates_of(slot)
+        .into_iter()
         .find(|t| t.0 == modality)
-        .map(|&(_, c, r)| (c, r))
+        .map(|(_, c, r)| (c, r))
         .ok_or_else(|| GalleryError::NoTemplate { subject: subject.clone(), modality })
 }
 
@@ -683,6 +1104,7 @@ pub struct ScanSummary {
 /// A batch of live rows handed to [`Store::scan`]'s visitor.
 #[derive(Debug)]
 pub struct ScanBatch<'a> {
+    st: &'a State,
     col: &'a Column,
     rows: Vec<u64>,
     first: u64,
@@ -701,7 +1123,100 @@ impl<'a> ScanBatch<'a> {
         &self.vectors[i..i + d]
     }
 
-    pub fn meta(&self, row: u64) -> &'a RowMeta {
-        &self.col.meta[row as usize]
+    /// The subject a (live) row of this batch belongs to.
+    pub fn subject(&self, row: u64) -> SubjectId {
+        self.st.subjects.id(self.col.subject[row as usize])
+    }
+
+    /// The modality a row's template was captured from.
+    pub fn modality(&self, row: u64) -> Modality {
+        let code = crate::state::modality_code(self.col.state[row as usize]);
+        Modality::from_code(code).expect("a valid modality code")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::minutiae::testing::finger;
+
+    fn opts() -> StoreOptions {
+        StoreOptions::new(vec![ModelSpec { model: ModelId::new("m", "1").unwrap(), dim: 4 }])
+    }
+
+    fn face(s: &str) -> Enrollment {
+        let t =
+            Template::new(ModelId::new("m", "1").unwrap(), 4, vec![0.5, 0.5, 0.5, 0.5]).unwrap();
+        Enrollment::new(SubjectId::new(s).unwrap(), vec![(Modality::Face, t)])
+    }
+
+    /// A store whose log was written before fingers joined the store (WAL version 1) opens with
+    /// every record, and that log is sealed at once so that new frames go to a version 2 log.
+    #[test]
+    fn a_version_1_log_opens_and_is_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), opts()).unwrap();
+            for id in ["A", "B", "C"] {
+                s.enroll(&face(id)).unwrap();
+            }
+            s.delete(&SubjectId::new("A").unwrap()).unwrap();
+        }
+        let m = Manifest::read(dir.path()).unwrap();
+        let path = dir.path().join(&m.wal);
+        let v1 = wal::LogHeader { version: 1, ..wal::WAL_HEADER };
+        let mut bytes = wal::encode_header(&v1);
+        for r in wal::scan(&path).unwrap().records {
+            let frame = r.encode();
+            match r {
+                // A version 1 enrollment has no finger part (the trailing count byte 0).
+                WalRecord::Enroll { .. } => {
+                    bytes.extend(wal::encode_frame(&frame[wal::FRAME_HEADER..frame.len() - 1]))
+                }
+                _ => bytes.extend(frame),
+            }
+        }
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(wal::version_of(&path).unwrap(), 1);
+
+        let s = Store::open(dir.path(), opts()).unwrap();
+        assert!(!s.contains(&SubjectId::new("A").unwrap()));
+        assert!(
+            s.contains(&SubjectId::new("B").unwrap()) && s.contains(&SubjectId::new("C").unwrap())
+        );
+        let m2 = Manifest::read(dir.path()).unwrap();
+        assert_ne!(m2.wal, m.wal, "the version 1 log was sealed");
+        assert_eq!(wal::version_of(&dir.path().join(&m2.wal)).unwrap(), wal::WAL_HEADER.version);
+        let mut d = face("D");
+        d.fingers = vec![finger(3, 30)];
+        s.enroll(&d).unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), opts()).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.fingers(&SubjectId::new("D").unwrap()).unwrap(), vec![finger(3, 30)]);
+    }
+
+    /// The group's validation sees the group's own earlier writes.
+    #[test]
+    fn a_batch_sees_its_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), opts()).unwrap();
+        s.enroll(&face("A")).unwrap();
+        let a = SubjectId::new("A").unwrap();
+        let r = s
+            .write_batch(vec![
+                (WriteOp::Delete(a.clone()), None),
+                (WriteOp::Enroll(face("B")), None),
+                (WriteOp::Enroll(face("B")), None),
+                (WriteOp::Delete(SubjectId::new("Z").unwrap()), None),
+            ])
+            .unwrap();
+        assert!(r[0].is_ok() && r[1].is_ok());
+        assert!(matches!(r[2], Err(GalleryError::DuplicateInBatch(_))));
+        assert!(matches!(r[3], Err(GalleryError::UnknownSubject(_))));
+        assert!(!s.contains(&a));
+        // Re-enrolling a subject deleted in the same group is allowed (not through a batch).
+        let r = s.write(WriteOp::Enroll(face("A")), None);
+        assert!(r.is_ok());
     }
 }

@@ -5,10 +5,18 @@
 //! ```text
 //! header : magic b"BMWAL\0\0\x01" (8) | format version u32 (=1) | reserved u32
 //! frame* : FRAME_MAGIC u32 | payload length u32 | CRC32(payload) u32 | payload
-//! payload: kind u8 (1 enroll, 2 delete) | seq u64 | id length u8 | id bytes
+//! payload: kind u8 (1 enroll, 2 delete, 3 attach fingers) | seq u64 | id length u8 | id bytes
 //!          enroll only: template count u8, then per template:
 //!          modality u8 (0 face, 1..=10 finger) | column u16 | dim u32 | dim × fp16 bits u16
+//!          enroll (version 2): then the subject's minutiae fingers: a count u8 of 0 (none), or
+//!          the fingers as `minutiae.rs` encodes them (count 1..=10 first)
+//!          attach (version 2): the fingers as `minutiae.rs` encodes them
 //! ```
+//! One enrollment is one record: all of a subject's templates and fingers, one sequence number,
+//! one fsync. Version 1 logs (written before fingers joined the store: no finger part) are still
+//! read; a writable open seals such a log at once, so new frames always go to a version 2 log.
+//! The *attach* record is written only by the conversion of a version 1 store with a separate
+//! finger log (`legacy.rs`): it adds fingers to a subject enrolled without them, in one record.
 //! A crash can leave a torn frame at the tail: replay stops at the first invalid frame, and if no
 //! valid frame follows it the tail is cut off (it was never acknowledged, because acknowledgement
 //! waits for fsync). A valid frame *after* an invalid one means the middle of the log is damaged:
@@ -21,6 +29,8 @@
 
 use crate::error::{GalleryError, Result};
 use crate::fsutil::Reader;
+use crate::minutiae;
+use biomatch_core::finger::FingerTemplate;
 use biomatch_core::{Modality, SubjectId};
 use half::f16;
 use std::fs::{File, OpenOptions};
@@ -28,7 +38,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"BMWAL\0\0\x01";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Length of every frame log's header: magic (8) | format version u32 | reserved u32.
 pub(crate) const HEADER_LEN: u64 = 16;
 const FRAME_MAGIC: u32 = 0x4C57_4D42; // "BMWL"
@@ -39,19 +49,23 @@ const MAX_PAYLOAD: usize = 16 << 20;
 
 const KIND_ENROLL: u8 = 1;
 const KIND_DELETE: u8 = 2;
+const KIND_ATTACH: u8 = 3;
 
 /// Identity of one kind of frame log, written in (and checked against) its 16-byte header.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LogHeader {
     pub magic: &'static [u8; 8],
+    /// The version new logs are written with.
     pub version: u32,
+    /// The oldest version still read.
+    pub min_version: u32,
     /// What the log is, for error messages ("write-ahead log").
     pub what: &'static str,
 }
 
 /// The face store's write-ahead log.
 pub(crate) const WAL_HEADER: LogHeader =
-    LogHeader { magic: MAGIC, version: VERSION, what: "write-ahead log" };
+    LogHeader { magic: MAGIC, version: VERSION, min_version: 1, what: "write-ahead log" };
 
 /// The 16-byte header a frame log starts with: magic | version u32 | reserved u32 (= 0).
 pub(crate) fn encode_header(header: &LogHeader) -> Vec<u8> {
@@ -82,18 +96,39 @@ pub(crate) struct WalTemplate {
 
 #[derive(Clone, PartialEq)]
 pub(crate) enum WalRecord {
-    Enroll { seq: u64, subject: SubjectId, templates: Vec<WalTemplate> },
-    Delete { seq: u64, subject: SubjectId },
+    Enroll {
+        seq: u64,
+        subject: SubjectId,
+        templates: Vec<WalTemplate>,
+        /// Minutiae fingers (checked by `minutiae::check_fingers`); empty for none.
+        fingers: Vec<FingerTemplate>,
+    },
+    Delete {
+        seq: u64,
+        subject: SubjectId,
+    },
+    /// Migration only: fingers of a subject enrolled without any (see the module docs).
+    Attach {
+        seq: u64,
+        subject: SubjectId,
+        fingers: Vec<FingerTemplate>,
+    },
 }
 
 impl std::fmt::Debug for WalRecord {
     // Never prints vectors.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WalRecord::Enroll { seq, subject, templates } => {
-                write!(f, "Enroll(seq {seq}, {subject}, {} templates)", templates.len())
-            }
+            WalRecord::Enroll { seq, subject, templates, fingers } => write!(
+                f,
+                "Enroll(seq {seq}, {subject}, {} templates, {} fingers)",
+                templates.len(),
+                fingers.len()
+            ),
             WalRecord::Delete { seq, subject } => write!(f, "Delete(seq {seq}, {subject})"),
+            WalRecord::Attach { seq, subject, fingers } => {
+                write!(f, "Attach(seq {seq}, {subject}, {} fingers)", fingers.len())
+            }
         }
     }
 }
@@ -101,7 +136,9 @@ impl std::fmt::Debug for WalRecord {
 impl WalRecord {
     pub fn seq(&self) -> u64 {
         match self {
-            WalRecord::Enroll { seq, .. } | WalRecord::Delete { seq, .. } => *seq,
+            WalRecord::Enroll { seq, .. }
+            | WalRecord::Delete { seq, .. }
+            | WalRecord::Attach { seq, .. } => *seq,
         }
     }
 
@@ -110,24 +147,35 @@ impl WalRecord {
         let (kind, seq, subject) = match self {
             WalRecord::Enroll { seq, subject, .. } => (KIND_ENROLL, *seq, subject),
             WalRecord::Delete { seq, subject } => (KIND_DELETE, *seq, subject),
+            WalRecord::Attach { seq, subject, .. } => (KIND_ATTACH, *seq, subject),
         };
         p.push(kind);
         p.extend_from_slice(&seq.to_le_bytes());
         p.push(subject.as_str().len() as u8);
         p.extend_from_slice(subject.as_str().as_bytes());
-        if let WalRecord::Enroll { templates, .. } = self {
-            p.push(templates.len() as u8);
-            for t in templates {
-                p.push(t.modality.code());
-                p.extend_from_slice(&t.column.to_le_bytes());
-                p.extend_from_slice(&(t.vector.len() as u32).to_le_bytes());
-                p.extend_from_slice(bytemuck::cast_slice(&t.vector));
+        match self {
+            WalRecord::Enroll { templates, fingers, .. } => {
+                p.push(templates.len() as u8);
+                for t in templates {
+                    p.push(t.modality.code());
+                    p.extend_from_slice(&t.column.to_le_bytes());
+                    p.extend_from_slice(&(t.vector.len() as u32).to_le_bytes());
+                    p.extend_from_slice(bytemuck::cast_slice(&t.vector));
+                }
+                if fingers.is_empty() {
+                    p.push(0);
+                } else {
+                    minutiae::encode(&mut p, fingers);
+                }
             }
+            WalRecord::Attach { fingers, .. } => minutiae::encode(&mut p, fingers),
+            WalRecord::Delete { .. } => {}
         }
         encode_frame(&p)
     }
 
-    fn decode(payload: &[u8]) -> Option<WalRecord> {
+    /// Parse a payload of a log of `version`; `None` for anything a writer could not have made.
+    fn decode(version: u32, payload: &[u8]) -> Option<WalRecord> {
         let mut r = Reader::new(payload);
         let kind = r.u8()?;
         let seq = r.u64()?;
@@ -148,9 +196,23 @@ impl WalRecord {
                         .collect();
                     templates.push(WalTemplate { modality, column, vector });
                 }
-                WalRecord::Enroll { seq, subject, templates }
+                let fingers = match version {
+                    1 => Vec::new(),
+                    _ if r.peek_u8()? == 0 => {
+                        r.u8()?;
+                        Vec::new()
+                    }
+                    _ => minutiae::decode(&mut r)?,
+                };
+                if templates.is_empty() && fingers.is_empty() {
+                    return None;
+                }
+                WalRecord::Enroll { seq, subject, templates, fingers }
             }
             KIND_DELETE => WalRecord::Delete { seq, subject },
+            KIND_ATTACH if version >= 2 => {
+                WalRecord::Attach { seq, subject, fingers: minutiae::decode(&mut r)? }
+            }
             _ => return None,
         };
         r.is_empty().then_some(rec)
@@ -200,6 +262,13 @@ pub(crate) fn scan(path: &Path) -> Result<WalScan> {
     scan_frames(path, &WAL_HEADER, WalRecord::decode)
 }
 
+/// The format version in a write-ahead log's header (the file must exist and be one).
+pub(crate) fn version_of(path: &Path) -> Result<u32> {
+    let mut h = [0u8; HEADER_LEN as usize];
+    File::open(path).and_then(|mut f| f.read_exact(&mut h)).map_err(GalleryError::io(path))?;
+    Ok(u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")))
+}
+
 /// Read and validate a whole frame log with `header`, decoding each payload with `decode` (a frame
 /// whose payload does not decode counts as invalid). Replay stops at the first invalid frame; if
 /// no valid frame follows it, the rest is a torn tail (reported in `discarded`), otherwise the log
@@ -207,7 +276,7 @@ pub(crate) fn scan(path: &Path) -> Result<WalScan> {
 pub(crate) fn scan_frames<T>(
     path: &Path,
     header: &LogHeader,
-    decode: impl Fn(&[u8]) -> Option<T>,
+    decode: impl Fn(u32, &[u8]) -> Option<T>,
 ) -> Result<FrameScan<T>> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(GalleryError::io(path))?;
@@ -218,12 +287,13 @@ pub(crate) fn scan_frames<T>(
         ));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != header.version {
+    if !(header.min_version..=header.version).contains(&version) {
         return Err(GalleryError::corrupt(
             path,
             format!("unsupported {} version {version}", header.what),
         ));
     }
+    let decode = |p: &[u8]| decode(version, p);
     let mut pos = HEADER_LEN as usize;
     let mut records = Vec::new();
     while pos < bytes.len() {
@@ -323,6 +393,7 @@ impl WalWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::minutiae::testing::finger;
 
     fn rec(seq: u64) -> WalRecord {
         WalRecord::Enroll {
@@ -333,7 +404,39 @@ mod tests {
                 column: 0,
                 vector: vec![f16::from_f32(0.5); 8],
             }],
+            fingers: if seq.is_multiple_of(2) {
+                vec![finger(2, 9), finger(7, 0)]
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let attach = WalRecord::Attach {
+            seq: 9,
+            subject: SubjectId::new("S9").unwrap(),
+            fingers: vec![finger(1, 40)],
+        };
+        let fingers_only = WalRecord::Enroll {
+            seq: 10,
+            subject: SubjectId::new("S10").unwrap(),
+            templates: Vec::new(),
+            fingers: vec![finger(10, 3)],
+        };
+        for r in [rec(1), rec(2), attach, fingers_only] {
+            let frame = r.encode();
+            let payload = &frame[FRAME_HEADER..];
+            assert_eq!(WalRecord::decode(VERSION, payload), Some(r.clone()));
+            for n in 0..payload.len() {
+                assert_eq!(WalRecord::decode(VERSION, &payload[..n]), None, "{r:?} cut at {n}");
+            }
+        }
+        // A version 1 log has no finger part and no attach records.
+        let v1 = rec(1).encode();
+        let v1_payload = &v1[FRAME_HEADER..v1.len() - 1];
+        assert_eq!(WalRecord::decode(1, v1_payload), Some(rec(1)));
     }
 
     #[test]

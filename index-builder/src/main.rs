@@ -118,7 +118,7 @@ fn main() -> Result<()> {
                     for (i, &row) in b.rows().iter().enumerate() {
                         if i % step == 0 && probe_set.len() < probes {
                             let v: Vec<f32> = b.vector(row).iter().map(|h| h.to_f32()).collect();
-                            probe_set.push((b.meta(row).subject.clone(), b.meta(row).modality, v));
+                            probe_set.push((b.subject(row), b.modality(row), v));
                         }
                     }
                 })?;

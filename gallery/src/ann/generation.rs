@@ -215,7 +215,7 @@ pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<Bui
     let mut ids: Vec<Vec<i64>> = vec![Vec::new(); s];
     let summary = store.scan(model, 65_536, |b| {
         for &row in b.rows() {
-            let sh = shard_of(&b.meta(row).subject, s);
+            let sh = shard_of(&b.subject(row), s);
             vecs[sh].extend(b.vector(row).iter().map(|h| h.to_f32()));
             ids[sh].push(row as i64);
         }
@@ -358,12 +358,25 @@ pub struct ShardedIndex {
     pub index_bytes: u64,
     /// Bytes of the store's fp16 templates and in-memory metadata (estimated from sizes).
     pub store_bytes: u64,
+    /// Of `store_bytes`: the resident metadata (subject table, row owners and states).
+    pub metadata_bytes: u64,
 }
 
 impl ShardedIndex {
     /// Resident bytes per indexed template: index + fp16 template + row metadata.
     pub fn bytes_per_template(&self) -> f64 {
         (self.index_bytes + self.store_bytes) as f64 / self.manifest.vectors.max(1) as f64
+    }
+
+    /// Heap bytes per indexed template: index structures + resident metadata (what a node's
+    /// RAM must hold; the fp16 templates are memory-mapped and paged by the kernel).
+    pub fn resident_bytes_per_template(&self) -> f64 {
+        (self.index_bytes + self.metadata_bytes) as f64 / self.manifest.vectors.max(1) as f64
+    }
+
+    /// Memory-mapped bytes per indexed template: the fp16 template re-ranking reads.
+    pub fn mapped_bytes_per_template(&self) -> f64 {
+        (self.store_bytes - self.metadata_bytes) as f64 / self.manifest.vectors.max(1) as f64
     }
 
     pub fn is_ivf(&self) -> bool {
@@ -414,7 +427,8 @@ pub fn load(store: &Store, model: &ModelId, opts: &LoadOptions) -> Result<Option
         index_bytes += bytes;
     }
     // fp16 templates (memory-mapped, but every search touches them) + in-memory metadata.
-    let store_bytes = col.rows * col.dim as u64 * 2 + store.metadata_bytes();
+    let metadata_bytes = store.metadata_bytes();
+    let store_bytes = col.rows * col.dim as u64 * 2 + metadata_bytes;
     if let Some(budget) = opts.memory_budget {
         let need = index_bytes + store_bytes;
         if need > budget {
@@ -439,5 +453,5 @@ pub fn load(store: &Store, model: &ModelId, opts: &LoadOptions) -> Result<Option
         }
         shards.push(idx);
     }
-    Ok(Some(ShardedIndex { manifest, shards, index_bytes, store_bytes }))
+    Ok(Some(ShardedIndex { manifest, shards, index_bytes, store_bytes, metadata_bytes }))
 }

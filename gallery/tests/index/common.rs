@@ -29,6 +29,7 @@ pub fn enrollment(identity: u64, v: Vec<f32>) -> Enrollment {
     Enrollment {
         subject: subject_id(identity),
         templates: vec![(Modality::Face, Template::new(model(), DIM, v).unwrap())],
+        fingers: Vec::new(),
     }
 }
 

@@ -40,7 +40,11 @@ fn wrong_dimension_for_the_gallery() {
     let (_d, store) = fixture();
     // A template valid for its own (claimed) dimension but not the gallery's.
     let t = Template::new(model(), DIM + 1, vec![0.5; DIM + 1]).unwrap();
-    let e = Enrollment { subject: sid(2), templates: vec![(Modality::Face, t.clone())] };
+    let e = Enrollment {
+        subject: sid(2),
+        templates: vec![(Modality::Face, t.clone())],
+        fingers: Vec::new(),
+    };
     assert!(
         matches!(store.enroll(&e), Err(GalleryError::WrongDimension { expected: DIM, got, .. }) if got == DIM + 1)
     );
@@ -73,11 +77,12 @@ fn duplicate_enrollment_and_unknown_subjects() {
 #[test]
 fn malformed_enrollments() {
     let (_d, store) = fixture();
-    let empty = Enrollment { subject: sid(2), templates: vec![] };
+    let empty = Enrollment { subject: sid(2), templates: vec![], fingers: Vec::new() };
     assert!(matches!(store.enroll(&empty), Err(GalleryError::EmptyEnrollment)));
     let twice = Enrollment {
         subject: sid(2),
         templates: vec![(Modality::Face, template(1, 2)), (Modality::Face, template(1, 3))],
+        fingers: Vec::new(),
     };
     assert!(matches!(store.enroll(&twice), Err(GalleryError::DuplicateModality(Modality::Face))));
     let batch = [enrollment(1, 5), enrollment(2, 5), enrollment(1, 1)];
@@ -106,7 +111,11 @@ fn probe_of_another_model_version_is_refused() {
     }
     assert!(err.to_string().contains("synthetic@1"), "{err}");
     assert!(matches!(store.verify(&sid(1), &p), Err(GalleryError::ModelMismatch { .. })));
-    let e = Enrollment { subject: sid(3), templates: vec![(Modality::Face, p.template.clone())] };
+    let e = Enrollment {
+        subject: sid(3),
+        templates: vec![(Modality::Face, p.template.clone())],
+        fingers: Vec::new(),
+    };
     assert!(matches!(store.enroll(&e), Err(GalleryError::ModelMismatch { .. })));
     let unknown = ModelId::new("other", "1").unwrap();
     let p = Probe {

@@ -1,4 +1,5 @@
-use biomatch_core::{Modality, ModelId, SubjectId, Template};
+use biomatch_core::finger::{FingerTemplate, Minutia, MinutiaKind};
+use biomatch_core::{FingerPosition, Modality, ModelId, SubjectId, Template};
 use biomatch_gallery::{Enrollment, ModelSpec, Probe, Store, StoreOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,8 +33,38 @@ pub fn sid(i: u64) -> SubjectId {
     SubjectId::new(format!("P{i:06}")).unwrap()
 }
 
+/// A face template for every subject; odd subjects also enroll two minutiae fingers (one
+/// record with the face).
 pub fn enrollment(seed: u64, i: u64) -> Enrollment {
-    Enrollment { subject: sid(i), templates: vec![(Modality::Face, template(seed, i))] }
+    Enrollment {
+        subject: sid(i),
+        templates: vec![(Modality::Face, template(seed, i))],
+        fingers: fingers(seed, i),
+    }
+}
+
+/// The minutiae fingers `enrollment(seed, i)` carries: positions 2 and 7 for odd `i`, none else.
+pub fn fingers(seed: u64, i: u64) -> Vec<FingerTemplate> {
+    if i.is_multiple_of(2) {
+        return Vec::new();
+    }
+    [2u8, 7]
+        .iter()
+        .map(|&p| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ i.wrapping_mul(31) ^ u64::from(p));
+            let minutiae = (0..rng.random_range(12..40))
+                .map(|_| Minutia {
+                    x: rng.random_range(0..400),
+                    y: rng.random_range(0..500),
+                    angle: rng.random(),
+                    kind: MinutiaKind::RidgeEnding,
+                    quality: rng.random_range(0..=100),
+                })
+                .collect();
+            FingerTemplate::new(400, 500, 197, Some(FingerPosition::new(p).unwrap()), 70, minutiae)
+                .unwrap()
+        })
+        .collect()
 }
 
 pub fn probe(seed: u64, i: u64) -> Probe {

@@ -68,3 +68,43 @@ fn identify_during_enroll_and_delete() {
         assert!(c.iter().all(|c| c.subject_id != sid(i)));
     }
 }
+
+/// Concurrent writers share fsyncs: every write is acknowledged and durable, and the log took
+/// fewer appends (one fsync each) than there were writes.
+#[test]
+fn concurrent_writers_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open(dir.path()));
+    let threads = 8;
+    let per = 150u64;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let store = store.clone();
+            s.spawn(move || {
+                for k in 0..per {
+                    let i = t * 10_000 + k;
+                    store.enroll(&enrollment(4, i)).unwrap();
+                    if k.is_multiple_of(3) {
+                        store.delete(&sid(i)).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let stats = store.stats();
+    let writes = threads * (per + per.div_ceil(3));
+    assert_eq!(stats.wal_writes, writes);
+    assert!(stats.wal_appends < writes, "{} appends for {writes} writes", stats.wal_appends);
+    eprintln!("group commit: {writes} writes in {} appends", stats.wal_appends);
+    drop(store);
+    let store = open(dir.path());
+    for t in 0..threads {
+        for k in 0..per {
+            let i = t * 10_000 + k;
+            assert_eq!(store.contains(&sid(i)), !k.is_multiple_of(3), "subject {i}");
+            if !k.is_multiple_of(3) {
+                assert_eq!(store.fingers(&sid(i)).unwrap(), fingers(4, i));
+            }
+        }
+    }
+}

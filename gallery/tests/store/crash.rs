@@ -152,6 +152,9 @@ fn kill_writer_repeatedly() {
             if let Ok(info) = store.get(&sid(n)) {
                 present += 1;
                 assert_eq!(info.templates.len(), 1, "round {round}: {n} is partial");
+                let want = fingers(SEED, n);
+                assert_eq!(info.fingers.len(), want.len(), "round {round}: {n} fingers partial");
+                assert_eq!(store.fingers(&sid(n)).unwrap(), want, "round {round}: {n} fingers");
                 let s = store.verify(&sid(n), &probe(SEED, n)).unwrap();
                 assert!(s > 0.999, "round {round}: {n} holds a different template ({s})");
             }

@@ -221,3 +221,55 @@ fn a_read_only_snapshot_next_to_the_writer() {
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(Store::open_read_only(empty.path(), options()), Err(GalleryError::Config(_))));
 }
+
+/// A subject's face and fingers are one record: both survive a reopen, a checkpoint into
+/// finger segments, a delete and tombstones, in every order.
+#[test]
+fn fingers_travel_with_the_face() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for i in 0..40 {
+            store.enroll(&enrollment(7, i)).unwrap();
+        }
+        store.checkpoint().unwrap(); // 0..40 sealed: fp16 segment + finger segment
+        for i in 40..60 {
+            store.enroll(&enrollment(7, i)).unwrap(); // WAL only
+        }
+        store.delete(&sid(3)).unwrap(); // sealed finger record deleted
+        store.delete(&sid(41)).unwrap(); // unsealed finger record deleted
+        let s = store.stats();
+        assert_eq!((s.fingers.subjects, s.fingers.fingers), (28, 56));
+    }
+    for round in 0..3 {
+        let store = open(dir.path());
+        for i in 0..60 {
+            let gone = i == 3 || i == 41;
+            assert_eq!(store.contains(&sid(i)), !gone, "round {round}: {i}");
+            if !gone {
+                assert_eq!(store.fingers(&sid(i)).unwrap(), fingers(7, i), "round {round}: {i}");
+                let info = store.get(&sid(i)).unwrap();
+                assert_eq!(info.fingers.len(), fingers(7, i).len());
+                assert_eq!(info.templates.len(), 1);
+            }
+        }
+        let s = store.stats();
+        assert_eq!((s.fingers.subjects, s.fingers.fingers), (28, 56), "round {round}");
+        let mut seen = 0;
+        store.for_each_fingers(|_, _, f| seen += f.len()).unwrap();
+        assert_eq!(seen, 56);
+        if round == 0 {
+            store.checkpoint().unwrap();
+        }
+    }
+    // A subject with fingers only.
+    let store = open(dir.path());
+    let mut e = enrollment(7, 101);
+    e.templates.clear();
+    store.enroll(&e).unwrap();
+    store.checkpoint().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.fingers(&sid(101)).unwrap(), fingers(7, 101));
+    assert!(store.get(&sid(101)).unwrap().templates.is_empty());
+}

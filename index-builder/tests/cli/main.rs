@@ -30,6 +30,7 @@ fn enroll(store: &Store, range: std::ops::Range<u64>) {
         .map(|i| Enrollment {
             subject: SubjectId::new(format!("S{i:07}")).unwrap(),
             templates: vec![(Modality::Face, Template::new(model(), DIM, vector(i)).unwrap())],
+            fingers: Vec::new(),
         })
         .collect();
     for r in store.enroll_batch(&batch).unwrap() {
