@@ -1,0 +1,199 @@
+//! The engine's one error type, and the one list of error codes every layer answers with.
+//!
+//! [`ErrorCode`] is serialised (snake_case) into every error body and listed in the OpenAPI
+//! document; the HTTP layer maps each code to a status in exactly one place. User errors (bad
+//! input, unknown subject) are kept apart from storage faults ([`EngineError::is_user_error`]).
+
+use biomatch_core::CoreError;
+use biomatch_gallery::GalleryError;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Every error code the service answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // Request shape and transport.
+    BadRequest,
+    MalformedJson,
+    UnsupportedMediaType,
+    BodyTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    Unauthorized,
+    Forbidden,
+    // Input validation.
+    InvalidSubjectId,
+    InvalidFingerPosition,
+    InvalidRate,
+    InvalidParameter,
+    InvalidTemplate,
+    InvalidMinutiaeRecord,
+    FingerPositionMismatch,
+    UnknownModel,
+    ModelMismatch,
+    IdempotencyKeyReused,
+    // Images.
+    ImageTooLarge,
+    ImageTooSmall,
+    UndecodableImage,
+    BlankImage,
+    NoFace,
+    SeveralFaces,
+    FaceTooSmall,
+    TooFewMinutiae,
+    ExtractorUnavailable,
+    FingerprintsUnavailable,
+    // Subjects.
+    AlreadyEnrolled,
+    UnknownSubject,
+    NoTemplateForModality,
+    // Operations.
+    OverMemoryBudget,
+    NoIndex,
+    NotReady,
+    Overloaded,
+    Timeout,
+    StoreUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears in error bodies.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode as C;
+        match self {
+            C::BadRequest => "bad_request",
+            C::MalformedJson => "malformed_json",
+            C::UnsupportedMediaType => "unsupported_media_type",
+            C::BodyTooLarge => "body_too_large",
+            C::NotFound => "not_found",
+            C::MethodNotAllowed => "method_not_allowed",
+            C::Unauthorized => "unauthorized",
+            C::Forbidden => "forbidden",
+            C::InvalidSubjectId => "invalid_subject_id",
+            C::InvalidFingerPosition => "invalid_finger_position",
+            C::InvalidRate => "invalid_rate",
+            C::InvalidParameter => "invalid_parameter",
+            C::InvalidTemplate => "invalid_template",
+            C::InvalidMinutiaeRecord => "invalid_minutiae_record",
+            C::FingerPositionMismatch => "finger_position_mismatch",
+            C::UnknownModel => "unknown_model",
+            C::ModelMismatch => "model_mismatch",
+            C::IdempotencyKeyReused => "idempotency_key_reused",
+            C::ImageTooLarge => "image_too_large",
+            C::ImageTooSmall => "image_too_small",
+            C::UndecodableImage => "undecodable_image",
+            C::BlankImage => "blank_image",
+            C::NoFace => "no_face",
+            C::SeveralFaces => "several_faces",
+            C::FaceTooSmall => "face_too_small",
+            C::TooFewMinutiae => "too_few_minutiae",
+            C::ExtractorUnavailable => "extractor_unavailable",
+            C::FingerprintsUnavailable => "fingerprints_unavailable",
+            C::AlreadyEnrolled => "already_enrolled",
+            C::UnknownSubject => "unknown_subject",
+            C::NoTemplateForModality => "no_template_for_modality",
+            C::OverMemoryBudget => "over_memory_budget",
+            C::NoIndex => "no_index",
+            C::NotReady => "not_ready",
+            C::Overloaded => "overloaded",
+            C::Timeout => "timeout",
+            C::StoreUnavailable => "store_unavailable",
+            C::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an engine call can fail with.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The caller's input breaks a rule the engine checks itself (a code and a message that
+    /// carries counts and names, never biometric data).
+    #[error("{message}")]
+    Invalid { code: ErrorCode, message: String },
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Gallery(#[from] GalleryError),
+}
+
+impl EngineError {
+    pub fn invalid(code: ErrorCode, message: impl Into<String>) -> Self {
+        EngineError::Invalid { code, message: message.into() }
+    }
+
+    /// The code this error is answered with.
+    pub fn code(&self) -> ErrorCode {
+        use GalleryError as G;
+        match self {
+            EngineError::Invalid { code, .. } => *code,
+            EngineError::Core(c) => core_code(c),
+            EngineError::Gallery(g) => match g {
+                G::Invalid(c) => core_code(c),
+                G::AlreadyEnrolled(_) => ErrorCode::AlreadyEnrolled,
+                G::UnknownSubject(_) => ErrorCode::UnknownSubject,
+                G::NoTemplate { .. } => ErrorCode::NoTemplateForModality,
+                G::EmptyEnrollment | G::DuplicateModality(_) | G::DuplicateInBatch(_) => {
+                    ErrorCode::BadRequest
+                }
+                G::ModelMismatch { .. } => ErrorCode::ModelMismatch,
+                G::WrongDimension { .. }
+                | G::InvalidFinger { .. }
+                | G::MissingFingerPosition { .. } => ErrorCode::InvalidTemplate,
+                G::BadMaxResults { .. } | G::BadIndexParams(_) => ErrorCode::InvalidParameter,
+                G::OverBudget { .. } => ErrorCode::OverMemoryBudget,
+                G::Poisoned | G::Journal(_) => ErrorCode::StoreUnavailable,
+                G::Corrupt { .. }
+                | G::Config(_)
+                | G::Io { .. }
+                | G::Faiss(_)
+                | G::Locked(_)
+                | G::ReadOnly => ErrorCode::Internal,
+            },
+        }
+    }
+
+    /// True when the caller's request was at fault.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            EngineError::Invalid { .. } | EngineError::Core(_) => true,
+            EngineError::Gallery(g) => g.is_user_error(),
+        }
+    }
+}
+
+fn core_code(e: &CoreError) -> ErrorCode {
+    use biomatch_core::CoreError as C;
+    match e {
+        C::EmptySubjectId | C::SubjectIdTooLong { .. } | C::SubjectIdNotPrintable { .. } => {
+            ErrorCode::InvalidSubjectId
+        }
+        C::BadFingerPosition(_) => ErrorCode::InvalidFingerPosition,
+        C::BadModelId(_) => ErrorCode::UnknownModel,
+        C::BadRate(_) => ErrorCode::InvalidRate,
+        _ => ErrorCode::InvalidTemplate,
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialise_as_their_names() {
+        for c in
+            [ErrorCode::NoTemplateForModality, ErrorCode::ExtractorUnavailable, ErrorCode::Internal]
+        {
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{}\"", c.as_str()));
+        }
+    }
+}

@@ -1,0 +1,732 @@
+//! biomatch-engine: the use cases — enroll, verify, identify, delete — over the one subject store
+//! (`biomatch-gallery`) and its search structures (the sharded vector index, the finger search).
+//!
+//! Everything that calls the matching logic goes through [`Engine`]: the HTTP service (its
+//! handlers map DTOs to engine calls and back), the index builder and the evaluation tools.
+//! What lives here:
+//! - **prepared probes** ([`Engine::prepare`]): a probe's templates are checked and its fingers'
+//!   MCC templates built once per request, then compared with every candidate;
+//! - **enrollment** as one store write (face and fingers in one record, one fsync shared with
+//!   concurrent writers through the store's group commit), with the audit journal written in the
+//!   same commit group before the log ([`Journal`]) and the finger search following the commit;
+//! - **verification**: per-modality scores read against their calibration tables, fused
+//!   (product of FMRs), decided against a target FMR;
+//! - **identification**: per-modality candidate lists, over-fetch, fill-in of the modalities a
+//!   candidate was not returned for, fusion, the FPIR cut (FMR ≤ target FPIR / N) and ranking.
+//!
+//! Errors: one enum, [`EngineError`], whose [`ErrorCode`] the HTTP layer maps to a status.
+//! The engine does CPU work on the caller's thread (and rayon): call it off async threads.
+
+pub mod error;
+
+pub use error::{EngineError, ErrorCode, Result};
+
+use biomatch_core::finger::FingerTemplate;
+use biomatch_core::fusion::{fuse_fmr, score_of_fmr};
+use biomatch_core::{CalibrationTable, FingerPosition, Modality, ModelId, SubjectId, Template};
+use biomatch_gallery::{
+    AnnParams, CommitHook, Committed, Enrollment, FingerGallery, FingerSearchInfo, Gallery,
+    GalleryError, IdentifyOptions, Note, PreparedFinger, Probe, SearchMode, Store, WriteOp,
+    MAX_RESULTS_LIMIT,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The id minutiae fingers are scored under: minutiae compared by MCC.
+pub fn mcc_model() -> ModelId {
+    ModelId::new("mcc", "1").expect("valid model id")
+}
+
+/// What a model's templates are captured from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    Face,
+    Finger,
+}
+
+impl ModelKind {
+    pub fn of(modality: Modality) -> Self {
+        match modality {
+            Modality::Face => ModelKind::Face,
+            Modality::Finger(_) => ModelKind::Finger,
+        }
+    }
+}
+
+/// A vector-template model the engine accepts, with its calibration.
+#[derive(Clone, Debug)]
+pub struct EngineModel {
+    pub id: ModelId,
+    pub dim: usize,
+    pub kind: ModelKind,
+    pub calibration: CalibrationTable,
+}
+
+/// Tunables of the engine's searches.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Candidates per shard for exact re-ranking of indexed searches.
+    pub k_prime: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { k_prime: AnnParams::default().k_prime }
+    }
+}
+
+/// Who asked for a write, for the audit journal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditContext {
+    pub key_id: String,
+    pub request_id: String,
+}
+
+/// What became of a write the journal was told about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JournalOutcome {
+    /// About to be logged (the journal entry must be durable before the write is).
+    Committing,
+    /// The write was not stored after all (the log append or its fsync failed).
+    Failed(String),
+}
+
+/// One write of a commit group, for the journal.
+#[derive(Clone, Debug)]
+pub struct JournalEntry<'a> {
+    pub context: &'a AuditContext,
+    /// `"enroll"` or `"delete"`.
+    pub operation: &'static str,
+    pub subject: &'a SubjectId,
+    pub seq: u64,
+    pub outcome: JournalOutcome,
+}
+
+/// The audit journal: records writes durably before the store logs them (same commit group).
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    /// Make `entries` durable; an error fails the whole group (nothing is stored).
+    fn record(&self, entries: &[JournalEntry<'_>]) -> std::result::Result<(), String>;
+}
+
+/// What the engine attaches to each store write.
+struct WriteNote {
+    audit: Option<AuditContext>,
+    /// The enrollment's fingers, prepared for the finger search (empty for deletes).
+    fingers: Vec<PreparedFinger>,
+}
+
+/// The store's commit hook: journal first, finger search after.
+#[derive(Debug)]
+struct Hook {
+    fingers: Option<Arc<FingerGallery>>,
+    journal: Option<Arc<dyn Journal>>,
+}
+
+fn note_of<'a>(c: &'a Committed<'_>) -> Option<&'a WriteNote> {
+    c.note.and_then(|n| n.downcast_ref::<WriteNote>())
+}
+
+impl Hook {
+    fn journal(&self, group: &[Committed<'_>], outcome: &JournalOutcome) -> Result<(), String> {
+        let Some(j) = &self.journal else { return Ok(()) };
+        let entries: Vec<JournalEntry<'_>> = group
+            .iter()
+            .filter_map(|c| {
+                let ctx = note_of(c)?.audit.as_ref()?;
+                Some(JournalEntry {
+                    context: ctx,
+                    operation: match c.op {
+                        WriteOp::Enroll(_) => "enroll",
+                        WriteOp::Delete(_) => "delete",
+                    },
+                    subject: c.op.subject(),
+                    seq: c.seq,
+                    outcome: outcome.clone(),
+                })
+            })
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        j.record(&entries)
+    }
+}
+
+impl CommitHook for Hook {
+    fn before_log(&self, group: &[Committed<'_>]) -> std::result::Result<(), String> {
+        self.journal(group, &JournalOutcome::Committing)
+    }
+
+    fn applied(&self, group: &[Committed<'_>]) {
+        let Some(fg) = &self.fingers else { return };
+        for c in group {
+            match c.op {
+                WriteOp::Enroll(e) if !e.fingers.is_empty() => {
+                    let prepared = match note_of(c) {
+                        Some(n) if n.fingers.len() == e.fingers.len() => n.fingers.clone(),
+                        _ => fg.prepare_all(&e.fingers),
+                    };
+                    if let Err(err) = fg.insert(&e.subject, prepared) {
+                        tracing::error!(error = %err, "finger search could not take an enrollment");
+                    }
+                }
+                WriteOp::Enroll(_) => {}
+                WriteOp::Delete(s) => fg.remove(s),
+            }
+        }
+    }
+
+    fn failed(&self, group: &[Committed<'_>], error: &GalleryError) {
+        if let Err(e) = self.journal(group, &JournalOutcome::Failed(error.to_string())) {
+            tracing::error!(error = %e, "could not journal a failed commit");
+        }
+    }
+}
+
+/// A request's samples after DTO decoding and extraction: vector templates (at most one per
+/// modality) and minutiae fingers (each with its position set, at most one per position).
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    pub vectors: Vec<(Modality, Template)>,
+    pub fingers: Vec<FingerTemplate>,
+}
+
+impl Samples {
+    pub fn len(&self) -> usize {
+        self.vectors.len() + self.fingers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A probe checked and prepared once (fingers' MCC templates built), compared many times.
+#[derive(Debug)]
+pub struct PreparedProbe {
+    vectors: Vec<(Modality, Template)>,
+    fingers: Vec<PreparedFinger>,
+}
+
+impl PreparedProbe {
+    /// Modalities in the probe.
+    pub fn len(&self) -> usize {
+        self.vectors.len() + self.fingers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What is enrolled for a subject (never biometric data).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubjectView {
+    pub subject: SubjectId,
+    pub seq: u64,
+    /// Each modality with the model its template is compared under.
+    pub templates: Vec<(Modality, ModelId)>,
+}
+
+/// The result of an enrollment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Enrolled {
+    pub view: SubjectView,
+    /// False when a retry found the same enrollment already stored.
+    pub created: bool,
+}
+
+/// One modality's score, read against its calibration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModalityScore {
+    pub modality: Modality,
+    pub score: f32,
+    pub fmr: f64,
+    /// The raw-score threshold of the target FMR (verification only).
+    pub threshold: Option<f32>,
+}
+
+/// A 1:1 decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verification {
+    pub subject: SubjectId,
+    pub is_match: bool,
+    /// Fused FMR (product of the modalities').
+    pub fmr: f64,
+    pub target_fmr: f64,
+    pub scores: Vec<ModalityScore>,
+}
+
+/// Parameters of a 1:N search.
+#[derive(Clone, Debug)]
+pub struct IdentifyParams {
+    pub max_results: usize,
+    /// A raw-score threshold (single-modality probes only); excludes `target_fpir`.
+    pub threshold: Option<f32>,
+    /// Candidates must have FMR ≤ target_fpir / N.
+    pub target_fpir: Option<f64>,
+    /// Search only these subjects.
+    pub subset: Option<Vec<SubjectId>>,
+    pub mode: SearchKind,
+}
+
+/// Which vector search to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SearchKind {
+    #[default]
+    Auto,
+    Exact,
+    Index,
+}
+
+/// One candidate of a 1:N search.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandidateView {
+    pub subject: SubjectId,
+    /// Fused FMR.
+    pub fmr: f64,
+    pub scores: Vec<ModalityScore>,
+}
+
+/// The result of a 1:N search.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Identification {
+    /// Best first: fused score (−log10 FMR), then the sum of raw scores, then subject id.
+    pub candidates: Vec<CandidateView>,
+    /// N used for the FPIR cut.
+    pub gallery_size: u64,
+    pub target_fpir: Option<f64>,
+    /// `"exact"` or `"index"`.
+    pub search: String,
+    pub index_generation: Option<u64>,
+    pub finger_search: Vec<(Modality, FingerSearchInfo)>,
+}
+
+/// The matching engine. `Send + Sync`: share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    gallery: Arc<Gallery>,
+    fingers: Option<Arc<FingerGallery>>,
+    models: Vec<EngineModel>,
+    finger_calibration: Option<CalibrationTable>,
+    settings: Settings,
+}
+
+impl Engine {
+    /// The engine over a loaded gallery and (when fingerprints are on) its finger search, which
+    /// must have been built from the same store. Registers the store's commit hook: the
+    /// journal sees every write first; the finger search follows every commit.
+    pub fn new(
+        gallery: Arc<Gallery>,
+        fingers: Option<(Arc<FingerGallery>, CalibrationTable)>,
+        models: Vec<EngineModel>,
+        settings: Settings,
+        journal: Option<Arc<dyn Journal>>,
+    ) -> Self {
+        let (fingers, finger_calibration) = match fingers {
+            Some((f, c)) => (Some(f), Some(c)),
+            None => (None, None),
+        };
+        gallery.store().set_commit_hook(Arc::new(Hook { fingers: fingers.clone(), journal }));
+        Self { gallery, fingers, models, finger_calibration, settings }
+    }
+
+    pub fn gallery(&self) -> &Arc<Gallery> {
+        &self.gallery
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        self.gallery.store()
+    }
+
+    pub fn fingers(&self) -> Option<&Arc<FingerGallery>> {
+        self.fingers.as_ref()
+    }
+
+    pub fn models(&self) -> &[EngineModel] {
+        &self.models
+    }
+
+    /// The calibration table scores of `model` are read with (`mcc@1` for minutiae fingers).
+    pub fn calibration(&self, model: &ModelId) -> Result<&CalibrationTable> {
+        if *model == mcc_model() {
+            if let Some(t) = &self.finger_calibration {
+                return Ok(t);
+            }
+        }
+        self.models.iter().find(|m| &m.id == model).map(|m| &m.calibration).ok_or_else(|| {
+            EngineError::invalid(ErrorCode::UnknownModel, format!("no calibration for {model}"))
+        })
+    }
+
+    fn finger_search(&self) -> Result<&Arc<FingerGallery>> {
+        self.fingers.as_ref().ok_or_else(|| {
+            EngineError::invalid(
+                ErrorCode::FingerprintsUnavailable,
+                "this server does not accept minutiae fingerprints (fingerprints.enabled = false)",
+            )
+        })
+    }
+
+    /// Check a probe's samples and prepare them for comparison (MCC templates built once).
+    pub fn prepare(&self, samples: Samples) -> Result<PreparedProbe> {
+        if samples.is_empty() {
+            return Err(EngineError::invalid(
+                ErrorCode::BadRequest,
+                "give at least one sample (`face` or `fingers`)",
+            ));
+        }
+        let fingers = if samples.fingers.is_empty() {
+            Vec::new()
+        } else {
+            let fg = self.finger_search()?;
+            samples.fingers.iter().map(|t| fg.prepare(t)).collect::<Result<Vec<_>, _>>()?
+        };
+        Ok(PreparedProbe { vectors: samples.vectors, fingers })
+    }
+
+    /// Enroll a subject: all its samples in one durable record. With `retry` (the client sent
+    /// an Idempotency-Key), an identical enrollment already stored is answered as found
+    /// (`created: false`) instead of `already_enrolled`.
+    pub fn enroll(
+        &self,
+        subject: SubjectId,
+        samples: Samples,
+        retry: bool,
+        audit: Option<AuditContext>,
+    ) -> Result<Enrolled> {
+        let note = self.write_note(&samples, audit)?;
+        let e = Enrollment {
+            subject: subject.clone(),
+            templates: samples.vectors,
+            fingers: samples.fingers,
+        };
+        match self.store().write(WriteOp::Enroll(e.clone()), Some(note)) {
+            Ok(_) => Ok(Enrolled { view: self.subject(&subject)?, created: true }),
+            Err(GalleryError::AlreadyEnrolled(_)) if retry && self.same_enrollment(&e) => {
+                Ok(Enrolled { view: self.subject(&subject)?, created: false })
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Enroll many subjects in one commit group (one fsync). Each gets its own result; an I/O
+    /// failure fails them all.
+    pub fn enroll_batch(
+        &self,
+        items: Vec<(SubjectId, Samples)>,
+        audit: Option<AuditContext>,
+    ) -> Result<Vec<Result<u64>>> {
+        let mut ops = Vec::with_capacity(items.len());
+        let mut refused = Vec::with_capacity(items.len());
+        for (subject, samples) in items {
+            match self.write_note(&samples, audit.clone()) {
+                Ok(note) => {
+                    let e = Enrollment {
+                        subject,
+                        templates: samples.vectors,
+                        fingers: samples.fingers,
+                    };
+                    ops.push((WriteOp::Enroll(e), Some(note)));
+                    refused.push(None);
+                }
+                Err(err) => refused.push(Some(err)),
+            }
+        }
+        let mut written = self.store().write_batch(ops)?.into_iter();
+        Ok(refused
+            .into_iter()
+            .map(|r| match r {
+                Some(err) => Err(err),
+                None => written.next().expect("one result per write").map_err(Into::into),
+            })
+            .collect())
+    }
+
+    fn write_note(&self, samples: &Samples, audit: Option<AuditContext>) -> Result<Note> {
+        let fingers = if samples.fingers.is_empty() {
+            Vec::new()
+        } else {
+            let fg = self.finger_search()?;
+            samples.fingers.iter().map(|t| fg.prepare(t)).collect::<Result<Vec<_>, _>>()?
+        };
+        Ok(Box::new(WriteNote { audit, fingers }))
+    }
+
+    /// Whether the stored enrollment holds exactly these samples (fp16 rounding tolerated).
+    fn same_enrollment(&self, e: &Enrollment) -> bool {
+        let store = self.store();
+        let Ok(info) = store.get(&e.subject) else { return false };
+        let Ok(stored_fingers) = store.fingers(&e.subject) else { return false };
+        let fingers_same = stored_fingers.len() == e.fingers.len()
+            && e.fingers.iter().all(|t| stored_fingers.contains(t));
+        fingers_same
+            && info.templates.len() == e.templates.len()
+            && e.templates.iter().all(|(m, t)| {
+                store.template(&e.subject, *m).is_ok_and(|(model, v)| {
+                    &model == t.model()
+                        && v.iter().zip(t.vector()).all(|(a, b)| (a - b).abs() <= 1e-3)
+                })
+            })
+    }
+
+    /// Delete a subject (every later search honours it).
+    pub fn delete(&self, subject: &SubjectId, audit: Option<AuditContext>) -> Result<u64> {
+        let note: Note = Box::new(WriteNote { audit, fingers: Vec::new() });
+        Ok(self.store().write(WriteOp::Delete(subject.clone()), Some(note))?)
+    }
+
+    /// What is enrolled for a subject.
+    pub fn subject(&self, subject: &SubjectId) -> Result<SubjectView> {
+        let info = self.store().get(subject)?;
+        let mut templates: Vec<(Modality, ModelId)> =
+            info.templates.into_iter().map(|t| (t.modality, t.model)).collect();
+        templates.extend(info.fingers.into_iter().map(|p| (Modality::Finger(p), mcc_model())));
+        Ok(SubjectView { subject: info.subject_id, seq: info.seq, templates })
+    }
+
+    /// 1:1: score every modality of the probe against the subject's, fuse, decide.
+    pub fn verify(
+        &self,
+        subject: &SubjectId,
+        probe: &PreparedProbe,
+        target_fmr: f64,
+    ) -> Result<Verification> {
+        check_rate("target_fmr", target_fmr)?;
+        let store = self.store();
+        let mut scores = Vec::with_capacity(probe.len());
+        for (modality, template) in &probe.vectors {
+            let score = store
+                .verify(subject, &Probe { modality: *modality, template: template.clone() })?;
+            scores.push(self.scored(*modality, template.model(), score, Some(target_fmr))?);
+        }
+        for f in &probe.fingers {
+            let modality = Modality::Finger(f.position);
+            let score = match self.finger_search()?.verify(subject, f) {
+                // Enrolled without fingers: this modality is what it lacks.
+                Err(GalleryError::UnknownSubject(_)) if store.contains(subject) => {
+                    Err(GalleryError::NoTemplate { subject: subject.clone(), modality })
+                }
+                r => r,
+            }?;
+            scores.push(self.scored(modality, &mcc_model(), score, Some(target_fmr))?);
+        }
+        let fmr = fuse_fmr(scores.iter().map(|s| s.fmr));
+        Ok(Verification {
+            subject: subject.clone(),
+            is_match: fmr <= target_fmr,
+            fmr,
+            target_fmr,
+            scores,
+        })
+    }
+
+    fn scored(
+        &self,
+        modality: Modality,
+        model: &ModelId,
+        score: f32,
+        target_fmr: Option<f64>,
+    ) -> Result<ModalityScore> {
+        let cal = self.calibration(model)?;
+        let threshold = match target_fmr {
+            Some(t) => Some(cal.threshold_for_fmr(t)?),
+            None => None,
+        };
+        Ok(ModalityScore { modality, score, fmr: cal.fmr_at(score), threshold })
+    }
+
+    /// 1:N: candidates from every modality of the probe, filled in, fused, cut at the target
+    /// FPIR, ranked.
+    pub fn identify(&self, probe: &PreparedProbe, p: &IdentifyParams) -> Result<Identification> {
+        if p.max_results == 0 || p.max_results > MAX_RESULTS_LIMIT {
+            return Err(EngineError::invalid(
+                ErrorCode::InvalidParameter,
+                format!("max_results must be in 1..={MAX_RESULTS_LIMIT}"),
+            ));
+        }
+        if probe.is_empty() {
+            return Err(EngineError::invalid(ErrorCode::BadRequest, "the probe has no samples"));
+        }
+        if p.threshold.is_some() && p.target_fpir.is_some() {
+            return Err(EngineError::invalid(
+                ErrorCode::BadRequest,
+                "give either `threshold` or a target FPIR, not both",
+            ));
+        }
+        if p.threshold.is_some() && probe.len() > 1 {
+            return Err(EngineError::invalid(
+                ErrorCode::BadRequest,
+                "a raw `threshold` applies to single-modality probes only; use target_fpir",
+            ));
+        }
+        if let Some(t) = p.threshold.filter(|t| !t.is_finite()) {
+            return Err(EngineError::invalid(
+                ErrorCode::InvalidParameter,
+                format!("threshold {t} is not finite"),
+            ));
+        }
+        if let Some(f) = p.target_fpir {
+            check_rate("target_fpir", f)?;
+        }
+        let store = self.store();
+        let nf = self.fingers.as_ref().map_or(0, |f| f.len());
+        let n = match &p.subset {
+            Some(s) => s.len(),
+            None if probe.vectors.is_empty() => nf,
+            None if probe.fingers.is_empty() => store.len(),
+            None => store.len().max(nf),
+        } as u64;
+        let single = probe.len() == 1;
+        // Single modality: the candidate threshold applies directly to the raw score.
+        let raw_threshold = |cal: &CalibrationTable| -> Result<Option<f32>> {
+            Ok(match (single, p.threshold, p.target_fpir) {
+                (true, Some(t), _) => Some(t),
+                (true, None, Some(f)) => Some(cal.threshold_for_fpir(f, n.max(1))?),
+                _ => None,
+            })
+        };
+        // Several modalities: over-fetch per modality, since fusion reorders.
+        let k = if single { p.max_results } else { (p.max_results * 3).min(MAX_RESULTS_LIMIT) };
+        let ann = AnnParams { k_prime: self.settings.k_prime, nprobe: None };
+        let mode = match p.mode {
+            SearchKind::Auto => SearchMode::Auto(ann),
+            SearchKind::Exact => SearchMode::Exact,
+            SearchKind::Index => SearchMode::Index(ann),
+        };
+        let mut per_subject: BTreeMap<SubjectId, Vec<ModalityScore>> = BTreeMap::new();
+        let mut path: Option<(String, Option<u64>)> = None;
+        let mut finger_search = Vec::new();
+        for (modality, template) in &probe.vectors {
+            let cal = self.calibration(template.model())?;
+            let opts = IdentifyOptions {
+                max_results: k,
+                threshold: raw_threshold(cal)?,
+                subset: p.subset.clone(),
+            };
+            let q = Probe { modality: *modality, template: template.clone() };
+            let (cands, sp) = self.gallery.identify(&q, &opts, mode)?;
+            path = Some((sp.kind.to_owned(), sp.generation));
+            for c in cands {
+                per_subject.entry(c.subject_id).or_default().push(ModalityScore {
+                    modality: *modality,
+                    score: c.score,
+                    fmr: cal.fmr_at(c.score),
+                    threshold: None,
+                });
+            }
+        }
+        for f in &probe.fingers {
+            let fg = self.finger_search()?;
+            let cal = self.calibration(&mcc_model())?;
+            let modality = Modality::Finger(f.position);
+            let (cands, info) = fg.identify(f, k, raw_threshold(cal)?, p.subset.as_deref())?;
+            finger_search.push((modality, info));
+            path.get_or_insert_with(|| {
+                ((if info.preselected { "index" } else { "exact" }).to_owned(), None)
+            });
+            for (subject, score) in cands {
+                per_subject.entry(subject).or_default().push(ModalityScore {
+                    modality,
+                    score,
+                    fmr: cal.fmr_at(score),
+                    threshold: None,
+                });
+            }
+        }
+        // Fill in the modalities a candidate was not returned for, then fuse and cut.
+        let mut candidates = Vec::with_capacity(per_subject.len());
+        for (subject, mut scores) in per_subject {
+            if !single {
+                self.fill_in(&subject, probe, &mut scores)?;
+            }
+            let fmr = fuse_fmr(scores.iter().map(|s| s.fmr));
+            if !single {
+                if let Some(f) = p.target_fpir {
+                    if fmr > f / n.max(1) as f64 {
+                        continue;
+                    }
+                }
+            }
+            candidates.push(CandidateView { subject, fmr, scores });
+        }
+        let raw_sum = |c: &CandidateView| c.scores.iter().map(|s| s.score).sum::<f32>();
+        candidates.sort_by(|a, b| {
+            score_of_fmr(b.fmr)
+                .total_cmp(&score_of_fmr(a.fmr))
+                .then_with(|| raw_sum(b).total_cmp(&raw_sum(a)))
+                .then_with(|| a.subject.cmp(&b.subject))
+        });
+        candidates.truncate(p.max_results);
+        let (search, index_generation) = path.expect("at least one modality was searched");
+        Ok(Identification {
+            candidates,
+            gallery_size: n,
+            target_fpir: if p.threshold.is_some() { None } else { p.target_fpir },
+            search,
+            index_generation,
+            finger_search,
+        })
+    }
+
+    /// Score a candidate on the probe's modalities it was not returned for; a candidate
+    /// lacking a modality just gets no score for it.
+    fn fill_in(
+        &self,
+        subject: &SubjectId,
+        probe: &PreparedProbe,
+        scores: &mut Vec<ModalityScore>,
+    ) -> Result<()> {
+        let has = |scores: &[ModalityScore], m: Modality| scores.iter().any(|s| s.modality == m);
+        for (modality, template) in &probe.vectors {
+            if has(scores, *modality) {
+                continue;
+            }
+            let q = Probe { modality: *modality, template: template.clone() };
+            if let Some(score) = absent_is_none(self.store().verify(subject, &q))? {
+                scores.push(self.scored(*modality, template.model(), score, None)?);
+            }
+        }
+        for f in &probe.fingers {
+            let modality = Modality::Finger(f.position);
+            if has(scores, modality) {
+                continue;
+            }
+            if let Some(score) = absent_is_none(self.finger_search()?.verify(subject, f))? {
+                scores.push(self.scored(modality, &mcc_model(), score, None)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Run a checkpoint if the store's log is due for one (for a maintenance thread, off the
+    /// request path). Returns whether one ran.
+    pub fn maintain(&self) -> Result<bool> {
+        Ok(self.store().checkpoint_if_due()?)
+    }
+
+    /// Finger positions a subject holds.
+    pub fn finger_positions(&self, subject: &SubjectId) -> Result<Vec<FingerPosition>> {
+        Ok(self.store().get(subject)?.fingers)
+    }
+}
+
+/// A modality the subject does not have is no error during fill-in.
+fn absent_is_none(r: Result<f32, GalleryError>) -> Result<Option<f32>> {
+    match r {
+        Ok(s) => Ok(Some(s)),
+        Err(GalleryError::NoTemplate { .. } | GalleryError::UnknownSubject(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn check_rate(name: &str, v: f64) -> Result<f64> {
+    if v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err(EngineError::invalid(
+            ErrorCode::InvalidRate,
+            format!("{name} must be in (0, 1); got {v}"),
+        ))
+    }
+}
