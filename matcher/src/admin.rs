@@ -3,11 +3,11 @@
 
 use crate::api::{IndexOut, IndexRequest};
 use crate::config::Role;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::middleware::{blocking, ApiJson, Caller};
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use biomatch_core::ModelId;
@@ -54,7 +54,7 @@ fn models(state: &AppState, req: &IndexRequest) -> Result<Vec<ModelId>, ApiError
         Some(m) => {
             let id = ModelId::parse(m)?;
             state.model(&id).ok_or_else(|| {
-                ApiError::invalid("unknown_model", format!("{id} is not configured"))
+                ApiError::new(ErrorCode::UnknownModel, format!("{id} is not configured"))
             })?;
             Ok(vec![id])
         }
@@ -74,16 +74,29 @@ fn load_options(state: &AppState) -> LoadOptions {
 pub async fn stats(State(state): St, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(Role::Admin)?;
     let g = state.gallery()?.clone();
-    let s = blocking(move || Ok(g.store().stats())).await?;
+    let (s, metadata) =
+        blocking(move || Ok((g.store().stats(), g.store().metadata_bytes()))).await?;
     let g = state.gallery()?;
     let indexes: Vec<IndexOut> =
         s.columns.iter().filter_map(|c| g.index(&c.model)).map(|i| index_out(&i)).collect();
-    let fingers = state.fingers().map(|f| f.store().stats());
+    // Per vector template: heap (index structures + metadata) apart from the mapped fp16.
+    let rows: u64 = s.columns.iter().map(|c| c.rows).sum();
+    let index_bytes: u64 =
+        s.columns.iter().filter_map(|c| g.index(&c.model)).map(|i| i.index_bytes).sum();
+    let mapped: u64 = s.columns.iter().map(|c| c.rows * c.dim as u64 * 2).sum();
+    let per = |b: u64| if rows == 0 { 0.0 } else { b as f64 / rows as f64 };
+    let fingers = state.engine()?.fingers().map(
+        |f| serde_json::json!({ "subjects": f.len(), "fingers": f.fingers(), "store": s.fingers }),
+    );
     Ok(Json(serde_json::json!({
         "store": s,
         "indexes": indexes,
         "fingers": fingers,
-        "audit_records": state.audit.written()
+        "audit_records": state.audit.written(),
+        "metadata_bytes": metadata,
+        "resident_bytes_per_template": per(index_bytes + metadata),
+        "mapped_bytes_per_template": per(mapped),
+        "bytes_per_template": per(index_bytes + metadata + mapped)
     })))
 }
 
@@ -110,11 +123,7 @@ pub async fn reload(
     })
     .await?;
     if out.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_index",
-            "no index generation has been built",
-        ));
+        return Err(ApiError::new(ErrorCode::NoIndex, "no index generation has been built"));
     }
     Ok(Json(out))
 }

@@ -59,6 +59,45 @@ pub struct SubjectOut {
     pub templates: Vec<TemplateInfoOut>,
 }
 
+/// `POST /v1/subjects/batch`: many enrollments in one request, stored with one fsync. Each
+/// item is answered on its own (an invalid item does not affect the others).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchEnrollRequest {
+    pub subjects: Vec<EnrollRequest>,
+}
+
+/// One item's answer in a batch: `status` is what the single-subject endpoint would have
+/// answered (201, or a 4xx with `code` and `message`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct BatchItemOut {
+    pub subject_id: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<biomatch_engine::ErrorCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl BatchItemOut {
+    pub fn refused(subject_id: String, e: &crate::error::ApiError) -> Self {
+        Self {
+            subject_id,
+            status: e.status.as_u16(),
+            seq: None,
+            code: Some(e.code),
+            message: Some(e.message.clone()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchEnrollResponse {
+    pub results: Vec<BatchItemOut>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeleteOut {
     pub subject_id: String,
@@ -224,7 +263,7 @@ pub struct ExtractResponse {
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    pub code: String,
+    pub code: biomatch_engine::ErrorCode,
     pub message: String,
     pub request_id: String,
 }

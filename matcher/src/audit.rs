@@ -191,7 +191,9 @@ impl Reply {
 }
 
 struct Job {
+    /// One or more whole lines.
     line: Vec<u8>,
+    records: u64,
     reply: Reply,
 }
 
@@ -254,7 +256,7 @@ impl AuditLog {
     /// log), [`AuditError::Closed`] if the writer thread is gone.
     pub async fn append(&self, rec: AuditRecord) -> Result<(), AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(rec.to_line(), Reply::Async(tx))?;
+        self.submit(rec.to_line(), 1, Reply::Async(tx))?;
         let result = rx.await.map_err(|_| AuditError::Closed)?;
         self.check(result)
     }
@@ -265,8 +267,18 @@ impl AuditLog {
     /// # Errors
     /// As for [`append`](Self::append).
     pub fn append_blocking(&self, rec: AuditRecord) -> Result<(), AuditError> {
+        self.append_all_blocking(std::slice::from_ref(&rec))
+    }
+
+    /// Append several records in one batch (all or none of them is written) and return once
+    /// they are durable. Blocks like [`append_blocking`](Self::append_blocking).
+    ///
+    /// # Errors
+    /// As for [`append`](Self::append).
+    pub fn append_all_blocking(&self, recs: &[AuditRecord]) -> Result<(), AuditError> {
+        let lines: Vec<u8> = recs.iter().flat_map(AuditRecord::to_line).collect();
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(rec.to_line(), Reply::Blocking(tx))?;
+        self.submit(lines, recs.len() as u64, Reply::Blocking(tx))?;
         let result = rx.recv().map_err(|_| AuditError::Closed)?;
         self.check(result)
     }
@@ -286,9 +298,9 @@ impl AuditLog {
         &self.path
     }
 
-    fn submit(&self, line: Vec<u8>, reply: Reply) -> Result<(), AuditError> {
+    fn submit(&self, line: Vec<u8>, records: u64, reply: Reply) -> Result<(), AuditError> {
         let tx = self.tx.as_ref().ok_or(AuditError::Closed)?;
-        tx.send(Job { line, reply }).map_err(|_| AuditError::Closed)
+        tx.send(Job { line, records, reply }).map_err(|_| AuditError::Closed)
     }
 
     fn check(&self, result: BatchResult) -> Result<(), AuditError> {
@@ -346,7 +358,9 @@ fn writer_loop(path: &Path, mut file: File, rx: &mpsc::Receiver<Job>, counters: 
         let reply = match result {
             Ok(()) => {
                 good_len += buf.len() as u64;
-                counters.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                counters
+                    .written
+                    .fetch_add(batch.iter().map(|j| j.records).sum(), Ordering::Relaxed);
                 counters.batches.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -464,6 +478,34 @@ fn parse_line(body: &[u8]) -> Result<AuditRecord, String> {
         return Err(format!("CRC mismatch: stored {stored:08x}, computed {actual:08x}"));
     }
     serde_json::from_slice(json).map_err(|e| format!("CRC matches but JSON is invalid: {e}"))
+}
+
+/// The engine's journal: a commit group's enroll and delete records are made durable here
+/// before the store logs the writes (so no enrollment is ever stored without its audit record).
+/// A group that then fails to reach the store's log gets a second record per write,
+/// `error:storage`, naming the same request id.
+impl biomatch_engine::Journal for AuditLog {
+    fn record(&self, entries: &[biomatch_engine::JournalEntry<'_>]) -> Result<(), String> {
+        use biomatch_engine::JournalOutcome;
+        let recs: Vec<AuditRecord> = entries
+            .iter()
+            .map(|e| {
+                let outcome = match (&e.outcome, e.operation) {
+                    (JournalOutcome::Committing, "delete") => format!("deleted:{}", e.seq),
+                    (JournalOutcome::Committing, _) => format!("enrolled:{}", e.seq),
+                    (JournalOutcome::Failed(_), _) => "error:storage".to_owned(),
+                };
+                AuditRecord::now(
+                    &e.context.key_id,
+                    e.operation,
+                    &e.context.request_id,
+                    vec![e.subject.to_string()],
+                    outcome,
+                )
+            })
+            .collect();
+        self.append_all_blocking(&recs).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -681,7 +723,7 @@ mod tests {
         // Queue without waiting for the replies, then drop the handle.
         for i in 0..100 {
             let (tx, _rx) = tokio::sync::oneshot::channel();
-            log.submit(rec("k", format!("{i}")).to_line(), Reply::Async(tx)).unwrap();
+            log.submit(rec("k", format!("{i}")).to_line(), 1, Reply::Async(tx)).unwrap();
         }
         drop(log);
         assert_eq!(read_log(&path).unwrap().records.len(), 100);

@@ -63,6 +63,13 @@ pub struct Limits {
     pub retry_after_s: u64,
     /// Probes + subset entries accepted in one request.
     pub max_gallery_subset: usize,
+    /// Most enrollments in one `POST /v1/subjects/batch` (bounded further by `body_bytes`).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+fn default_max_batch() -> usize {
+    1000
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,6 +193,7 @@ impl Default for Config {
                 max_concurrent: 64,
                 retry_after_s: 1,
                 max_gallery_subset: 100_000,
+                max_batch: default_max_batch(),
             },
             search: SearchConfig {
                 default_max_results: 10,

@@ -10,9 +10,11 @@ pub mod audit;
 pub mod calibrate;
 pub mod config;
 pub mod error;
+pub mod import;
 pub mod metrics;
 pub mod middleware;
 pub mod routes;
+pub mod samples;
 pub mod serve;
 pub mod state;
 
@@ -23,6 +25,20 @@ use std::sync::Arc;
 
 pub use state::AppState;
 
+/// A progress bar for the command-line tools (drawn on stderr).
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     info(
@@ -31,6 +47,7 @@ pub use state::AppState;
     ),
     paths(
         routes::enroll,
+        routes::enroll_batch,
         routes::get_subject,
         routes::delete_subject,
         routes::verify,
@@ -45,6 +62,9 @@ pub use state::AppState;
         api::SampleIn,
         api::FingerIn,
         api::EnrollRequest,
+        api::BatchEnrollRequest,
+        api::BatchEnrollResponse,
+        api::BatchItemOut,
         api::SubjectOut,
         api::TemplateInfoOut,
         api::DeleteOut,
@@ -61,6 +81,7 @@ pub use state::AppState;
         api::FingerQualityOut,
         api::FingerSearchOut,
         api::ErrorBody,
+        error::ErrorCode,
         api::IndexRequest,
         api::IndexOut
     ))
@@ -72,6 +93,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let limits = &state.config.limits;
     let api = Router::new()
         .route("/v1/subjects", post(routes::enroll))
+        .route("/v1/subjects/batch", post(routes::enroll_batch))
         .route("/v1/subjects/{id}", get(routes::get_subject).delete(routes::delete_subject))
         .route("/v1/verify", post(routes::verify))
         .route("/v1/identify", post(routes::identify))
@@ -91,8 +113,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(|| async { error::ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             error::ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                error::ErrorCode::MethodNotAllowed,
                 "method not allowed on this route",
             )
         })

@@ -18,6 +18,19 @@ enum Command {
     Serve(ServeArgs),
     /// Write the provisional calibration table of the SFace face model (see its notes).
     CalibrateSface(biomatch_matcher::calibrate::CalibrateSfaceArgs),
+    /// Convert a store of the earlier layout (fingers in `<data>/fingers`) into the one subject
+    /// store, in place; safe to interrupt and run again. Prints what it did as JSON.
+    ConvertStore {
+        /// Configuration file (TOML), for the configured models.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Store directory (overrides the configuration).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+    },
+    /// Bulk-load templates (NumPy .npy + a text file of ids, see docs/import-format.md) into a
+    /// store, resumable after a crash; prints a JSON report last.
+    Import(biomatch_matcher::import::ImportArgs),
     /// Print the SHA-256 of an API key, the form the configuration stores.
     HashKey {
         /// The secret key.
@@ -71,6 +84,35 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(biomatch_matcher::serve::serve(config))
         }
         Command::CalibrateSface(args) => biomatch_matcher::calibrate::calibrate_sface(&args),
+        Command::ConvertStore { config, data } => {
+            let mut config = biomatch_matcher::config::Config::load(config.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            if let Some(d) = data {
+                config.data = d;
+            }
+            let specs = config
+                .models
+                .iter()
+                .map(|m| {
+                    Ok(biomatch_gallery::ModelSpec {
+                        model: biomatch_core::ModelId::parse(&m.id)?,
+                        dim: m.dim,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let store = biomatch_gallery::Store::open(
+                &config.data,
+                biomatch_gallery::StoreOptions::new(specs),
+            )?;
+            let done = biomatch_gallery::legacy::convert_finger_log(&store)?;
+            println!("{}", serde_json::to_string(&done)?);
+            Ok(())
+        }
+        Command::Import(args) => {
+            let r = biomatch_matcher::import::import(&args)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
         Command::HashKey { key } => {
             println!("{}", biomatch_matcher::config::hash_key(&key));
             Ok(())

@@ -2,7 +2,7 @@
 //! timeouts, authentication, JSON bodies and moving CPU work off the async threads.
 
 use crate::config::Role;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::{AppState, KeyInfo};
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
@@ -171,17 +171,15 @@ where
                 let status = rej.status();
                 Err(match status {
                     StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                        status,
-                        "body_too_large",
+                        ErrorCode::BodyTooLarge,
                         "the request body exceeds the configured limit",
                     ),
                     StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-                        status,
-                        "unsupported_media_type",
+                        ErrorCode::UnsupportedMediaType,
                         "send the body as application/json",
                     ),
                     // serde's message names the field and position, never a value.
-                    _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", rej.body_text()),
+                    _ => ApiError::new(ErrorCode::MalformedJson, rej.body_text()),
                 })
             }
         }

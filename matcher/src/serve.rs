@@ -4,18 +4,31 @@
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::state::AppState;
+use biomatch_engine::{Engine, Journal, Settings};
 use biomatch_gallery::ann::LoadOptions;
-use biomatch_gallery::{
-    FingerGallery, FingerSearchParams, FingerStore, Gallery, Store, StoreOptions,
-};
+use biomatch_gallery::{legacy, FingerGallery, FingerSearchParams, Gallery, Store, StoreOptions};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Open the store and load the current index generations (CPU and disk work: call off the
-/// async threads).
-pub fn load_gallery(state: &AppState) -> Result<Gallery, String> {
+/// Open the store, load the current index generations and build the finger search, then the
+/// engine over them (CPU and disk work: call off the async threads). A store of the earlier
+/// two-store layout is refused with the command that converts it.
+pub fn load_engine(state: &AppState) -> Result<Engine, String> {
     let cfg = &state.config;
-    let store = Store::open(&cfg.data, StoreOptions::new(state.model_specs()))
+    let mut opts = StoreOptions::new(state.model_specs());
+    // Checkpoints run on the maintenance thread, off the request path.
+    opts.auto_checkpoint = false;
+    if legacy::needs_conversion(&cfg.data) {
+        return Err(format!(
+            "{} holds a store of the earlier layout (fingers in {}/{}); convert it once with \
+             `biomatch convert-store --data {}`",
+            cfg.data.display(),
+            cfg.data.display(),
+            legacy::LEGACY_FINGERS_DIR,
+            cfg.data.display()
+        ));
+    }
+    let store = Store::open(&cfg.data, opts)
         .map_err(|e| format!("cannot open the store at {}: {e}", cfg.data.display()))?;
     let rec = store.recovery();
     if rec.wal_torn_bytes_discarded > 0 || !rec.leftover_files_removed.is_empty() {
@@ -41,39 +54,48 @@ pub fn load_gallery(state: &AppState) -> Result<Gallery, String> {
             }
         }
     }
-    Ok(g)
+    let fingers = match (&state.finger_calibration, cfg.fingerprints.enabled) {
+        (Some(cal), true) => {
+            let fp = &cfg.fingerprints;
+            let params = FingerSearchParams {
+                penetration: fp.penetration,
+                min_candidates: fp.min_candidates,
+                exhaustive_below: fp.exhaustive_below,
+            };
+            let t0 = std::time::Instant::now();
+            let f = FingerGallery::build(g.store(), Default::default(), params)
+                .map_err(|e| format!("cannot build the finger search: {e}"))?;
+            tracing::info!(
+                subjects = f.len(),
+                fingers = f.fingers(),
+                ms = t0.elapsed().as_millis() as u64,
+                "fingers loaded"
+            );
+            Some((Arc::new(f), cal.clone()))
+        }
+        _ => None,
+    };
+    let settings = Settings { k_prime: cfg.search.k_prime };
+    let journal: Arc<dyn Journal> = state.audit.clone();
+    Ok(Engine::new(Arc::new(g), fingers, state.engine_models(), settings, Some(journal)))
 }
 
-/// Open the fingers' store and build their search structures (MCC templates, pre-selection
-/// indexes): CPU work, call off the async threads. `None` when fingerprints are disabled.
-pub fn load_fingers(state: &AppState) -> Result<Option<FingerGallery>, String> {
-    let cfg = &state.config;
-    if !cfg.fingerprints.enabled {
-        return Ok(None);
+/// Checkpoints off the request path: a thread that asks the engine every `period` whether the
+/// store's log is due for one, until the engine is dropped.
+pub fn spawn_maintenance(engine: &Arc<Engine>, period: std::time::Duration) {
+    let weak = Arc::downgrade(engine);
+    let spawned = std::thread::Builder::new().name("biomatch-maintenance".into()).spawn(move || {
+        loop {
+            std::thread::sleep(period);
+            let Some(e) = weak.upgrade() else { return };
+            if let Err(err) = e.maintain() {
+                tracing::error!(error = %err, "checkpoint failed; the write-ahead log keeps the data");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the maintenance thread");
     }
-    let dir = cfg.fingers_dir();
-    let store = FingerStore::open(&dir)
-        .map_err(|e| format!("cannot open the fingers' store at {}: {e}", dir.display()))?;
-    let rec = store.recovery();
-    if rec.torn_bytes_discarded > 0 || !rec.leftover_files_removed.is_empty() {
-        tracing::warn!(recovery = ?rec, "the fingers' store recovered from an unclean shutdown");
-    }
-    let fp = &cfg.fingerprints;
-    let params = FingerSearchParams {
-        penetration: fp.penetration,
-        min_candidates: fp.min_candidates,
-        exhaustive_below: fp.exhaustive_below,
-    };
-    let t0 = std::time::Instant::now();
-    let g = FingerGallery::open(Arc::new(store), Default::default(), params)
-        .map_err(|e| format!("cannot build the finger search: {e}"))?;
-    tracing::info!(
-        subjects = g.len(),
-        fingers = g.fingers(),
-        ms = t0.elapsed().as_millis() as u64,
-        "fingers loaded"
-    );
-    Ok(Some(g))
 }
 
 async fn shutdown_signal(mut fatal: watch::Receiver<Option<String>>) {
@@ -142,7 +164,7 @@ pub fn face_extractor(
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let face = face_extractor(&config)?;
-    let audit = AuditLog::open(&config.audit_dir())?;
+    let audit = Arc::new(AuditLog::open(&config.audit_dir())?);
     let mut state = AppState::new(config, audit).map_err(anyhow::Error::msg)?;
     if let Some(f) = face {
         state = state.with_face(f);
@@ -157,21 +179,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let (fatal_tx, fatal_rx) = watch::channel(None);
     let st = state.clone();
-    tokio::task::spawn_blocking(move || {
-        match load_fingers(&st).and_then(|f| {
-            if let Some(f) = f {
-                st.attach_fingers(Arc::new(f));
-            }
-            load_gallery(&st)
-        }) {
-            Ok(g) => {
-                st.attach(Arc::new(g));
-                tracing::info!("ready");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "gallery failed to load; shutting down");
-                let _ = fatal_tx.send(Some(e));
-            }
+    tokio::task::spawn_blocking(move || match load_engine(&st) {
+        Ok(e) => {
+            let e = Arc::new(e);
+            spawn_maintenance(&e, std::time::Duration::from_millis(500));
+            st.attach(e);
+            tracing::info!("ready");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "gallery failed to load; shutting down");
+            let _ = fatal_tx.send(Some(e));
         }
     });
     let app = crate::app(state.clone());

@@ -1,13 +1,14 @@
-//! Shared service state: configuration, the gallery (attached once it is loaded), calibration
-//! tables, API keys, the audit log, metrics and the load-shedding semaphore.
+//! Shared service state: configuration, the matching engine (attached once the store is
+//! loaded), calibration tables, API keys, the audit log, metrics and the load-shedding semaphore.
 
 use crate::audit::AuditLog;
 use crate::config::{Config, ModalityKind, Role};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use biomatch_core::finger::FingerTemplate;
 use biomatch_core::{CalibrationTable, Modality, ModelId};
-use biomatch_gallery::{FingerGallery, Gallery, ModelSpec};
+pub use biomatch_engine::mcc_model;
+use biomatch_engine::{Engine, EngineModel, ModelKind};
+use biomatch_gallery::{Gallery, ModelSpec};
 use biomatch_models::finger::FingerExtractor;
 use biomatch_models::Extractor;
 use parking_lot::Mutex;
@@ -61,33 +62,23 @@ impl IdempotencyCache {
 #[derive(Debug)]
 pub struct AppState {
     pub config: Config,
-    gallery: OnceLock<Arc<Gallery>>,
+    engine: OnceLock<Arc<Engine>>,
     pub models: Vec<ServiceModel>,
     /// SHA-256 (hex) of the key → who it is. Empty: authentication is off (loopback only).
     keys: HashMap<String, KeyInfo>,
-    pub audit: AuditLog,
+    pub audit: Arc<AuditLog>,
     pub metrics: Metrics,
     pub limiter: Arc<Semaphore>,
     pub idempotency: Mutex<IdempotencyCache>,
     /// The face extractor, when images are accepted.
     pub face: Option<Arc<dyn Extractor>>,
-    /// Minutiae fingerprints: search (attached with the gallery), calibration, extractor.
-    fingers: OnceLock<Arc<FingerGallery>>,
+    /// Minutiae fingerprints: calibration (their search is part of the engine), extractor.
     pub finger_calibration: Option<CalibrationTable>,
     pub finger_extractor: Option<Arc<FingerExtractor>>,
-    /// Enrollments touch two stores (vectors, minutiae): one at a time, so the existence check
-    /// and both writes are not interleaved with another enrollment of the same subject.
-    pub enroll_lock: Mutex<()>,
 }
 
 /// The MCC calibration table built into the binary (synthetic prints, see the file's basis).
 pub const MCC_CALIBRATION: &str = include_str!("../calibration/mcc@1.json");
-
-/// The id minutiae fingers are scored under: mindtct minutiae (or a client's ISO/ANSI record)
-/// compared by MCC.
-pub fn mcc_model() -> ModelId {
-    ModelId::new("mcc", "1").expect("valid model id")
-}
 
 /// Parse and check an MCC calibration table.
 pub fn mcc_calibration(bytes: &[u8]) -> Result<CalibrationTable, String> {
@@ -103,7 +94,7 @@ pub fn mcc_calibration(bytes: &[u8]) -> Result<CalibrationTable, String> {
 impl AppState {
     /// Build the state from a validated configuration; loads every calibration table (a missing
     /// or invalid table stops the start-up with a message saying how to make one).
-    pub fn new(config: Config, audit: AuditLog) -> Result<AppState, String> {
+    pub fn new(config: Config, audit: Arc<AuditLog>) -> Result<AppState, String> {
         let mut models = Vec::new();
         for m in &config.models {
             let id = ModelId::parse(&m.id).map_err(|e| e.to_string())?;
@@ -156,7 +147,11 @@ impl AppState {
     }
 
     /// Build the state from models whose calibration is already in memory (tests, tools).
-    pub fn with_models(config: Config, audit: AuditLog, models: Vec<ServiceModel>) -> AppState {
+    pub fn with_models(
+        config: Config,
+        audit: Arc<AuditLog>,
+        models: Vec<ServiceModel>,
+    ) -> AppState {
         let keys = config
             .api_keys
             .iter()
@@ -170,17 +165,15 @@ impl AppState {
         AppState {
             limiter: Arc::new(Semaphore::new(config.limits.max_concurrent)),
             config,
-            gallery: OnceLock::new(),
+            engine: OnceLock::new(),
             models,
             keys,
             audit,
             metrics: Metrics::new(),
             idempotency: Mutex::new(IdempotencyCache::default()),
             face: None,
-            fingers: OnceLock::new(),
             finger_calibration: None,
             finger_extractor: None,
-            enroll_lock: Mutex::new(()),
         }
     }
 
@@ -195,32 +188,6 @@ impl AppState {
         self
     }
 
-    /// Attach the loaded finger search (before [`AppState::attach`], which makes the service ready).
-    pub fn attach_fingers(&self, fingers: Arc<FingerGallery>) {
-        let _ = self.fingers.set(fingers);
-    }
-
-    /// The finger search, if fingerprints are enabled and loaded.
-    pub fn fingers(&self) -> Option<&Arc<FingerGallery>> {
-        self.fingers.get()
-    }
-
-    /// The finger search, or why there is none.
-    pub fn fingers_or_err(&self) -> Result<&Arc<FingerGallery>, ApiError> {
-        self.gallery()?;
-        self.fingers.get().ok_or_else(|| {
-            ApiError::invalid(
-                "fingerprints_unavailable",
-                "this server does not accept minutiae fingerprints (fingerprints.enabled = false)",
-            )
-        })
-    }
-
-    /// Check a minutiae finger template against the service's rules.
-    pub fn check_finger(&self, t: &FingerTemplate) -> Result<(), ApiError> {
-        t.validate().map_err(|e| ApiError::invalid("invalid_template", e.to_string()))
-    }
-
     /// Accept face images through `extractor`.
     pub fn with_face(mut self, extractor: Arc<dyn Extractor>) -> Self {
         self.face = Some(extractor);
@@ -232,17 +199,38 @@ impl AppState {
         self.models.iter().map(|m| ModelSpec { model: m.id.clone(), dim: m.dim }).collect()
     }
 
-    /// Attach the loaded gallery: the service becomes ready.
-    pub fn attach(&self, gallery: Arc<Gallery>) {
-        let _ = self.gallery.set(gallery);
+    /// The engine's view of the configured models.
+    pub fn engine_models(&self) -> Vec<EngineModel> {
+        self.models
+            .iter()
+            .map(|m| EngineModel {
+                id: m.id.clone(),
+                dim: m.dim,
+                kind: match m.kind {
+                    ModalityKind::Face => ModelKind::Face,
+                    ModalityKind::Finger => ModelKind::Finger,
+                },
+                calibration: m.calibration.clone(),
+            })
+            .collect()
+    }
+
+    /// Attach the loaded engine: the service becomes ready.
+    pub fn attach(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The engine, or `not_ready` while the store is loading.
+    pub fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
+        self.engine.get().ok_or_else(ApiError::not_ready)
     }
 
     pub fn gallery(&self) -> Result<&Arc<Gallery>, ApiError> {
-        self.gallery.get().ok_or_else(ApiError::not_ready)
+        self.engine().map(|e| e.gallery())
     }
 
     pub fn is_ready(&self) -> bool {
-        self.gallery.get().is_some()
+        self.engine.get().is_some()
     }
 
     pub fn auth_enabled(&self) -> bool {
@@ -268,18 +256,6 @@ impl AppState {
             Modality::Face => self.face.as_ref(),
             Modality::Finger(_) => None,
         }
-    }
-
-    /// The calibration table scores of `model` are read with (`mcc@1` for minutiae fingers).
-    pub fn calibration(&self, model: &ModelId) -> Result<&CalibrationTable, ApiError> {
-        if *model == mcc_model() {
-            if let Some(t) = &self.finger_calibration {
-                return Ok(t);
-            }
-        }
-        self.model(model)
-            .map(|m| &m.calibration)
-            .ok_or_else(|| ApiError::internal("model without calibration"))
     }
 
     pub fn model(&self, id: &ModelId) -> Option<&ServiceModel> {

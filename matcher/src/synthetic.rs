@@ -17,7 +17,7 @@ use biomatch_gallery::{
     AnnParams, Enrollment, Gallery, IdentifyOptions, ModelSpec, Probe, SearchMode, Store,
     StoreOptions,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -179,14 +179,7 @@ fn model(dim: usize) -> (ModelId, ModelSpec) {
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_owned());
-    pb
+    biomatch_matcher::progress_bar(len, what)
 }
 
 /// Open the store and make sure it holds exactly this population, enrolling it if empty.
@@ -220,6 +213,7 @@ fn fill(dir: &Path, pop: &Population) -> Result<(Store, f64)> {
                 Ok(Enrollment {
                     subject: subject_id(i),
                     templates: vec![(Modality::Face, Template::new(m.clone(), pop.dim(), v)?)],
+                    fingers: Vec::new(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -380,6 +374,8 @@ fn prepare_index(
         "index_bytes": idx.index_bytes,
         "store_bytes": idx.store_bytes,
         "bytes_per_template": idx.bytes_per_template(),
+        "resident_bytes_per_template": idx.resident_bytes_per_template(),
+        "mapped_bytes_per_template": idx.mapped_bytes_per_template(),
         "index_bytes_per_template": idx.index_bytes as f64 / idx.manifest.vectors.max(1) as f64,
     });
     Ok((info, AnnParams { k_prime: a.k_prime, nprobe: a.nprobe }))
@@ -479,6 +475,14 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             // Exact search: the fp16 column plus the in-memory metadata (estimated from sizes).
             let c = &g.store().stats().columns[0];
             json!((c.rows as f64 * c.dim as f64 * 2.0 + g.store().metadata_bytes() as f64) / c.rows.max(1) as f64)
+        }),
+        // Heap per template (index structures + metadata) apart from the mapped fp16 template.
+        "resident_bytes_per_template": index_info.get("resident_bytes_per_template").cloned().unwrap_or_else(|| {
+            let c = &g.store().stats().columns[0];
+            json!(g.store().metadata_bytes() as f64 / c.rows.max(1) as f64)
+        }),
+        "mapped_bytes_per_template": index_info.get("mapped_bytes_per_template").cloned().unwrap_or_else(|| {
+            json!(g.store().stats().columns[0].dim as f64 * 2.0)
         }),
         "exact_p50_ms": metrics::percentile(&exact.latencies, 50.0),
         "exact_p99_ms": metrics::percentile(&exact.latencies, 99.0),

@@ -1,7 +1,6 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use biomatch_core::{CalibrationTable, ModelId};
-use biomatch_gallery::{Gallery, ModelSpec, Store, StoreOptions};
 use biomatch_matcher::audit::AuditLog;
 use biomatch_matcher::config::{hash_key, ApiKey, Config, ModalityKind, Role};
 use biomatch_matcher::state::{AppState, ServiceModel};
@@ -53,6 +52,11 @@ pub fn config_with(f: impl FnOnce(&mut Config)) -> Config {
     c
 }
 
+/// Open the store of `state.config.data` and attach the engine, as `serve` does.
+pub fn attach_engine(state: &AppState) {
+    state.attach(Arc::new(biomatch_matcher::serve::load_engine(state).unwrap()));
+}
+
 impl TestApp {
     pub fn new() -> TestApp {
         Self::with_config(config_with(|_| {}), true)
@@ -62,7 +66,7 @@ impl TestApp {
     pub fn with_config(mut config: Config, ready: bool) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         config.data = dir.path().join("store");
-        let audit = AuditLog::open(&dir.path().join("audit")).unwrap();
+        let audit = Arc::new(AuditLog::open(&dir.path().join("audit")).unwrap());
         let models = vec![ServiceModel {
             id: ModelId::parse(MODEL).unwrap(),
             dim: DIM,
@@ -71,15 +75,7 @@ impl TestApp {
         }];
         let state = Arc::new(AppState::with_models(config.clone(), audit, models));
         if ready {
-            let store = Store::open(
-                &config.data,
-                StoreOptions::new(vec![ModelSpec {
-                    model: ModelId::parse(MODEL).unwrap(),
-                    dim: DIM,
-                }]),
-            )
-            .unwrap();
-            state.attach(Arc::new(Gallery::new(Arc::new(store))));
+            attach_engine(&state);
         }
         TestApp { _dir: dir, state }
     }

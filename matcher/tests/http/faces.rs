@@ -5,7 +5,6 @@ use crate::common::*;
 use axum::http::StatusCode;
 use base64::Engine;
 use biomatch_core::ModelId;
-use biomatch_gallery::{Gallery, ModelSpec, Store, StoreOptions};
 use biomatch_matcher::audit::AuditLog;
 use biomatch_matcher::config::ModalityKind;
 use biomatch_matcher::state::{AppState, ServiceModel};
@@ -35,18 +34,11 @@ fn face_app() -> TestApp {
     let mut config = config_with(|_| {});
     config.data = dir.path().join("store");
     let sface = ModelId::parse("sface@2021dec").unwrap();
-    let models = vec![ServiceModel {
-        id: sface.clone(),
-        dim: 128,
-        kind: ModalityKind::Face,
-        calibration: table,
-    }];
-    let audit = AuditLog::open(&dir.path().join("audit")).unwrap();
+    let models =
+        vec![ServiceModel { id: sface, dim: 128, kind: ModalityKind::Face, calibration: table }];
+    let audit = Arc::new(AuditLog::open(&dir.path().join("audit")).unwrap());
     let state = AppState::with_models(config.clone(), audit, models).with_face(Arc::new(x));
-    let store =
-        Store::open(&config.data, StoreOptions::new(vec![ModelSpec { model: sface, dim: 128 }]))
-            .unwrap();
-    state.attach(Arc::new(Gallery::new(Arc::new(store))));
+    attach_engine(&state);
     TestApp { _dir: dir, state: Arc::new(state) }
 }
 

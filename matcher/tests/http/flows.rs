@@ -86,10 +86,14 @@ async fn idempotent_retries_and_duplicates() {
     let other = enroll_body("ID-8", 8).to_string();
     let reuse = app.call_raw("POST", "/v1/subjects", Some(ISSUER), Some(other), &key).await;
     assert_eq!(reuse.0, StatusCode::UNPROCESSABLE_ENTITY, "{}", reuse.2);
-    // A key the cache has never seen (as after a restart): the retry is recognised by content.
+    // A key the cache has never seen (as after a restart): the retry is recognised by content
+    // and answered 200 (it had landed), never 409.
     let key2 = [("idempotency-key", "retry-after-restart")];
     let replay = app.call_raw("POST", "/v1/subjects", Some(ISSUER), Some(body), &key2).await;
-    assert_eq!(replay.0, StatusCode::CREATED, "{}", replay.2);
+    assert_eq!(replay.0, StatusCode::OK, "{}", replay.2);
+    let replayed: serde_json::Value = serde_json::from_str(&replay.2).unwrap();
+    let original: serde_json::Value = serde_json::from_str(&first.2).unwrap();
+    assert_eq!(replayed, original, "the stored enrollment is reported");
     let changed = enroll_body("ID-7", 9).to_string();
     let key3 = [("idempotency-key", "retry-changed")];
     let r = app.call_raw("POST", "/v1/subjects", Some(ISSUER), Some(changed), &key3).await;
@@ -165,4 +169,54 @@ async fn identify_options() {
         .call("POST", "/v1/admin/index/reload", Some(OPS), Some(json!({ "model": MODEL })))
         .await;
     assert_eq!((s, v[0]["generation"].as_u64()), (StatusCode::OK, Some(1)));
+}
+
+/// Many subjects in one request: each item answered on its own, one commit for the batch, each
+/// enrolled subject found afterwards, and every refused item audited.
+#[tokio::test]
+async fn batch_enrollment_answers_each_item() {
+    let app = TestApp::new();
+    app.call("POST", "/v1/subjects", Some(ISSUER), Some(enroll_body("B-0", 0))).await;
+    let mut items: Vec<_> = (1..=20).map(|i| enroll_body(&format!("B-{i}"), i)).collect();
+    items.push(enroll_body("B-0", 0)); // already enrolled
+    items.push(enroll_body("B-3", 3)); // twice in the batch
+    items.push(json!({ "subject_id": "bad id", "face": face(vector(99)) }));
+    items.push(json!({ "subject_id": "B-99", "face": { "template": { "model": MODEL, "vector": [1.0, 2.0] } } }));
+    let (s, v) = app
+        .call("POST", "/v1/subjects/batch", Some(ISSUER), Some(json!({ "subjects": items })))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 24);
+    for (i, item) in r.iter().take(20).enumerate() {
+        assert_eq!(item["status"], 201, "{item}");
+        assert_eq!(item["subject_id"], format!("B-{}", i + 1));
+        assert!(item["seq"].as_u64().is_some());
+    }
+    assert_eq!(
+        (r[20]["status"].as_u64(), r[20]["code"].as_str()),
+        (Some(409), Some("already_enrolled"))
+    );
+    assert_eq!(
+        (r[21]["status"].as_u64(), r[21]["code"].as_str()),
+        (Some(400), Some("bad_request"))
+    );
+    assert_eq!(r[22]["code"], "invalid_subject_id");
+    assert_eq!(r[23]["code"], "invalid_template");
+    for i in 1..=20 {
+        let (s, _) = app.call("GET", &format!("/v1/subjects/B-{i}"), Some(ISSUER), None).await;
+        assert_eq!(s, StatusCode::OK, "B-{i}");
+    }
+    let (s, _) = app.call("GET", "/v1/subjects/B-99", Some(ISSUER), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // One commit group carried the 20 enrollments (plus the earlier single one).
+    let stats = app.state.engine().unwrap().store().stats();
+    assert_eq!((stats.wal_writes, stats.wal_appends), (21, 2));
+    // Limits: empty and oversized batches are refused as a whole.
+    let (s, _) =
+        app.call("POST", "/v1/subjects/batch", Some(ISSUER), Some(json!({ "subjects": [] }))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _) =
+        app.call("POST", "/v1/subjects/batch", Some(BANK), Some(json!({ "subjects": [] }))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
 }
