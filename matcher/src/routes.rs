@@ -73,7 +73,7 @@ fn sample(
             let bytes = base64_field(modality, "image", img)?;
             if state.extractor_for(modality).is_none() {
                 return Err(ApiError::invalid(
-                    "extraction_unavailable",
+                    "extractor_unavailable",
                     format!("{modality}: this server has no {modality} extractor; send a template"),
                 ));
             }
@@ -126,7 +126,7 @@ fn finger_sample(state: &AppState, f: &FingerIn) -> Result<PendingFinger, ApiErr
     if let Some(img) = &f.image {
         if state.finger_extractor.is_none() {
             return Err(ApiError::invalid(
-                "extraction_unavailable",
+                "extractor_unavailable",
                 format!("{m}: this server has no fingerprint extractor; send minutiae"),
             ));
         }
@@ -802,7 +802,7 @@ async fn extract_finger(state: &Arc<AppState>, image: &str) -> Result<ExtractRes
     let bytes = base64_field(m, "image", image)?;
     let Some(x) = state.finger_extractor.clone() else {
         return Err(ApiError::invalid(
-            "extraction_unavailable",
+            "extractor_unavailable",
             "this server has no fingerprint extractor",
         ));
     };

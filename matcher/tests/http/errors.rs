@@ -61,7 +61,7 @@ async fn invalid_templates_and_ids() {
             json!({ "subject_id": "X1", "fingers": [{ "position": 11, "template": { "model": MODEL, "vector": vector(1) } }] }),
             "invalid_finger_position",
         ),
-        (json!({ "subject_id": "X1", "face": { "image": "aGVsbG8=" } }), "extraction_unavailable"),
+        (json!({ "subject_id": "X1", "face": { "image": "aGVsbG8=" } }), "extractor_unavailable"),
     ];
     for (body, code) in cases {
         let got = app.call("POST", "/v1/subjects", Some(ISSUER), Some(body.clone())).await;
@@ -159,7 +159,7 @@ async fn unknown_subjects_routes_and_methods() {
     // Extraction is not available yet: a clear 422, and bad base64 a 400.
     let got =
         app.call("POST", "/v1/extract", Some(BANK), Some(json!({ "image": "aGVsbG8=" }))).await;
-    assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "extraction_unavailable");
+    assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "extractor_unavailable");
     let got = app.call("POST", "/v1/extract", Some(BANK), Some(json!({ "image": "%%%" }))).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "bad_request");
     // The audit log records failed verifications too.
