@@ -13,16 +13,9 @@ cargo build --release --locked -p biomatch-matcher
 bin=target/release/biomatch
 case "${1:-serve-default}" in
   serve-default)
-    data=${BIOMATCH__DATA:-data/store}
-    if [ ! -f "$data/calibration/synthetic-face@1.json" ]; then
-      echo "run: writing the synthetic model's calibration table into $data" >&2
-      "$bin" calibrate-synthetic --data "$data" >/dev/null
-    fi
-    if [ ! -f "$data/calibration/sface@2021dec.json" ]; then
-      echo "run: writing the provisional SFace calibration table into $data (see README)" >&2
-      "$bin" calibrate-sface --data "$data" >/dev/null
-    fi
-    exec "$bin" serve --data "$data"
+    # The shipped models' calibration tables are built into the binary (a file in
+    # $data/calibration/ overrides one); serve needs no other command first.
+    exec "$bin" serve --data "${BIOMATCH__DATA:-data/store}"
     ;;
   demo)
     mkdir -p data

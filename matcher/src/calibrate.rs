@@ -11,6 +11,10 @@
 //! (`sface@2021dec.basis.json`) and printed, with OpenCV's published SFace cosine threshold
 //! (0.363) as an independent sanity check. Replace it with a table built from ≥ 10⁵ real
 //! impostor pairs before relying on an FMR below 1e-3.
+//!
+//! The table and its basis are committed in `matcher/calibration/` and built into the binary
+//! (the service's default); the command's output in a data directory overrides them. A test of
+//! the `cli` suite checks the committed files are what this command writes.
 
 use anyhow::{bail, Context, Result};
 use biomatch_core::{CalibrationTable, Modality};

@@ -41,6 +41,8 @@ pub struct ModelConfig {
     /// `face` or `finger`.
     pub modality: ModalityKind,
     /// Calibration table (JSON, `core::CalibrationTable`); relative paths are under the data dir.
+    /// When the file is there it overrides the table built into the binary (shipped models:
+    /// `matcher/calibration/`); a model without a built-in table needs the file.
     pub calibration: PathBuf,
 }
 
@@ -90,7 +92,8 @@ pub struct SearchConfig {
 /// The face extractor (YuNet + SFace through ONNX Runtime).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FaceExtractorConfig {
-    /// Accept face images. Off: images get 422 `extraction_unavailable`, templates still work.
+    /// Accept face images. Off: images get 422 `extractor_unavailable`, templates still work.
+    /// On but the models or ONNX Runtime are missing: the same, with a warning at start-up.
     pub enabled: bool,
     /// Folder with yunet.onnx and sface.onnx (default: `.setup/models`, or `$BIOMATCH_MODELS_DIR`).
     pub models_dir: Option<PathBuf>,
@@ -136,8 +139,9 @@ pub struct ExtractorsConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FingerprintConfig {
     pub enabled: bool,
-    /// Calibration table of MCC scores (JSON); relative paths are under the data dir. Default:
-    /// the table built into the binary (`matcher/calibration/mcc@1.json`, from synthetic prints).
+    /// Calibration table of MCC scores (JSON); relative paths are under the data dir; a file
+    /// named here must exist. Default: `<data>/calibration/mcc@1.json` when it is there, else the
+    /// table built into the binary (`matcher/calibration/mcc@1.json`, from synthetic prints).
     pub calibration: Option<PathBuf>,
     /// 1:N: share of a finger position's gallery the index hands to the matcher.
     pub penetration: f64,

@@ -123,15 +123,17 @@ async fn shutdown_signal(mut fatal: watch::Receiver<Option<String>>) {
     }
 }
 
-/// Build the face extractor the configuration asks for.
-pub fn face_extractor(
-    config: &Config,
-) -> anyhow::Result<Option<Arc<dyn biomatch_models::Extractor>>> {
+/// Build the face extractor the configuration asks for. `None` when it is turned off
+/// (`extractors.face.enabled = false`), or when it cannot be loaded (face models or ONNX Runtime
+/// not installed): the service then starts anyway with image extraction off and says why; face
+/// images get 422 `extractor_unavailable`, templates keep working.
+pub fn face_extractor(config: &Config) -> Option<Arc<dyn biomatch_models::Extractor>> {
     use biomatch_models::face::{FaceConfig, FaceExtractor, MultiFacePolicy};
     use biomatch_models::runtime::RuntimeConfig;
     let f = &config.extractors.face;
     if !f.enabled {
-        return Ok(None);
+        tracing::info!("face image extraction is off (extractors.face.enabled = false)");
+        return None;
     }
     let mut rt = RuntimeConfig::from_root(std::path::Path::new("."));
     if let Some(d) = &f.models_dir {
@@ -153,20 +155,30 @@ pub fn face_extractor(
         max_bytes: f.max_image_bytes,
         max_side: f.max_image_side,
     };
-    let x = FaceExtractor::new(fc).map_err(|e| {
-        anyhow::anyhow!(
-            "face extractor: {e} (set extractors.face.enabled = false to serve templates only)"
-        )
-    })?;
-    tracing::info!(model = %FaceExtractor::model_id(), "face extractor loaded");
-    Ok(Some(Arc::new(x)))
+    match FaceExtractor::new(fc) {
+        Ok(x) => {
+            tracing::info!(model = %FaceExtractor::model_id(), "face extractor loaded");
+            Some(Arc::new(x))
+        }
+        Err(e) => {
+            tracing::warn!(
+                reason = %e,
+                "face extractor not loaded: serving without face image extraction (face images \
+                 get 422 extractor_unavailable; templates work). To fix: install the face models \
+                 and ONNX Runtime with scripts/fetch-models.sh, or point extractors.face.models_dir \
+                 / extractors.face.ort_dylib at them; set extractors.face.enabled = false to turn \
+                 image extraction off deliberately"
+            );
+            None
+        }
+    }
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let face = face_extractor(&config)?;
     let audit = Arc::new(AuditLog::open(&config.audit_dir())?);
+    // Calibration first: a bad table stops the start-up before the slower model loading.
     let mut state = AppState::new(config, audit).map_err(anyhow::Error::msg)?;
-    if let Some(f) = face {
+    if let Some(f) = face_extractor(&state.config) {
         state = state.with_face(f);
     }
     let state = Arc::new(state);

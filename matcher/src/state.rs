@@ -13,6 +13,7 @@ use biomatch_models::finger::FingerExtractor;
 use biomatch_models::Extractor;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
@@ -79,59 +80,166 @@ pub struct AppState {
 
 /// The MCC calibration table built into the binary (synthetic prints, see the file's basis).
 pub const MCC_CALIBRATION: &str = include_str!("../calibration/mcc@1.json");
+/// The provisional SFace table built into the binary (`biomatch calibrate-sface`, see its basis).
+pub const SFACE_CALIBRATION: &str = include_str!("../calibration/sface@2021dec.json");
+/// The synthetic face model's table built into the binary (`biomatch calibrate-synthetic`).
+pub const SYNTHETIC_CALIBRATION: &str = include_str!("../calibration/synthetic-face@1.json");
 
-/// Parse and check an MCC calibration table.
-pub fn mcc_calibration(bytes: &[u8]) -> Result<CalibrationTable, String> {
+/// A calibration table compiled into the binary: the default of a shipped model, overridden by
+/// a file in the data directory when one is there (`matcher/calibration/README.md`).
+#[derive(Clone, Copy, Debug)]
+pub struct BuiltinCalibration {
+    /// `name@version`.
+    pub model: &'static str,
+    /// The template dimension the table was built for (`None`: not a vector model). Scores of
+    /// another dimension are distributed differently, so the table does not apply to them.
+    pub dim: Option<usize>,
+    pub json: &'static str,
+}
+
+/// Every built-in table.
+pub const BUILTIN_CALIBRATIONS: [BuiltinCalibration; 3] = [
+    BuiltinCalibration { model: "mcc@1", dim: None, json: MCC_CALIBRATION },
+    BuiltinCalibration { model: "sface@2021dec", dim: Some(128), json: SFACE_CALIBRATION },
+    BuiltinCalibration { model: "synthetic-face@1", dim: Some(128), json: SYNTHETIC_CALIBRATION },
+];
+
+/// The built-in table of `model` for templates of `dim` values (`None` for minutiae), if any.
+pub fn builtin_calibration(model: &ModelId, dim: Option<usize>) -> Option<&'static str> {
+    let name = model.to_string();
+    BUILTIN_CALIBRATIONS.iter().find(|b| b.model == name && b.dim == dim).map(|b| b.json)
+}
+
+/// Where a model's calibration table came from (logged at start-up).
+#[derive(Clone, Debug, PartialEq)]
+pub enum CalibrationSource {
+    /// Compiled into the binary.
+    BuiltIn,
+    /// A file (an override of the built-in table, or the only table of a model without one).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for CalibrationSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CalibrationSource::BuiltIn => f.write_str("built-in"),
+            CalibrationSource::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
+}
+
+/// Parse and check a calibration table of `model` (`what` names it in the errors).
+fn parse_calibration(
+    bytes: &[u8],
+    model: &ModelId,
+    what: &str,
+) -> Result<CalibrationTable, String> {
+    // Deserialisation validates the table; `validate` again in case that ever changes.
     let t: CalibrationTable =
-        serde_json::from_slice(bytes).map_err(|e| format!("MCC calibration table: {e}"))?;
-    t.validate().map_err(|e| format!("MCC calibration table: {e}"))?;
-    if t.model != mcc_model() {
-        return Err(format!("MCC calibration table is for {}, not {}", t.model, mcc_model()));
+        serde_json::from_slice(bytes).map_err(|e| format!("{what} is invalid: {e}"))?;
+    t.validate().map_err(|e| format!("{what} is invalid: {e}"))?;
+    if t.model != *model {
+        return Err(format!("{what} is for {}, not {model}", t.model));
     }
     Ok(t)
 }
 
+/// How to make the calibration table of `model` (for start-up errors).
+fn calibration_hint(model: &ModelId, dim: Option<usize>, data: &Path) -> String {
+    match (model.to_string().as_str(), dim) {
+        ("synthetic-face@1", Some(d)) => {
+            let dim = if d == 128 { String::new() } else { format!(" --dim {d}") };
+            format!("create it with `biomatch calibrate-synthetic --data {}{dim}`", data.display())
+        }
+        ("sface@2021dec", _) => {
+            format!("create it with `biomatch calibrate-sface --data {}`", data.display())
+        }
+        _ => "write the model's calibration table there (JSON, built from its impostor scores; \
+              see core::calibration)"
+            .into(),
+    }
+}
+
+/// Load the calibration table of `model`: the file at `path` when there is one (it overrides
+/// the built-in table), else the built-in table. `required`: the file was named explicitly and
+/// must exist. A file that is present but unreadable, not a valid table or for another model is
+/// an error naming it; so is a model with neither a file nor a built-in table.
+pub fn load_calibration(
+    model: &ModelId,
+    dim: Option<usize>,
+    path: &Path,
+    required: bool,
+    data: &Path,
+) -> Result<(CalibrationTable, CalibrationSource), String> {
+    let builtin = builtin_calibration(model, dim);
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let what = format!("calibration table {}", path.display());
+            let t = parse_calibration(&bytes, model, &what).map_err(|e| {
+                let fix = if builtin.is_some() {
+                    format!("remove it to use the built-in table of {model}, or replace it")
+                } else {
+                    calibration_hint(model, dim, data)
+                };
+                format!("{e}; {fix}")
+            })?;
+            Ok((t, CalibrationSource::File(path.to_owned())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => match builtin {
+            Some(json) => {
+                let t = parse_calibration(json.as_bytes(), model, "built-in calibration table")?;
+                Ok((t, CalibrationSource::BuiltIn))
+            }
+            None => {
+                let dims = dim.map(|d| format!(" for {d}-value templates")).unwrap_or_default();
+                Err(format!(
+                    "no calibration table for {model}: no file at {} and no built-in table{dims}; \
+                     {}",
+                    path.display(),
+                    calibration_hint(model, dim, data)
+                ))
+            }
+        },
+        Err(e) => {
+            Err(format!("calibration table {} (for {model}) cannot be read: {e}", path.display()))
+        }
+    }
+}
+
+/// Parse and check an MCC calibration table.
+pub fn mcc_calibration(bytes: &[u8]) -> Result<CalibrationTable, String> {
+    parse_calibration(bytes, &mcc_model(), "MCC calibration table")
+}
+
 impl AppState {
-    /// Build the state from a validated configuration; loads every calibration table (a missing
-    /// or invalid table stops the start-up with a message saying how to make one).
+    /// Build the state from a validated configuration; loads every calibration table: the file
+    /// in the data directory when there is one, else the table built into the binary. A bad
+    /// file, or a model with neither, stops the start-up with a message naming the file and
+    /// saying how to make one.
     pub fn new(config: Config, audit: Arc<AuditLog>) -> Result<AppState, String> {
         let mut models = Vec::new();
         for m in &config.models {
             let id = ModelId::parse(&m.id).map_err(|e| e.to_string())?;
             let path = config.calibration_path(m);
-            let bytes = std::fs::read(&path).map_err(|e| {
-                format!(
-                    "calibration table for {} at {} cannot be read ({e}); for synthetic models \
-                     create it with `biomatch calibrate-synthetic --data {}`",
-                    m.id,
-                    path.display(),
-                    config.data.display()
-                )
-            })?;
-            let calibration: CalibrationTable = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("calibration table {} is invalid: {e}", path.display()))?;
-            if calibration.model != id {
-                return Err(format!(
-                    "calibration table {} is for {}, not {}",
-                    path.display(),
-                    calibration.model,
-                    id
-                ));
-            }
+            let (calibration, source) =
+                load_calibration(&id, Some(m.dim), &path, false, &config.data)?;
+            log_calibration(&id, &calibration, &source);
             models.push(ServiceModel { id, dim: m.dim, kind: m.modality, calibration });
         }
         let fp = config.fingerprints.clone();
         let mut state = Self::with_models(config, audit, models);
         if fp.enabled {
-            let table = match &fp.calibration {
-                None => mcc_calibration(MCC_CALIBRATION.as_bytes())?,
-                Some(p) => {
-                    let p = if p.is_absolute() { p.clone() } else { state.config.data.join(p) };
-                    let bytes = std::fs::read(&p)
-                        .map_err(|e| format!("MCC calibration table {}: {e}", p.display()))?;
-                    mcc_calibration(&bytes)?
-                }
+            let mcc = mcc_model();
+            // A configured path must exist; by default `<data>/calibration/mcc@1.json` overrides
+            // the built-in table when it is there, like the vector models' tables.
+            let (path, required) = match &fp.calibration {
+                Some(p) if p.is_absolute() => (p.clone(), true),
+                Some(p) => (state.config.data.join(p), true),
+                None => (state.config.data.join("calibration").join(format!("{mcc}.json")), false),
             };
+            let (table, source) =
+                load_calibration(&mcc, None, &path, required, &state.config.data)?;
+            log_calibration(&mcc, &table, &source);
             let limits = biomatch_models::finger::FingerLimits {
                 image: biomatch_models::imageio::ImageLimits {
                     max_bytes: fp.max_image_bytes,
@@ -260,5 +368,87 @@ impl AppState {
 
     pub fn model(&self, id: &ModelId) -> Option<&ServiceModel> {
         self.models.iter().find(|m| &m.id == id)
+    }
+}
+
+fn log_calibration(model: &ModelId, table: &CalibrationTable, source: &CalibrationSource) {
+    tracing::info!(
+        model = %model,
+        source = %source,
+        impostors = table.impostor_count,
+        "calibration table"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ModelId {
+        ModelId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn builtin_tables_parse_validate_and_name_their_model() {
+        for b in BUILTIN_CALIBRATIONS {
+            let model = id(b.model);
+            let t = parse_calibration(b.json.as_bytes(), &model, b.model).unwrap();
+            assert_eq!(t.model, model);
+            assert!(t.impostor_count >= 100_000, "{}: {}", b.model, t.impostor_count);
+            assert_eq!(builtin_calibration(&model, b.dim), Some(b.json));
+        }
+        // A synthetic model of another dimension has no built-in table.
+        assert_eq!(builtin_calibration(&id("synthetic-face@1"), Some(64)), None);
+        assert_eq!(builtin_calibration(&id("other@1"), Some(128)), None);
+    }
+
+    #[test]
+    fn a_file_overrides_the_builtin_table_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let m = id("synthetic-face@1");
+        let path = data.join("synthetic-face@1.json");
+
+        let (t, source) = load_calibration(&m, Some(128), &path, false, data).unwrap();
+        assert_eq!(source, CalibrationSource::BuiltIn);
+        assert_eq!(t, serde_json::from_str(SYNTHETIC_CALIBRATION).unwrap());
+
+        // A valid file wins over the built-in table.
+        let mut other: CalibrationTable = serde_json::from_str(SYNTHETIC_CALIBRATION).unwrap();
+        other.impostor_count = 12_345;
+        std::fs::write(&path, serde_json::to_vec(&other).unwrap()).unwrap();
+        let (t, source) = load_calibration(&m, Some(128), &path, false, data).unwrap();
+        assert_eq!(source, CalibrationSource::File(path.clone()));
+        assert_eq!(t.impostor_count, 12_345);
+
+        // Present but bad: not JSON, not a valid table, another model's, not a file.
+        let mut invalid = other.clone();
+        invalid.points.reverse();
+        for (bytes, why) in [
+            (b"not json".to_vec(), "invalid"),
+            (serde_json::to_vec(&invalid).unwrap(), "invalid"),
+            (MCC_CALIBRATION.as_bytes().to_vec(), "is for mcc@1"),
+        ] {
+            std::fs::write(&path, bytes).unwrap();
+            let e = load_calibration(&m, Some(128), &path, false, data).unwrap_err();
+            assert!(e.contains(&path.display().to_string()) && e.contains(why), "{e}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let e = load_calibration(&m, Some(128), &path, false, data).unwrap_err();
+        assert!(e.contains(&path.display().to_string()) && e.contains("cannot be read"), "{e}");
+
+        // Neither a file nor a built-in table: the file and the command to make it.
+        let missing = data.join("missing.json");
+        let e = load_calibration(&m, Some(64), &missing, false, data).unwrap_err();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        assert!(e.contains("biomatch calibrate-synthetic") && e.contains("--dim 64"), "{e}");
+        let e = load_calibration(&id("other@1"), Some(128), &missing, false, data).unwrap_err();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        // A file named explicitly must exist, built-in table or not.
+        let e = load_calibration(&mcc_model(), None, &missing, true, data).unwrap_err();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        let (_, source) = load_calibration(&mcc_model(), None, &missing, false, data).unwrap();
+        assert_eq!(source, CalibrationSource::BuiltIn);
     }
 }

@@ -1,6 +1,9 @@
 //! End-to-end tests of the `biomatch` command line.
 
-use std::process::Command;
+use base64::Engine;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn biomatch(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_biomatch"))
@@ -133,21 +136,93 @@ fn eval_synthetic_with_the_index_reports_recall_and_memory() {
     );
 }
 
-/// Wait until `url` answers 200, or give up after a few seconds.
-fn wait_ready(port: u16) -> bool {
-    use std::io::{Read, Write};
-    for _ in 0..100 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            if out.starts_with("HTTP/1.1 200") {
-                return true;
-            }
+/// The project's root (where `.setup/` lives).
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// A `biomatch serve` child process, killed if the test ends before it is stopped.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Server {
+    /// Start `biomatch serve ARGS --listen 127.0.0.1:<free port>` with `envs` set.
+    fn start(args: &[&str], envs: &[(&str, &Path)]) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_biomatch"));
+        cmd.arg("serve").args(args).args(["--listen", &format!("127.0.0.1:{port}")]);
+        for (k, v) in envs {
+            cmd.env(k, v);
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let child = cmd.env("BIOMATCH_LOG", "info").stderr(Stdio::piped()).spawn().unwrap();
+        Server { child: Some(child), port }
     }
-    false
+
+    /// Poll `/readyz` until it answers 200 (at most `limit`); panics with the server's log if it
+    /// exits or does not get ready.
+    fn wait_ready(&mut self, limit: Duration) {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            let child = self.child.as_mut().unwrap();
+            if child.try_wait().unwrap().is_some() {
+                let out = self.child.take().unwrap().wait_with_output().unwrap();
+                panic!("serve exited early: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            if http(self.port, "GET", "/readyz", None).is_some_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("service not ready after {limit:?}");
+    }
+
+    /// SIGTERM, then wait: the exit status and the log.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let out = child.wait_with_output().unwrap();
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 request; the status and the JSON body (`Null` if none). `None`: no connection.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Option<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let (_, rest) = out.split_once("\r\n\r\n")?;
+    let json = match (rest.find('{'), rest.rfind('}')) {
+        (Some(a), Some(b)) if a < b => serde_json::from_str(&rest[a..=b]).ok()?,
+        _ => serde_json::Value::Null,
+    };
+    Some((status, json))
 }
 
 fn free_port() -> u16 {
@@ -168,10 +243,7 @@ fn serve_starts_ready_and_stops_on_sigterm() {
     )
     .unwrap();
     let c = cfg.to_str().unwrap();
-    // Without a calibration table the service refuses to start, saying how to make one.
-    let out = biomatch(&["serve", "--config", c, "--data", d, "--listen", "127.0.0.1:0"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("calibrate-synthetic"));
+    // A table written into the data directory overrides the built-in one.
     assert!(biomatch(&["calibrate-synthetic", "--data", d, "--scores", "100000"]).status.success());
     // No keys and a public address: refused — from the flag and from the environment.
     let out = biomatch(&["serve", "--config", c, "--data", d, "--listen", "0.0.0.0:0"]);
@@ -193,20 +265,15 @@ fn serve_starts_ready_and_stops_on_sigterm() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_concurrent"));
 
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_biomatch"))
-        .args(["serve", "--config", c, "--data", d, "--listen", &format!("127.0.0.1:{port}")])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(wait_ready(port), "service did not become ready");
+    let mut server = Server::start(&["--config", c, "--data", d], &[]);
+    server.wait_ready(Duration::from_secs(60));
     // SIGTERM: graceful stop, exit status 0.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
     assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
+    let table = data.join("calibration").join("synthetic-face@1.json");
+    assert!(log.contains(&format!("source=file {}", table.display())), "{log}");
+    assert!(log.contains("face image extraction is off"), "{log}");
     assert!(data.join("audit").exists());
 }
 
@@ -311,4 +378,146 @@ fn import_refuses_bad_files() {
     let out = biomatch(&import_args(d, not_npy.to_str().unwrap(), ids.to_str().unwrap(), "10"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("float32"), "{out:?}");
+}
+
+/// `biomatch serve --data NEWDIR` with no other command run first and no face models installed:
+/// ready on the built-in calibration tables, templates work, face images get a clear 422.
+#[test]
+fn serve_starts_on_a_fresh_directory_without_face_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new");
+    let no_models = dir.path().join("no-models");
+    let mut server = Server::start(
+        &["--data", data.to_str().unwrap()],
+        &[("BIOMATCH__EXTRACTORS__FACE__MODELS_DIR", &no_models)],
+    );
+    server.wait_ready(Duration::from_secs(60));
+    let port = server.port;
+
+    let v = 1.0 / (128f32).sqrt();
+    let template = serde_json::json!({ "model": "synthetic-face@1", "vector": vec![v; 128] });
+    let enroll = serde_json::json!({ "subject_id": "CM-1", "face": { "template": template } });
+    let (s, body) = http(port, "POST", "/v1/subjects", Some(&enroll)).unwrap();
+    assert_eq!(s, 201, "{body}");
+    let verify = serde_json::json!({ "subject_id": "CM-1", "face": { "template": template } });
+    let (s, body) = http(port, "POST", "/v1/verify", Some(&verify)).unwrap();
+    assert_eq!((s, body["is_match"].as_bool()), (200, Some(true)), "{body}");
+
+    let image = base64::engine::general_purpose::STANDARD.encode(png());
+    let by_image = serde_json::json!({ "subject_id": "CM-2", "face": { "image": image } });
+    let extract = serde_json::json!({ "modality": "face", "image": image });
+    for (path, body) in [("/v1/subjects", &by_image), ("/v1/extract", &extract)] {
+        let (s, got) = http(port, "POST", path, Some(body)).unwrap();
+        assert_eq!((s, got["code"].as_str()), (422, Some("extractor_unavailable")), "{got}");
+    }
+
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(log.contains("face extractor not loaded") && log.contains("no-models"), "{log}");
+    for model in ["sface@2021dec", "synthetic-face@1", "mcc@1"] {
+        assert!(log.contains(&format!("model={model} source=built-in")), "{model}: {log}");
+    }
+}
+
+/// A small grey PNG: a well-formed image without a face.
+fn png() -> Vec<u8> {
+    let img = image::GrayImage::from_pixel(64, 64, image::Luma([128]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A calibration file in the data directory that cannot be used stops the start-up, naming it;
+/// so does a model with neither a file nor a built-in table.
+#[test]
+fn serve_refuses_a_bad_calibration_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_models = dir.path().join("no-models");
+    let custom = dir.path().join("custom.toml");
+    std::fs::write(
+        &custom,
+        "[extractors.face]\nenabled = false\n[[models]]\nid = \"custom-face@1\"\ndim = 128\nmodality = \"face\"\ncalibration = \"calibration/custom-face@1.json\"\n",
+    )
+    .unwrap();
+    let mcc = std::fs::read_to_string(root().join("matcher/calibration/mcc@1.json")).unwrap();
+    let cases: [(&str, Option<&str>, Option<&Path>, &str); 4] = [
+        ("synthetic-face@1.json", Some("not json"), None, "is invalid"),
+        ("sface@2021dec.json", Some(mcc.as_str()), None, "is for mcc@1"),
+        ("mcc@1.json", Some("{\"model\": \"mcc@1\"}"), None, "is invalid"),
+        ("custom-face@1.json", None, Some(custom.as_path()), "no built-in table"),
+    ];
+    for (i, (file, content, config, why)) in cases.into_iter().enumerate() {
+        let data = dir.path().join(format!("store-{i}"));
+        let table = data.join("calibration").join(file);
+        if let Some(c) = content {
+            std::fs::create_dir_all(table.parent().unwrap()).unwrap();
+            std::fs::write(&table, c).unwrap();
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_biomatch"));
+        cmd.args(["serve", "--data", data.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let out = cmd.env("BIOMATCH__EXTRACTORS__FACE__MODELS_DIR", &no_models).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: {err}");
+        assert!(err.contains(&table.display().to_string()) && err.contains(why), "{file}: {err}");
+    }
+}
+
+/// The built-in tables of the shipped face models are what `biomatch calibrate-synthetic` and
+/// `biomatch calibrate-sface` write today (floats within 1e-4: the SFace scores come from ONNX
+/// Runtime, whose kernels differ a little between CPUs). Needs the face models and photos
+/// (`scripts/fetch-models.sh`).
+#[test]
+fn builtin_calibration_tables_are_what_the_commands_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = biomatch(&["calibrate-synthetic", "--data", d]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_biomatch"))
+        .args(["calibrate-sface", "--data", d])
+        .current_dir(root())
+        .env("BIOMATCH_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "calibrate-sface needs scripts/fetch-models.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["synthetic-face@1.json", "sface@2021dec.json", "sface@2021dec.basis.json"] {
+        let read = |p: &Path| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+        };
+        let built_in = read(&root().join("matcher/calibration").join(file));
+        let written = read(&dir.path().join("calibration").join(file));
+        assert_close(&built_in, &written, file);
+    }
+}
+
+/// `a` and `b` are the same JSON, numbers within 1e-4.
+fn assert_close(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
+    use serde_json::Value as V;
+    match (a, b) {
+        (V::Number(x), V::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{at}: {x} vs {y}");
+        }
+        (V::Array(x), V::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths");
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                assert_close(x, y, &format!("{at}[{i}]"));
+            }
+        }
+        (V::Object(x), V::Object(y)) => {
+            let keys = |o: &serde_json::Map<String, V>| o.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(x), keys(y), "{at}: keys");
+            for (k, v) in x {
+                assert_close(v, &y[k], &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
 }
