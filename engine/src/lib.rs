@@ -67,11 +67,14 @@ pub struct EngineModel {
 pub struct Settings {
     /// Candidates per shard for exact re-ranking of indexed searches.
     pub k_prime: usize,
+    /// IVF lists probed per shard (`None`: a quarter of the lists).
+    pub nprobe: Option<usize>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { k_prime: AnnParams::default().k_prime }
+        let a = AnnParams::default();
+        Self { k_prime: a.k_prime, nprobe: a.nprobe }
     }
 }
 
@@ -343,6 +346,10 @@ impl Engine {
         self.fingers.as_ref()
     }
 
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     pub fn models(&self) -> &[EngineModel] {
         &self.models
     }
@@ -588,7 +595,7 @@ impl Engine {
         };
         // Several modalities: over-fetch per modality, since fusion reorders.
         let k = if single { p.max_results } else { (p.max_results * 3).min(MAX_RESULTS_LIMIT) };
-        let ann = AnnParams { k_prime: self.settings.k_prime, nprobe: None };
+        let ann = AnnParams { k_prime: self.settings.k_prime, nprobe: self.settings.nprobe };
         let mode = match p.mode {
             SearchKind::Auto => SearchMode::Auto(ann),
             SearchKind::Exact => SearchMode::Exact,

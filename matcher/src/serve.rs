@@ -75,7 +75,7 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
         }
         _ => None,
     };
-    let settings = Settings { k_prime: cfg.search.k_prime };
+    let settings = Settings { k_prime: cfg.search.k_prime, nprobe: None };
     let journal: Arc<dyn Journal> = state.audit.clone();
     Ok(Engine::new(Arc::new(g), fingers, state.engine_models(), settings, Some(journal)))
 }

@@ -12,6 +12,9 @@ use biomatch_core::{metrics, CalibrationTable, Modality, ModelId, Template};
 use biomatch_datasets::{
     parse_subject_id, subject_id, ClusterConfig, Population, PopulationConfig,
 };
+use biomatch_engine::{
+    Engine, EngineModel, IdentifyParams, ModelKind, Samples, SearchKind as EngineSearch, Settings,
+};
 use biomatch_gallery::ann::{self, BuildParams, LoadOptions};
 use biomatch_gallery::{
     AnnParams, Enrollment, Gallery, IdentifyOptions, ModelSpec, Probe, SearchMode, Store,
@@ -286,9 +289,33 @@ struct Pass {
     batch_qps: f64,
 }
 
+/// One probe through the engine, as the service runs it: the candidates' subject and raw score.
+fn engine_identify(
+    engine: &Engine,
+    p: &Probe,
+    opts: &IdentifyOptions,
+    mode: EngineSearch,
+) -> Result<Vec<(biomatch_core::SubjectId, f32)>> {
+    let samples = Samples { vectors: vec![(p.modality, p.template.clone())], fingers: Vec::new() };
+    let probe = engine.prepare(samples)?;
+    let params = IdentifyParams {
+        max_results: opts.max_results,
+        threshold: opts.threshold,
+        target_fpir: None,
+        subset: opts.subset.clone(),
+        mode,
+    };
+    Ok(engine
+        .identify(&probe, &params)?
+        .candidates
+        .into_iter()
+        .map(|c| (c.subject, c.scores[0].score))
+        .collect())
+}
+
 fn run_pass(
-    g: &Gallery,
-    mode: SearchMode,
+    engine: &Engine,
+    mode: EngineSearch,
     mated: &[(Probe, u64)],
     nonmated: &[Probe],
     opts: &IdentifyOptions,
@@ -301,24 +328,32 @@ fn run_pass(
     let (mut mate_scores, mut mate_found, mut rank1) = (Vec::new(), Vec::new(), 0);
     for (p, identity) in mated {
         let t = Instant::now();
-        let (c, _) = g.identify(p, opts, mode)?;
+        let c = engine_identify(engine, p, opts, mode)?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        let pos = c.iter().position(|c| parse_subject_id(&c.subject_id) == Some(*identity));
+        let pos = c.iter().position(|c| parse_subject_id(&c.0) == Some(*identity));
         rank1 += usize::from(pos == Some(0));
-        mate_scores.push(pos.map(|i| c[i].score));
+        mate_scores.push(pos.map(|i| c[i].1));
         mate_found.push(pos.is_some());
-        single_top.push(c.first().map(|c| c.score));
+        single_top.push(c.first().map(|c| c.1));
         pb.inc(1);
     }
     let mut top_nonmated = Vec::with_capacity(nonmated.len());
     for p in nonmated {
         let t = Instant::now();
-        let (c, _) = g.identify(p, opts, mode)?;
+        let c = engine_identify(engine, p, opts, mode)?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        top_nonmated.push(c.first().map(|c| c.score));
-        single_top.push(c.first().map(|c| c.score));
+        top_nonmated.push(c.first().map(|c| c.1));
+        single_top.push(c.first().map(|c| c.1));
         pb.inc(1);
     }
+    let g = engine.gallery();
+    let mode = match mode {
+        EngineSearch::Exact => SearchMode::Exact,
+        _ => SearchMode::Index(AnnParams {
+            k_prime: engine.settings().k_prime,
+            nprobe: engine.settings().nprobe,
+        }),
+    };
     pb.finish_and_clear();
     latencies.sort_by(f64::total_cmp);
 
@@ -424,23 +459,38 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let nonmated: Vec<Probe> =
         probes.nonmated.iter().map(|p| to_probe(&p.vector)).collect::<Result<_>>()?;
     let opts = IdentifyOptions { max_results: args.max_results, threshold: None, subset: None };
+    let index_info = match args.search {
+        SearchKind::Exact => serde_json::Value::Null,
+        SearchKind::Index => prepare_index(&g, &m, &args.index)?.0,
+    };
+    // Every search goes through the matching engine, as the service's do.
+    let engine = Engine::new(
+        std::sync::Arc::new(g),
+        None,
+        vec![EngineModel {
+            id: m.clone(),
+            dim: pop.dim(),
+            kind: ModelKind::Face,
+            calibration: table,
+        }],
+        Settings { k_prime: args.index.k_prime, nprobe: args.index.nprobe },
+        None,
+    );
+    let g = engine.gallery();
 
-    let exact = run_pass(&g, SearchMode::Exact, &mated, &nonmated, &opts, args.batch, "exact")?;
-    let (pass, index_info) = match args.search {
-        SearchKind::Exact => (None, serde_json::Value::Null),
-        SearchKind::Index => {
-            let (info, ann) = prepare_index(&g, &m, &args.index)?;
-            let pass = run_pass(
-                &g,
-                SearchMode::Index(ann),
-                &mated,
-                &nonmated,
-                &opts,
-                args.batch,
-                "index",
-            )?;
-            (Some(pass), info)
-        }
+    let exact =
+        run_pass(&engine, EngineSearch::Exact, &mated, &nonmated, &opts, args.batch, "exact")?;
+    let pass = match args.search {
+        SearchKind::Exact => None,
+        SearchKind::Index => Some(run_pass(
+            &engine,
+            EngineSearch::Index,
+            &mated,
+            &nonmated,
+            &opts,
+            args.batch,
+            "index",
+        )?),
     };
     let (chosen, search) = match &pass {
         Some(p) => (p, "index"),
