@@ -22,7 +22,7 @@ use crate::minutiae;
 use biomatch_core::finger::FingerTemplate;
 use biomatch_core::SubjectId;
 use memmap2::Mmap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -53,21 +53,9 @@ pub(crate) struct FingerSegment {
 impl FingerSegment {
     /// Map and verify a segment; returns it with each record's (seq, subject).
     pub fn open(path: &Path) -> Result<(FingerSegment, Vec<(u64, SubjectId)>)> {
-        let file = File::open(path).map_err(GalleryError::io(path))?;
-        // SAFETY: finger segments are immutable once renamed into place and the store never
-        // writes to or truncates them while open; the map is read-only. An outside process
-        // modifying the file would break this, as for any database file.
-        let map = unsafe { Mmap::map(&file) }.map_err(GalleryError::io(path))?;
-        let body = fsutil::check_crc(path, &map)?;
+        let (map, body_len) = fsutil::map_verified(path, MAGIC, VERSION, "finger segment")?;
         let bad = |why: &str| GalleryError::corrupt(path, why.to_owned());
-        let mut h = Reader::new(body);
-        if h.take(8) != Some(MAGIC.as_slice()) {
-            return Err(bad("not a biomatch finger segment (bad magic)"));
-        }
-        let version = h.u32().ok_or_else(|| bad("short header"))?;
-        if version != VERSION {
-            return Err(bad(&format!("unsupported finger segment version {version}")));
-        }
+        let mut h = Reader::new(&map[12..body_len]);
         let (records, first_record, index_offset) = match (h.u32(), h.u64(), h.u64(), h.u64()) {
             (Some(_), Some(n), Some(first), Some(off)) => (n, first, off as usize),
             _ => return Err(bad("short header")),
@@ -76,7 +64,7 @@ impl FingerSegment {
             .checked_add(1)
             .and_then(|n| n.checked_mul(8))
             .ok_or_else(|| bad("record count overflow"))?;
-        if index_offset < HEADER_LEN || index_offset.checked_add(index_len) != Some(body.len()) {
+        if index_offset < HEADER_LEN || index_offset.checked_add(index_len) != Some(body_len) {
             return Err(bad("section offsets disagree with the file length"));
         }
         let seg = FingerSegment { map, records, first_record, index_offset };

@@ -50,6 +50,32 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>> {
     }
 }
 
+/// Memory-map an immutable file and check its CRC32 footer, magic and format version. Returns
+/// the map and the length of its body (everything before the footer); the header after the
+/// version starts at byte 12.
+pub fn map_verified(
+    path: &Path,
+    magic: &[u8; 8],
+    version: u32,
+    what: &str,
+) -> Result<(memmap2::Mmap, usize)> {
+    let file = File::open(path).map_err(GalleryError::io(path))?;
+    // SAFETY: the store's immutable files (segments) are never written to or truncated after
+    // they are renamed into place, and the map is read-only. An outside process modifying the
+    // file would break this, as for any database file.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(GalleryError::io(path))?;
+    let body = check_crc(path, &map)?.len();
+    let mut h = Reader::new(&map[..body]);
+    if h.take(8) != Some(magic.as_slice()) {
+        return Err(GalleryError::corrupt(path, format!("not a biomatch {what} (bad magic)")));
+    }
+    match h.u32() {
+        Some(v) if v == version => Ok((map, body)),
+        Some(v) => Err(GalleryError::corrupt(path, format!("unsupported {what} version {v}"))),
+        None => Err(GalleryError::corrupt(path, "short header")),
+    }
+}
+
 /// Append the CRC32 footer of everything in `buf`.
 pub fn push_crc(buf: &mut Vec<u8>) {
     let crc = crc32fast::hash(buf);

@@ -18,7 +18,7 @@ use crate::fsutil::{self, Reader};
 use biomatch_core::{Modality, SubjectId};
 use half::f16;
 use memmap2::Mmap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -57,21 +57,10 @@ impl Segment {
         expect_column: u16,
         expect_dim: usize,
     ) -> Result<(Segment, Vec<RowMeta>)> {
-        let file = File::open(path).map_err(GalleryError::io(path))?;
-        // SAFETY: segment files are immutable once renamed into place and the store never writes
-        // to or truncates them while open; the map is read-only. An outside process modifying the
-        // file would break this, as for any database file.
-        let map = unsafe { Mmap::map(&file) }.map_err(GalleryError::io(path))?;
-        let body = fsutil::check_crc(path, &map)?;
+        let (map, body_len) = fsutil::map_verified(path, MAGIC, VERSION, "segment")?;
+        let body = &map[..body_len];
         let bad = |why: &str| GalleryError::corrupt(path, why.to_owned());
-        let mut h = Reader::new(body);
-        if h.take(8) != Some(MAGIC.as_slice()) {
-            return Err(bad("not a biomatch segment (bad magic)"));
-        }
-        let version = h.u32().ok_or_else(|| bad("short header"))?;
-        if version != VERSION {
-            return Err(bad(&format!("unsupported segment version {version}")));
-        }
+        let mut h = Reader::new(&body[12..]);
         let (dim, rows, first_row, meta_off, meta_len, column) =
             match (h.u32(), h.u64(), h.u64(), h.u64(), h.u64(), h.u16()) {
                 (Some(a), Some(b), Some(c), Some(d), Some(e), Some(f)) => {
