@@ -1,0 +1,666 @@
+//! Crash safety of enrollment over HTTP: the real `biomatch serve` takes concurrent enrollments
+//! (a face template and two ISO minutiae fingers each) and deletes from eight client threads, and
+//! is killed with SIGKILL at random moments, then restarted on the same data directory.
+//!
+//! After every restart, for every subject any client ever touched:
+//! - an acknowledged enrollment (201/200) is there with all its modalities (face and both fingers);
+//! - an acknowledged delete (200) is gone (404);
+//! - no subject is half-enrolled: a subject that exists has its face and both fingers;
+//! - an enrollment whose answer was lost (connection reset while in flight) is retried with the
+//!   same body and `Idempotency-Key`: it answers 201 or 200 (if the first attempt had landed),
+//!   never 409, and the subject is then whole;
+//! - a delete whose answer was lost is retried: 200 or 404, and the subject is then gone.
+//!
+//! Only the HTTP contract is used (README "The service"), so the test holds for any store
+//! layout. The kill moments come from a seeded RNG: the seed is printed, `BIOMATCH_TEST_SEED`
+//! replays it. Loopback only; every request has a timeout and the server is always killed on exit.
+
+use base64::Engine;
+use biomatch_core::finger::{iso, FingerTemplate, Minutia, MinutiaKind};
+use biomatch_core::FingerPosition;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const KILLS: usize = 24;
+const CLIENTS: u64 = 8;
+const FACE_MODEL: &str = "synthetic-face@1";
+const DIM: usize = 128;
+/// The two finger positions every subject enrolls.
+const FINGERS: [u8; 2] = [2, 7];
+const MINUTIAE: usize = 30;
+/// Every n-th subject a client enrolls is deleted once its enrollment is acknowledged.
+const DELETE_EVERY: u64 = 5;
+const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 50..=400;
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------
+// A minimal blocking HTTP/1.1 client: one connection per request (`Connection: close`).
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn summary(&self) -> String {
+        format!("{} {}", self.status, String::from_utf8_lossy(&self.body))
+    }
+}
+
+fn io_err(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, msg.into())
+}
+
+/// One request. Any error (refused, reset, timed out, cut short) means "no answer": the caller
+/// cannot know whether the server acted on it.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    idempotency_key: Option<&str>,
+    body: Option<&[u8]>,
+) -> io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    s.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(k) = idempotency_key {
+        head.push_str(&format!("Idempotency-Key: {k}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if method == "POST" {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    let mut msg = head.into_bytes();
+    msg.extend_from_slice(body);
+    s.write_all(&msg)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// Parse a complete response; one cut short (the server died while sending) is an error.
+fn parse_response(raw: &[u8]) -> io::Result<Response> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| io_err(format!("response cut short in its head ({} bytes)", raw.len())))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| io_err("response head not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io_err("bad status line"))?;
+    let (mut length, mut chunked) = (None, false);
+    for l in lines {
+        let Some((name, value)) = l.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        }
+    }
+    let rest = &raw[end + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else if let Some(n) = length {
+        if rest.len() != n {
+            return Err(io_err(format!("body of {} bytes, {n} announced", rest.len())));
+        }
+        rest.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(Response { status, body })
+}
+
+fn dechunk(mut rest: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(|| io_err("chunk cut"))?;
+        let size = std::str::from_utf8(&rest[..nl])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .ok_or_else(|| io_err("bad chunk size"))?;
+        rest = &rest[nl + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 {
+            return Err(io_err("chunk cut"));
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server: the real binary, killed on drop.
+
+fn biomatch() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_biomatch"));
+    c.env("BIOMATCH_LOG", "warn");
+    c
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return "(empty: BIOMATCH_LOG=warn)".into();
+    }
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl Server {
+    /// Start `biomatch serve` on `data` at a fresh loopback port; wait (bounded) for `/readyz`.
+    fn start(data: &Path, log: &Path) -> Server {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = biomatch()
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", &addr.to_string()])
+            .env("BIOMATCH__EXTRACTORS__FACE__ENABLED", "false")
+            // Only the synthetic face model: its table is made by calibrate-synthetic below.
+            .env(
+                "BIOMATCH__MODELS",
+                format!(
+                    "[{{id=\"{FACE_MODEL}\",dim={DIM},modality=\"face\",\
+                     calibration=\"calibration/{FACE_MODEL}.json\"}}]"
+                ),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start biomatch serve");
+        let mut server = Server { child, addr, log: log.to_owned() };
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("biomatch serve exited during start-up ({status}):\n{}", log_tail(log));
+            }
+            if request(addr, "GET", "/readyz", None, None).is_ok_and(|r| r.status == 200) {
+                return server;
+            }
+            assert!(
+                t0.elapsed() < READY_WITHIN,
+                "biomatch serve not ready within {READY_WITHIN:?}:\n{}",
+                log_tail(log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL on Unix
+        self.child.wait().unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subjects: deterministic bodies from the subject number.
+
+fn subject_id(n: u64) -> String {
+    format!("CRASH-{}-{:06}", n / 1_000_000, n % 1_000_000)
+}
+
+fn face_vector(n: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(n ^ 0xFACE);
+    let v: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+fn finger_record(n: u64, position: u8) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(n.wrapping_mul(16) + u64::from(position));
+    let (width, height) = (400u16, 500u16);
+    let minutiae = (0..MINUTIAE)
+        .map(|_| Minutia {
+            x: rng.random_range(20..width - 20),
+            y: rng.random_range(20..height - 20),
+            angle: rng.random(),
+            kind: if rng.random_bool(0.5) {
+                MinutiaKind::RidgeEnding
+            } else {
+                MinutiaKind::Bifurcation
+            },
+            quality: rng.random_range(40..=90),
+        })
+        .collect();
+    let t = FingerTemplate::new(
+        width,
+        height,
+        biomatch_core::finger::RESOLUTION_500DPI_PPCM,
+        Some(FingerPosition::new(position).unwrap()),
+        60,
+        minutiae,
+    )
+    .unwrap();
+    iso::to_iso(&t)
+}
+
+fn enroll_body(n: u64) -> Vec<u8> {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let fingers: Vec<Value> = FINGERS
+        .iter()
+        .map(|&p| json!({ "position": p, "minutiae": b64(&finger_record(n, p)) }))
+        .collect();
+    serde_json::to_vec(&json!({
+        "subject_id": subject_id(n),
+        "face": { "template": { "model": FACE_MODEL, "vector": face_vector(n) } },
+        "fingers": fingers,
+    }))
+    .unwrap()
+}
+
+fn idempotency_key(n: u64) -> String {
+    format!("crash-enroll-{n}")
+}
+
+fn enroll(addr: SocketAddr, n: u64) -> io::Result<Response> {
+    request(addr, "POST", "/v1/subjects", Some(&idempotency_key(n)), Some(&enroll_body(n)))
+}
+
+fn delete(addr: SocketAddr, n: u64) -> io::Result<Response> {
+    request(addr, "DELETE", &format!("/v1/subjects/{}", subject_id(n)), None, None)
+}
+
+fn get(addr: SocketAddr, n: u64) -> io::Result<Response> {
+    request(addr, "GET", &format!("/v1/subjects/{}", subject_id(n)), None, None)
+}
+
+/// What the clients know about a subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// The enrollment was answered 201/200.
+    Enrolled,
+    /// The enrollment got no answer.
+    EnrollUnanswered,
+    /// The enrollment was acknowledged, then the delete was answered 200.
+    Deleted,
+    /// The enrollment was acknowledged, then the delete got no answer.
+    DeleteUnanswered,
+}
+
+/// What `GET /v1/subjects/{id}` shows.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Absent,
+    Whole,
+    /// Present without all of face + both fingers: the modalities it lists.
+    Partial(Vec<String>),
+}
+
+fn whole_modalities() -> Vec<String> {
+    let mut m: Vec<String> = FINGERS.iter().map(|p| format!("finger{p}")).collect();
+    m.push("face".into());
+    m.sort();
+    m
+}
+
+fn look(addr: SocketAddr, n: u64) -> Result<Seen, String> {
+    let r = get(addr, n).map_err(|e| format!("GET {}: no answer ({e})", subject_id(n)))?;
+    match r.status {
+        404 => Ok(Seen::Absent),
+        200 => {
+            let v = r.json();
+            let mut modalities: Vec<String> = v["templates"]
+                .as_array()
+                .map(|ts| {
+                    ts.iter().filter_map(|t| t["modality"].as_str().map(str::to_owned)).collect()
+                })
+                .unwrap_or_default();
+            modalities.sort();
+            let face_model_ok = v["templates"].as_array().is_some_and(|ts| {
+                ts.iter().any(|t| t["modality"] == "face" && t["model"] == FACE_MODEL)
+            });
+            if modalities == whole_modalities() && face_model_ok {
+                Ok(Seen::Whole)
+            } else {
+                Ok(Seen::Partial(modalities))
+            }
+        }
+        _ => Err(format!("GET {}: unexpected {}", subject_id(n), r.summary())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The clients.
+
+#[derive(Debug, Default)]
+struct Shared {
+    ledger: Mutex<BTreeMap<u64, Fate>>,
+    /// Clients may start requests.
+    running: AtomicBool,
+    /// Clients between "may I start?" and "recorded the outcome".
+    active: AtomicUsize,
+    stop: AtomicBool,
+    /// Answers the contract does not allow during load (e.g. 409, 500), with the subject.
+    unexpected: Mutex<Vec<String>>,
+    addr: Mutex<Option<SocketAddr>>,
+}
+
+impl Shared {
+    fn record(&self, n: u64, fate: Fate) {
+        self.ledger.lock().unwrap().insert(n, fate);
+    }
+}
+
+/// One client: enrolls its subjects one after the other, deletes every `DELETE_EVERY`-th once
+/// its enrollment is acknowledged. Requests start only while `running`.
+fn client(shared: &Shared, id: u64) {
+    let mut next = 0u64;
+    let mut pending_delete: Option<u64> = None;
+    while !shared.stop.load(Ordering::SeqCst) {
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        if !shared.running.load(Ordering::SeqCst) {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let addr = shared.addr.lock().unwrap().expect("server address");
+        if let Some(n) = pending_delete.take() {
+            match delete(addr, n) {
+                Ok(r) if r.status == 200 => shared.record(n, Fate::Deleted),
+                Ok(r) => shared.unexpected.lock().unwrap().push(format!(
+                    "DELETE {} (enrollment acknowledged): {}",
+                    subject_id(n),
+                    r.summary()
+                )),
+                Err(_) => shared.record(n, Fate::DeleteUnanswered),
+            }
+        } else {
+            let n = id * 1_000_000 + next;
+            next += 1;
+            match enroll(addr, n) {
+                Ok(r) if r.status == 201 || r.status == 200 => {
+                    shared.record(n, Fate::Enrolled);
+                    if next.is_multiple_of(DELETE_EVERY) {
+                        pending_delete = Some(n);
+                    }
+                }
+                Ok(r) => shared.unexpected.lock().unwrap().push(format!(
+                    "POST {}: {}",
+                    subject_id(n),
+                    r.summary()
+                )),
+                Err(_) => shared.record(n, Fate::EnrollUnanswered),
+            }
+        }
+        shared.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The check after a restart.
+
+#[derive(Debug, Default)]
+struct Tally {
+    checked: usize,
+    enrolled: usize,
+    deleted: usize,
+    enroll_retries: usize,
+    /// Unanswered enrollments found durable before their retry.
+    enroll_retries_landed: usize,
+    delete_retries: usize,
+    /// Unanswered deletes found durable before their retry.
+    delete_retries_landed: usize,
+}
+
+impl Tally {
+    fn add(&mut self, t: &Tally) {
+        self.checked += t.checked;
+        self.enrolled += t.enrolled;
+        self.deleted += t.deleted;
+        self.enroll_retries += t.enroll_retries;
+        self.enroll_retries_landed += t.enroll_retries_landed;
+        self.delete_retries += t.delete_retries;
+        self.delete_retries_landed += t.delete_retries_landed;
+    }
+}
+
+/// Check one subject; resolve an unanswered request by retrying it. Returns the subject's fate
+/// afterwards.
+fn check(addr: SocketAddr, n: u64, fate: Fate, tally: &mut Tally) -> Result<Fate, String> {
+    let id = subject_id(n);
+    let seen = look(addr, n)?;
+    tally.checked += 1;
+    if let Seen::Partial(m) = &seen {
+        let mut msg = format!("{id} ({fate:?}) is half-enrolled: it lists {m:?}");
+        if fate == Fate::EnrollUnanswered {
+            // What a client retrying it would get.
+            match enroll(addr, n) {
+                Ok(r) => {
+                    msg.push_str(&format!("; a retry of its enrollment answers {}", r.summary()))
+                }
+                Err(e) => msg.push_str(&format!("; a retry of its enrollment got no answer ({e})")),
+            }
+        }
+        return Err(msg);
+    }
+    match fate {
+        Fate::Enrolled => {
+            if seen != Seen::Whole {
+                return Err(format!("acknowledged enrollment of {id} is lost ({seen:?})"));
+            }
+            tally.enrolled += 1;
+            Ok(Fate::Enrolled)
+        }
+        Fate::Deleted => {
+            if seen != Seen::Absent {
+                return Err(format!("acknowledged delete of {id} is undone ({seen:?})"));
+            }
+            tally.deleted += 1;
+            Ok(Fate::Deleted)
+        }
+        Fate::EnrollUnanswered => {
+            tally.enroll_retries += 1;
+            tally.enroll_retries_landed += usize::from(seen == Seen::Whole);
+            let r = enroll(addr, n).map_err(|e| format!("retry of POST {id}: no answer ({e})"))?;
+            if r.status != 201 && r.status != 200 {
+                return Err(format!(
+                    "retry of the unanswered enrollment of {id} (same body and Idempotency-Key; \
+                     before it: {seen:?}) answered {}",
+                    r.summary()
+                ));
+            }
+            match look(addr, n)? {
+                Seen::Whole => Ok(Fate::Enrolled),
+                s => Err(format!("{id} after its retried enrollment answered {}: {s:?}", r.status)),
+            }
+        }
+        Fate::DeleteUnanswered => {
+            tally.delete_retries += 1;
+            tally.delete_retries_landed += usize::from(seen == Seen::Absent);
+            let r =
+                delete(addr, n).map_err(|e| format!("retry of DELETE {id}: no answer ({e})"))?;
+            if r.status != 200 && r.status != 404 {
+                return Err(format!(
+                    "retry of the unanswered delete of {id} (before it: {seen:?}) answered {}",
+                    r.summary()
+                ));
+            }
+            match look(addr, n)? {
+                Seen::Absent => Ok(Fate::Deleted),
+                s => Err(format!("{id} after its retried delete answered {}: {s:?}", r.status)),
+            }
+        }
+    }
+}
+
+/// Check every subject in the ledger, `CLIENTS` at a time; unanswered requests are resolved
+/// (the ledger is updated with their outcome).
+fn check_all(shared: &Shared, addr: SocketAddr, round: usize, log: &Path) -> Tally {
+    let subjects: Vec<(u64, Fate)> =
+        shared.ledger.lock().unwrap().iter().map(|(&n, &f)| (n, f)).collect();
+    let chunk = subjects.len().div_ceil(CLIENTS as usize).max(1);
+    let failures = Mutex::new(Vec::new());
+    let tallies: Vec<Tally> = std::thread::scope(|s| {
+        let handles: Vec<_> = subjects
+            .chunks(chunk)
+            .map(|part| {
+                let failures = &failures;
+                s.spawn(move || {
+                    let mut tally = Tally::default();
+                    for &(n, fate) in part {
+                        match check(addr, n, fate, &mut tally) {
+                            Ok(after) if after != fate => shared.record(n, after),
+                            Ok(_) => {}
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "after kill {round}: {} of {} subjects fail the contract:\n  {}\nserver log:\n{}",
+        failures.len(),
+        subjects.len(),
+        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n  "),
+        log_tail(log)
+    );
+    let mut total = Tally::default();
+    for t in &tallies {
+        total.add(t);
+    }
+    total
+}
+
+#[test]
+fn sigkill_under_concurrent_enrollments_keeps_every_acknowledged_write() {
+    let seed: u64 =
+        std::env::var("BIOMATCH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261201);
+    eprintln!("crash test seed: {seed} (set BIOMATCH_TEST_SEED to replay)");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+
+    // not needed once serve builds in its tables
+    let out = biomatch()
+        .args(["calibrate-synthetic", "--scores", "200000", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "calibrate-synthetic: {}", String::from_utf8_lossy(&out.stderr));
+
+    let shared = Shared::default();
+    let mut server = Some(Server::start(&data, &log));
+    *shared.addr.lock().unwrap() = Some(server.as_ref().unwrap().addr);
+    let mut total = Tally::default();
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        let shared = &shared;
+        // Stop the clients even if a check below panics, so the scope can end.
+        struct StopOnDrop<'a>(&'a Shared);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.running.store(false, Ordering::SeqCst);
+                self.0.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        let _stop = StopOnDrop(shared);
+        for id in 0..CLIENTS {
+            s.spawn(move || client(shared, id));
+        }
+        for round in 1..=KILLS {
+            let load_ms = rng.random_range(KILL_AFTER_MS);
+            shared.running.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(load_ms));
+            shared.running.store(false, Ordering::SeqCst);
+            server.take().unwrap().kill();
+            while shared.active.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let unexpected = std::mem::take(&mut *shared.unexpected.lock().unwrap());
+            assert!(
+                unexpected.is_empty(),
+                "before kill {round}, answers outside the contract:\n  {}\nserver log:\n{}",
+                unexpected.join("\n  "),
+                log_tail(&log)
+            );
+
+            let restarted = Server::start(&data, &log);
+            *shared.addr.lock().unwrap() = Some(restarted.addr);
+            let t = check_all(shared, restarted.addr, round, &restarted.log);
+            eprintln!(
+                "kill {round:2} after {load_ms:3} ms: {} subjects checked ({} enrolled, {} \
+                 deleted); retried {} unanswered enrollments ({} had landed), {} unanswered \
+                 deletes ({} had landed)",
+                t.checked,
+                t.enrolled,
+                t.deleted,
+                t.enroll_retries,
+                t.enroll_retries_landed,
+                t.delete_retries,
+                t.delete_retries_landed
+            );
+            total.add(&t);
+            server = Some(restarted);
+        }
+    });
+    drop(server);
+    let ledger = shared.ledger.lock().unwrap();
+    let enrolled = ledger.values().filter(|f| **f == Fate::Enrolled).count();
+    let deleted = ledger.values().filter(|f| **f == Fate::Deleted).count();
+    eprintln!(
+        "{KILLS} SIGKILLs in {:.1} s: {} subjects, {enrolled} enrolled and {deleted} deleted at \
+         the end; {} subject checks; {} unanswered enrollments retried ({} had landed), {} \
+         unanswered deletes retried ({} had landed)",
+        t0.elapsed().as_secs_f64(),
+        ledger.len(),
+        total.checked,
+        total.enroll_retries,
+        total.enroll_retries_landed,
+        total.delete_retries,
+        total.delete_retries_landed
+    );
+    assert!(enrolled > KILLS, "the clients should make progress between kills");
+    assert!(deleted > 0, "some deletes should be acknowledged");
+}
