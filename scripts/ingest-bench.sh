@@ -56,8 +56,6 @@ cargo build --release --locked -p biomatch-benches --example iso_records
 rm -rf "$data"
 mkdir -p "$out" "$data"
 
-# not needed once serve builds in its tables
-"$bin" calibrate-synthetic --data "$data" --scores 200000 >/dev/null
 
 # The request bodies after "subject_id": a fixed L2-normalised 128-d face template (ids are
 # unique, so one vector serves every subject) and two minutiae fingers.

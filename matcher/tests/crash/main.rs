@@ -201,14 +201,6 @@ impl Server {
             .arg(data)
             .args(["--listen", &addr.to_string()])
             .env("BIOMATCH__EXTRACTORS__FACE__ENABLED", "false")
-            // Only the synthetic face model: its table is made by calibrate-synthetic below.
-            .env(
-                "BIOMATCH__MODELS",
-                format!(
-                    "[{{id=\"{FACE_MODEL}\",dim={DIM},modality=\"face\",\
-                     calibration=\"calibration/{FACE_MODEL}.json\"}}]"
-                ),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)
@@ -582,14 +574,7 @@ fn sigkill_under_concurrent_enrollments_keeps_every_acknowledged_write() {
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
 
-    // not needed once serve builds in its tables
-    let out = biomatch()
-        .args(["calibrate-synthetic", "--scores", "200000", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "calibrate-synthetic: {}", String::from_utf8_lossy(&out.stderr));
-
+    // No set-up: `serve` starts on a fresh directory with its built-in calibration tables.
     let shared = Shared::default();
     let mut server = Some(Server::start(&data, &log));
     *shared.addr.lock().unwrap() = Some(server.as_ref().unwrap().addr);
