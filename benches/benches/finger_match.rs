@@ -7,8 +7,8 @@
 //!
 //! `cargo bench -p biomatch-benches --bench finger_match`
 
-use biomatch_core::finger::mcc::{Matcher, MccParams, MccTemplate};
 use biomatch_core::finger::FingerTemplate;
+use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate};
 use biomatch_models::finger::{BozorthTemplate, FingerExtractor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;

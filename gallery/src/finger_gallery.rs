@@ -13,10 +13,10 @@
 
 use crate::error::{GalleryError, Result};
 use crate::finger_store::FingerStore;
-use biomatch_core::finger::index::{FingerIndex, IndexParams};
-use biomatch_core::finger::mcc::{Matcher, MccParams, MccTemplate, BITS_PER_CYLINDER};
 use biomatch_core::finger::FingerTemplate;
 use biomatch_core::{FingerPosition, Modality, SubjectId};
+use biomatch_fingerprint::index::{FingerIndex, IndexParams};
+use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate, BITS_PER_CYLINDER};
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 use std::collections::HashMap;

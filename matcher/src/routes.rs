@@ -13,9 +13,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use base64::Engine;
 use biomatch_core::calibration::fpir_from_mosip;
-use biomatch_core::finger::{iso, FingerTemplate};
+use biomatch_core::finger::FingerTemplate;
 use biomatch_core::fusion::{fuse_fmr, score_of_fmr};
 use biomatch_core::{CalibrationTable, FingerPosition, Modality, ModelId, SubjectId, Template};
+use biomatch_fingerprint::iso;
 use biomatch_gallery::{
     AnnParams, Enrollment, FingerGallery, GalleryError, IdentifyOptions, Probe, SearchMode, Store,
 };

@@ -5,9 +5,9 @@
 use crate::common::*;
 use axum::http::StatusCode;
 use base64::Engine;
-use biomatch_core::finger::iso;
 use biomatch_core::FingerPosition;
 use biomatch_datasets::finger::{impression, master, FingerSynthConfig};
+use biomatch_fingerprint::iso;
 use biomatch_gallery::{FingerGallery, FingerSearchParams, FingerStore};
 use biomatch_matcher::state::{mcc_calibration, MCC_CALIBRATION};
 use biomatch_models::finger::FingerExtractor;

@@ -3,9 +3,10 @@
 //! another. Both matchers — MCC (ours) and Bozorth3 (the NIST baseline) — must score the genuine
 //! pair above both impostor pairs. Also: bad images get typed errors, never a panic.
 
-use biomatch_core::finger::mcc::{similarity, MccParams, MccTemplate};
-use biomatch_core::finger::{iso, FingerTemplate};
+use biomatch_core::finger::FingerTemplate;
 use biomatch_core::FingerPosition;
+use biomatch_fingerprint::iso;
+use biomatch_fingerprint::mcc::{similarity, MccParams, MccTemplate};
 use biomatch_models::finger::{BozorthTemplate, FingerExtractor};
 use biomatch_models::ExtractError;
 use std::path::{Path, PathBuf};

@@ -42,8 +42,8 @@
 //! ANSI's would be its upper half or point past the capture-equipment field), so detection is
 //! unambiguous for well-formed records and refuses anything else.
 
-use super::{FingerError, FingerTemplate, Minutia, MinutiaKind, MAX_IMAGE_SIDE};
-use crate::FingerPosition;
+use biomatch_core::finger::{FingerError, FingerTemplate, Minutia, MinutiaKind, MAX_IMAGE_SIDE};
+use biomatch_core::FingerPosition;
 use std::fmt;
 use std::ops::RangeInclusive;
 use thiserror::Error;

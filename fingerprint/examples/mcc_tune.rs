@@ -1,7 +1,7 @@
 //! MCC parameter tuning on a template cache of `benches/examples/finger_eval.rs` (real mindtct
 //! output on synthetic prints).
 //!
-//! `cargo run --release -p biomatch-core --example mcc_tune -- CACHE [key=value ...]`
+//! `cargo run --release -p biomatch-fingerprint --example mcc_tune -- CACHE [key=value ...]`
 //!
 //! Keys: `from`, `to` (finger range, default 0..2000), `impostors` (default 100000), `threads`
 //! (default 1; comparisons/s are always measured on one thread), `seed`, `angle` (`neg`: mirror
@@ -15,10 +15,10 @@
 
 use std::time::Instant;
 
-use biomatch_core::finger::iso::parse_iso;
-use biomatch_core::finger::mcc::{Matcher, MccParams, MccTemplate};
 use biomatch_core::finger::FingerTemplate;
 use biomatch_core::metrics::{eer, fnmr_at_fmr};
+use biomatch_fingerprint::iso::parse_iso;
+use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate};
 
 type Cache = Vec<Vec<Option<FingerTemplate>>>;
 

@@ -1,7 +1,7 @@
 //! MCC tests on a minutiae-level fingerprint simulator (no images).
 
 use super::*;
-use crate::finger::{MinutiaKind, RESOLUTION_500DPI_PPCM};
+use biomatch_core::finger::{MinutiaKind, RESOLUTION_500DPI_PPCM};
 use std::f32::consts::{PI, TAU};
 
 /// SplitMix64: a small, reproducible generator (no external crates in core).
@@ -384,7 +384,7 @@ fn convex_hull_and_distance() {
     assert_eq!(build::hull_distance_sq(&[], (4.0, 5.0)), f32::INFINITY);
 }
 
-/// Parameter exploration on the simulator: `cargo test -p biomatch-core --release mcc_explore -- --ignored --nocapture`.
+/// Parameter exploration on the simulator: `cargo test -p biomatch-fingerprint --release mcc_explore -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn mcc_explore() {

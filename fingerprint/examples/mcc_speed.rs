@@ -1,6 +1,6 @@
 //! MCC speed: template creation time and 1:1 comparisons per second on one core.
 //!
-//! `cargo run --release -p biomatch-core --example mcc_speed [minutiae] [templates]`
+//! `cargo run --release -p biomatch-fingerprint --example mcc_speed [minutiae] [templates]`
 //! The comparison picks its instruction set at run time (POPCNT, AVX2 when the CPU has them);
 //! `MCC_ISA=portable|popcnt|avx2` forces one.
 //! Each impression keeps about 80 % of `minutiae` (default 50, so about 40). For experiments,
@@ -9,8 +9,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use biomatch_core::finger::mcc::{Isa, Matcher, MccParams, MccTemplate};
 use biomatch_core::finger::{FingerTemplate, Minutia, MinutiaKind, RESOLUTION_500DPI_PPCM};
+use biomatch_fingerprint::mcc::{Isa, Matcher, MccParams, MccTemplate};
 
 /// SplitMix64, fixed seed.
 struct Rng(u64);

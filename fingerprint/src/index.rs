@@ -932,7 +932,7 @@ mod tests {
         }
     }
 
-    /// `cargo test --release -p biomatch-core index -- --ignored --nocapture`
+    /// `cargo test --release -p biomatch-fingerprint index -- --ignored --nocapture`
     #[test]
     #[ignore = "timing and parameter sweep; run in release"]
     fn index_speed_and_sweep() {
