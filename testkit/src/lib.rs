@@ -4,8 +4,11 @@
 //! shipped binary, and library code never depends on it.
 //!
 //! - [`SplitMix64`]: the small seeded generator of test data (tests whose data and measured bounds
-//!   were drawn with it keep their exact sequences).
+//!   were drawn with it keep their exact sequences);
+//! - [`crash`]: the SIGKILL crash-test harness (a writer in a child process, killed at random
+//!   moments; the parent checks what the child acknowledged).
 
+pub mod crash;
 mod rng;
 
 pub use rng::SplitMix64;
