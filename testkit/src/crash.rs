@@ -11,6 +11,8 @@
 //! - Child side: [`child_env`] reads what the parent passed; [`report`] prints one line *after*
 //!   the thing it reports is durable (after the fsync), so every report the parent collects is a
 //!   promise the store must keep.
+//! - [`Acknowledged`]: the `ACK`/`TRYDEL`/`DEL` convention of the store crash tests, accumulated
+//!   over the rounds.
 //! - [`seed_from_env`]: the kill-timing seed, printed, replayable with `BIOMATCH_TEST_SEED`.
 //!
 //! Reports travel on the child's stdout, each behind a marker so that the test harness's own
@@ -56,6 +58,24 @@
 //! }
 //! ```
 //!
+//! A writer of the store kind reports `ACK <n>`, `TRYDEL <n>` and `DEL <n>` and lets
+//! [`Acknowledged`] keep the books (`gallery/tests/store/crash.rs`); extra numbers and other tags
+//! stay available to the test, e.g. a sequence number as `ACK <n> <seq>` (`r.arg(1)`) or a bare
+//! `COMPACTED` (`r.tag()`), for which [`Acknowledged::record`] returns `false`:
+//!
+//! ```
+//! # use biomatch_testkit::crash::{Acknowledged, Report};
+//! # fn count(reports: &[Report]) {
+//! let (mut acks, mut compactions, mut max_seq) = (Acknowledged::default(), 0, 0);
+//! for r in reports {
+//!     if !acks.record(r) && r.tag() == "COMPACTED" {
+//!         compactions += 1;
+//!     }
+//!     max_seq = max_seq.max(r.arg(1).unwrap_or(0));
+//! }
+//! # }
+//! ```
+//!
 //! The child test's name is its path inside the test binary (`crash::child_process` when it is in
 //! `tests/store/crash.rs` of a `tests/store/main.rs` binary), matched exactly. A child that
 //! ends before it is killed (it panicked, or the name matches no test) fails the parent with the
@@ -63,6 +83,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -128,6 +149,46 @@ impl Report {
     /// there is no such word or it is not a number.
     pub fn arg(&self, i: usize) -> Option<u64> {
         self.0.split(' ').nth(i + 1)?.parse().ok()
+    }
+}
+
+/// What a writer child acknowledged, in the reports of the store crash tests: `ACK <n>` once the
+/// enrollment of subject `n` is durable, `TRYDEL <n>` before deleting it and `DEL <n>` once the
+/// delete is durable. Accumulate every round's reports into one value with
+/// [`Acknowledged::record`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// `ACK`: acknowledged enrollments; each must be found unless a delete of it was tried.
+    pub enrolled: BTreeSet<u64>,
+    /// `TRYDEL`: deletes started; after a kill the subject may be there or not.
+    pub delete_tried: BTreeSet<u64>,
+    /// `DEL`: acknowledged deletes; none may come back.
+    pub deleted: BTreeSet<u64>,
+}
+
+impl Acknowledged {
+    /// Records `r` when it is an `ACK`, `TRYDEL` or `DEL` with a number; returns whether it was
+    /// (other reports are the caller's).
+    pub fn record(&mut self, r: &Report) -> bool {
+        let set = match r.tag() {
+            "ACK" => &mut self.enrolled,
+            "TRYDEL" => &mut self.delete_tried,
+            "DEL" => &mut self.deleted,
+            _ => return false,
+        };
+        let Some(n) = r.arg(0) else { return false };
+        set.insert(n);
+        true
+    }
+
+    /// The enrollments that must be in the store: acknowledged, and no delete of them tried.
+    pub fn must_exist(&self) -> Vec<u64> {
+        self.enrolled.iter().copied().filter(|n| !self.delete_tried.contains(n)).collect()
+    }
+
+    /// One past the highest acknowledged enrollment (0 when there is none).
+    pub fn next(&self) -> u64 {
+        self.enrolled.last().map_or(0, |n| n + 1)
     }
 }
 
@@ -273,6 +334,19 @@ mod tests {
         let r = Report("COMPACTED".into());
         assert_eq!((r.tag(), r.arg(0)), ("COMPACTED", None));
         assert_eq!(Report(String::new()).tag(), "");
+    }
+
+    #[test]
+    fn acknowledged_follows_the_store_convention() {
+        let mut a = Acknowledged::default();
+        for line in ["ACK 1", "ACK 2", "ACK 3", "TRYDEL 2", "DEL 2", "TRYDEL 3", "COMPACTED", "ACK"]
+        {
+            let known = a.record(&Report(line.into()));
+            assert_eq!(known, line.contains(' '), "{line}");
+        }
+        assert_eq!(a.must_exist(), [1]);
+        assert_eq!((a.next(), a.deleted.len()), (4, 1));
+        assert_eq!(Acknowledged::default().next(), 0);
     }
 
     /// The child of the tests below: reports READY, then counts until killed.

@@ -7,8 +7,7 @@
 
 use crate::common::*;
 use biomatch_gallery::{IdentifyOptions, Store, StoreOptions};
-use biomatch_testkit::crash::{self, CrashTest};
-use std::collections::BTreeSet;
+use biomatch_testkit::crash::{self, Acknowledged, CrashTest};
 
 const DIR_ENV: &str = "BIOMATCH_CRASH_DIR";
 const START_ENV: &str = "BIOMATCH_CRASH_START";
@@ -65,9 +64,7 @@ fn kill_writer_repeatedly() {
     let mut child =
         CrashTest::new("crash::child_process", crash::seed_from_env("crash test", 20261122));
     child.env(DIR_ENV, dir.path()).kill_after_ms(30..300);
-    let mut acked = BTreeSet::new();
-    let mut tried_delete = BTreeSet::new();
-    let mut deleted = BTreeSet::new();
+    let mut acks = Acknowledged::default();
     let mut next = 0u64;
     let mut total_reports = 0;
     let rounds = 24;
@@ -75,28 +72,15 @@ fn kill_writer_repeatedly() {
         let reports = child.env(START_ENV, next.to_string()).run_once();
         total_reports += reports.len();
         for r in &reports {
-            let Some(n) = r.arg(0) else { continue };
-            match r.tag() {
-                "ACK" => {
-                    acked.insert(n);
-                    next = next.max(n + 1);
-                }
-                "TRYDEL" => {
-                    tried_delete.insert(n);
-                }
-                "DEL" => {
-                    deleted.insert(n);
-                }
-                _ => {}
-            }
+            acks.record(r);
         }
+        next = next.max(acks.next());
 
         let store = Store::open(dir.path(), child_options())
             .unwrap_or_else(|e| panic!("round {round}: store does not open after SIGKILL: {e}"));
-        let must_exist: Vec<u64> =
-            acked.iter().copied().filter(|n| !tried_delete.contains(n)).collect();
-        for &n in &acked {
-            if deleted.contains(&n) {
+        let must_exist = acks.must_exist();
+        for &n in &acks.enrolled {
+            if acks.deleted.contains(&n) {
                 assert!(!store.contains(&sid(n)), "round {round}: acknowledged delete of {n} lost");
             }
         }
@@ -126,8 +110,8 @@ fn kill_writer_repeatedly() {
     }
     eprintln!(
         "{rounds} SIGKILLs: {} acknowledged enrollments, {} acknowledged deletes, {total_reports} reports",
-        acked.len(),
-        deleted.len()
+        acks.enrolled.len(),
+        acks.deleted.len()
     );
-    assert!(acked.len() > rounds, "the child should make progress between kills");
+    assert!(acks.enrolled.len() > rounds, "the child should make progress between kills");
 }
