@@ -13,38 +13,21 @@ use biomatch_models::face::{align, detect, FaceConfig, FaceExtractor};
 use biomatch_models::imageio::{decode_rgb, ImageLimits};
 use biomatch_models::runtime::{RuntimeConfig, SessionPool};
 use biomatch_models::Extractor;
+use biomatch_testkit::fixtures::{self, FACE_PHOTOS};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-const PHOTOS: [&str; 6] = [
-    "person_a_1.jpg",
-    "person_a_2.jpg",
-    "person_b_1.jpg",
-    "person_b_2.jpg",
-    "impostor_1.jpg",
-    "impostor_2.jpg",
-];
 
 /// Repetitions per image of the Python baseline.
 const PY_REPEATS: u32 = 20;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
-}
-
-fn photo_paths() -> Vec<PathBuf> {
-    PHOTOS.iter().map(|p| root().join(".setup/fixtures/face").join(p)).collect()
-}
-
 /// The Python onnxruntime pipeline on the same photos, timed by the script itself.
 fn python_baseline() {
-    let root = root();
-    let python = root.join(".setup/venv/bin/python");
+    let root = fixtures::workspace_root();
+    let python = fixtures::python();
     if !python.exists() {
         eprintln!(
             "python baseline: SKIPPED: {} not found (scripts/fetch-models.sh creates the venv)",
@@ -56,7 +39,7 @@ fn python_baseline() {
         .current_dir(&root)
         .arg("models/tools/face_reference.py")
         .args(["--bench", &PY_REPEATS.to_string(), ".setup/models"])
-        .args(PHOTOS.iter().map(|p| format!(".setup/fixtures/face/{p}")))
+        .args(FACE_PHOTOS.iter().map(|p| format!(".setup/fixtures/face/{p}")))
         .output();
     match out {
         Ok(o) if o.status.success() => {
@@ -74,7 +57,7 @@ fn python_baseline() {
 fn face(c: &mut Criterion) {
     python_baseline();
 
-    let runtime = RuntimeConfig::from_root(&root());
+    let runtime = RuntimeConfig::from_root(&fixtures::workspace_root());
     let extractor = match FaceExtractor::new(FaceConfig::new(runtime.clone())) {
         Ok(x) => x,
         Err(e) => {
@@ -82,13 +65,16 @@ fn face(c: &mut Criterion) {
             return;
         }
     };
-    let photos: Vec<Vec<u8>> = match photo_paths().iter().map(std::fs::read).collect() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("face_extract: SKIPPED: fixture photos: {e} (run scripts/fetch-models.sh)");
-            return;
-        }
-    };
+    let photos: Vec<Vec<u8>> =
+        match FACE_PHOTOS.iter().map(|p| std::fs::read(fixtures::face_photo(p))).collect() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!(
+                    "face_extract: SKIPPED: fixture photos: {e} (run scripts/fetch-models.sh)"
+                );
+                return;
+            }
+        };
     eprintln!(
         "rust: {} sessions per model, {} intra-op thread(s) each, {} cores (the batch's rayon pool)",
         runtime.sessions,
@@ -102,7 +88,7 @@ fn face(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .throughput(Throughput::Elements(1));
-    for (name, bytes) in PHOTOS.iter().zip(&photos) {
+    for (name, bytes) in FACE_PHOTOS.iter().zip(&photos) {
         g.bench_with_input(BenchmarkId::from_parameter(name), bytes, |b, bytes| {
             b.iter(|| black_box(extractor.extract(bytes, Modality::Face).expect("a face")))
         });
@@ -143,7 +129,7 @@ fn face(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .throughput(Throughput::Elements(1));
-    let n = PHOTOS.len();
+    let n = FACE_PHOTOS.len();
     let mut i = 0;
     g.bench_function("decode", |b| {
         b.iter(|| {

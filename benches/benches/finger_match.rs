@@ -7,20 +7,19 @@
 //!
 //! `cargo bench -p biomatch-benches --bench finger_match`
 
-use biomatch_core::finger::mcc::{Matcher, MccParams, MccTemplate};
 use biomatch_core::finger::FingerTemplate;
+use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate};
 use biomatch_models::finger::{BozorthTemplate, FingerExtractor};
+use biomatch_testkit::fixtures::{self, FINGER_PRINTS};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
-use std::path::Path;
 
 fn prints() -> Vec<(Vec<u8>, FingerTemplate)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.setup/fixtures/finger");
     let x = FingerExtractor::default();
-    ["p1_1.png", "p1_2.png", "p2_1.png"]
+    FINGER_PRINTS
         .iter()
         .map(|n| {
-            let png = std::fs::read(dir.join(n)).expect("run scripts/fetch-models.sh");
+            let png = fixtures::read(&fixtures::finger_print(n));
             let t = x.extract(&png, None).expect("mindtct").template;
             (png, t)
         })

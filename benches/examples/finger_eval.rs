@@ -16,13 +16,14 @@
 //! ```
 //! Results: `<out>/results.json`, `<out>/det.png`, `<out>/preselection.json`.
 
-use biomatch_core::finger::index::{FingerIndex, IndexParams};
-use biomatch_core::finger::mcc::{Matcher, MccParams, MccTemplate};
-use biomatch_core::finger::{iso, FingerTemplate};
+use biomatch_core::finger::FingerTemplate;
 use biomatch_core::metrics::{det_curve, eer, fnmr_at_fmr};
 use biomatch_core::{CalibrationTable, ModelId};
 use biomatch_datasets::det_plot::{det_png, DetCurve};
 use biomatch_datasets::finger::{impression, master, FingerSynthConfig};
+use biomatch_fingerprint::index::{FingerIndex, IndexParams};
+use biomatch_fingerprint::iso;
+use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate};
 use biomatch_models::finger::{BozorthTemplate, FingerExtractor};
 use clap::Parser;
 use rand::{Rng, SeedableRng};
@@ -263,7 +264,7 @@ fn preselection(
     let gallery: Vec<Option<&MccTemplate>> =
         mcc.iter().map(|f| f[0].as_ref().filter(|t| t.cylinder_count() > 0)).collect();
     let t0 = Instant::now();
-    let mut ip = IndexParams::new(biomatch_core::finger::mcc::BITS_PER_CYLINDER);
+    let mut ip = IndexParams::new(biomatch_fingerprint::mcc::BITS_PER_CYLINDER);
     ip.hash_functions = a.index_hashes.unwrap_or(ip.hash_functions);
     ip.bits_per_hash = a.index_bits.unwrap_or(ip.bits_per_hash);
     let mut index = FingerIndex::new(ip)?;

@@ -2,14 +2,15 @@
 //! enrollment (`scripts/ingest-bench.sh`): one record per finger position given, default 2 and 7.
 //!
 //! Synthetic and deterministic: 30 minutiae per finger from a fixed seed, on a 400×500 image at
-//! 500 dpi, written by the service's own writer (`biomatch_core::finger::iso::to_iso`).
+//! 500 dpi, written by the service's own writer (`biomatch_fingerprint::iso::to_iso`).
 //!
 //! ```sh
 //! cargo run --release -p biomatch-benches --example iso_records -- 2 7
 //! ```
 
 use base64::Engine;
-use biomatch_core::finger::{iso, FingerTemplate, Minutia, MinutiaKind, RESOLUTION_500DPI_PPCM};
+use biomatch_core::finger::{FingerTemplate, Minutia, MinutiaKind, RESOLUTION_500DPI_PPCM};
+use biomatch_fingerprint::iso;
 use biomatch_core::FingerPosition;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

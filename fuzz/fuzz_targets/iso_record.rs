@@ -2,7 +2,7 @@
 //! no input may panic, and every record that parses must validate and round-trip.
 #![no_main]
 
-use biomatch_core::finger::iso::{
+use biomatch_fingerprint::iso::{
     ansi_angle_to_iso, iso_angle_to_ansi, parse_ansi378, parse_ansi378_views, parse_iso,
     parse_iso_views, parse_record, to_ansi378, to_iso, IsoError, RecordFormat,
 };

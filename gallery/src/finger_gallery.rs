@@ -1,6 +1,6 @@
 //! Fingerprint 1:1 and 1:N search over the minutiae fingers of the [`Store`]: MCC templates of
 //! every enrolled finger held in memory, and a pre-selection index (MCC-cylinder LSH,
-//! `core::finger::index`) per finger position so that a 1:N search runs the MCC matcher only on a
+//! `biomatch_fingerprint::index`) per finger position so that a 1:N search runs the MCC matcher only on a
 //! short candidate list.
 //!
 //! Search path: a probe finger with a known position is compared with gallery fingers of the same
@@ -18,10 +18,10 @@
 
 use crate::error::{GalleryError, Result};
 use crate::store::Store;
-use biomatch_core::finger::index::{FingerIndex, IndexParams};
-use biomatch_core::finger::mcc::{Matcher, MccParams, MccTemplate, BITS_PER_CYLINDER};
 use biomatch_core::finger::FingerTemplate;
 use biomatch_core::{FingerPosition, Modality, SubjectId};
+use biomatch_fingerprint::index::{FingerIndex, IndexParams};
+use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate, BITS_PER_CYLINDER};
 use parking_lot::RwLock;
 use rayon::prelude::*;
 use std::collections::HashMap;

@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use biomatch_core::ModelId;
 use biomatch_gallery::ann::{self, BuildParams, LoadOptions, ShardedIndex};
+use biomatch_gallery::Gallery;
 use std::sync::Arc;
 
 type St = State<Arc<AppState>>;
@@ -69,6 +70,33 @@ fn load_options(state: &AppState) -> LoadOptions {
     }
 }
 
+/// Runs `f` on the blocking pool for each model `req` names (every configured model when it
+/// names none), in order, and lists the index generations `f` returns.
+async fn for_each_model<F>(
+    state: &AppState,
+    req: &IndexRequest,
+    f: F,
+) -> Result<Vec<IndexOut>, ApiError>
+where
+    F: Fn(&Gallery, &ModelId, &LoadOptions) -> Result<Option<Arc<ShardedIndex>>, ApiError>
+        + Send
+        + 'static,
+{
+    let ids = models(state, req)?;
+    let g = state.gallery()?.clone();
+    let opts = load_options(state);
+    blocking(move || {
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(i) = f(&g, &id, &opts)? {
+                out.push(index_out(&i));
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
 /// Gallery statistics: subjects, rows per model, the serving index generation.
 #[utoipa::path(get, path = "/v1/admin/stats", responses((status = 200, description = "store and index statistics")))]
 pub async fn stats(State(state): St, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
@@ -109,19 +137,7 @@ pub async fn reload(
     ApiJson(req): ApiJson<IndexRequest>,
 ) -> Result<Json<Vec<IndexOut>>, ApiError> {
     caller.require(Role::Admin)?;
-    let ids = models(&state, &req)?;
-    let g = state.gallery()?.clone();
-    let opts = load_options(&state);
-    let out = blocking(move || {
-        let mut out = Vec::new();
-        for id in ids {
-            if let Some(i) = g.load_index(&id, &opts)? {
-                out.push(index_out(&i));
-            }
-        }
-        Ok(out)
-    })
-    .await?;
+    let out = for_each_model(&state, &req, |g, id, opts| Ok(g.load_index(id, opts)?)).await?;
     if out.is_empty() {
         return Err(ApiError::new(ErrorCode::NoIndex, "no index generation has been built"));
     }
@@ -137,25 +153,19 @@ pub async fn build(
     ApiJson(req): ApiJson<IndexRequest>,
 ) -> Result<Json<Vec<IndexOut>>, ApiError> {
     caller.require(Role::Admin)?;
-    let ids = models(&state, &req)?;
     let mut params = BuildParams { factory: req.factory.clone(), ..BuildParams::default() };
     if let Some(s) = req.shards {
         params.shards = s;
     }
-    let g = state.gallery()?.clone();
-    let opts = load_options(&state);
-    let out = blocking(move || {
-        let mut out = Vec::new();
-        for id in ids {
-            if g.store().stats().columns.iter().any(|c| c.model == id && c.live > 0) {
-                ann::build(g.store(), &id, &params)?;
-                let i = g
-                    .load_index(&id, &opts)?
-                    .ok_or_else(|| ApiError::internal("built index did not load"))?;
-                out.push(index_out(&i));
-            }
+    let out = for_each_model(&state, &req, move |g, id, opts| {
+        if !g.store().stats().columns.iter().any(|c| c.model == *id && c.live > 0) {
+            return Ok(None);
         }
-        Ok(out)
+        ann::build(g.store(), id, &params)?;
+        let i = g
+            .load_index(id, opts)?
+            .ok_or_else(|| ApiError::internal("built index did not load"))?;
+        Ok(Some(i))
     })
     .await?;
     Ok(Json(out))

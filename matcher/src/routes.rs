@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use base64::Engine as _;
 use biomatch_core::calibration::fpir_from_mosip;
-use biomatch_core::finger::iso;
 use biomatch_core::fusion::score_of_fmr;
+use biomatch_fingerprint::iso;
 use biomatch_core::{FingerPosition, Modality, SubjectId};
 use biomatch_engine::{
     AuditContext, EngineError, IdentifyParams, ModalityScore, SearchKind, SubjectView,

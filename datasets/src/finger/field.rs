@@ -24,6 +24,42 @@ pub(crate) fn normal(rng: &mut impl RngCore, mean: f64, sd: f64) -> f64 {
     mean + sd * Ziggurat::get().sample(rng)
 }
 
+/// A smooth random perturbation: a sum of plane waves, `(amplitude, kx, ky, phase)` terms.
+#[derive(Clone, Debug)]
+pub(crate) struct Waves(Vec<(f64, f64, f64, f64)>);
+
+impl Waves {
+    /// `n` waves with wavelength and amplitude uniform in the given ranges, direction and phase
+    /// uniform on the circle (drawn in that order per wave: wavelength, direction, amplitude,
+    /// phase).
+    fn random(
+        rng: &mut impl RngCore,
+        n: usize,
+        wavelength: (f64, f64),
+        amplitude: (f64, f64),
+    ) -> Self {
+        let mut waves = Vec::with_capacity(n);
+        for _ in 0..n {
+            let wavelength = uniform(rng, wavelength.0, wavelength.1);
+            let dir = uniform(rng, 0.0, 2.0 * PI);
+            let k = 2.0 * PI / wavelength;
+            waves.push((
+                uniform(rng, amplitude.0, amplitude.1),
+                k * libm::cos(dir),
+                k * libm::sin(dir),
+                uniform(rng, 0.0, 2.0 * PI),
+            ));
+        }
+        Waves(waves)
+    }
+
+    /// `acc` plus every wave's value at `(x, y)`, added in order (the same bits as a loop of
+    /// `acc += …`).
+    fn add_to(&self, acc: f64, x: f64, y: f64) -> f64 {
+        self.0.iter().fold(acc, |acc, &(a, kx, ky, ph)| acc + a * libm::sin(kx * x + ky * y + ph))
+    }
+}
+
 /// Class and singular points: the cheap first stage of a master.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Layout {
@@ -154,8 +190,8 @@ pub(crate) struct OrientationModel {
     deltas: Vec<(f64, f64, AngleWarp)>,
     /// Arch parameters: amplitude, horizontal width, centre x, centre y, vertical extent.
     arch: Option<(f64, f64, f64, f64, f64)>,
-    /// Smooth perturbation: `(amplitude, kx, ky, phase)` terms.
-    waves: Vec<(f64, f64, f64, f64)>,
+    /// Smooth perturbation.
+    waves: Waves,
 }
 
 impl OrientationModel {
@@ -180,19 +216,7 @@ impl OrientationModel {
                 uniform(rng, 90.0, 150.0),
             )
         });
-        let n_waves = 5;
-        let mut waves = Vec::with_capacity(n_waves);
-        for _ in 0..n_waves {
-            let wavelength = uniform(rng, 140.0, 420.0);
-            let dir = uniform(rng, 0.0, 2.0 * PI);
-            let k = 2.0 * PI / wavelength;
-            waves.push((
-                uniform(rng, 0.03, 0.09),
-                k * libm::cos(dir),
-                k * libm::sin(dir),
-                uniform(rng, 0.0, 2.0 * PI),
-            ));
-        }
+        let waves = Waves::random(rng, 5, (140.0, 420.0), (0.03, 0.09));
         Self { cores, deltas, arch, waves }
     }
 
@@ -214,10 +238,7 @@ impl OrientationModel {
                 t += 0.5 * w.apply(libm::atan2(y - cy, x - cx));
             }
         }
-        for &(a, kx, ky, ph) in &self.waves {
-            t += a * libm::sin(kx * x + ky * y + ph);
-        }
-        t
+        self.waves.add_to(t, x, y)
     }
 }
 
@@ -225,7 +246,7 @@ impl OrientationModel {
 #[derive(Clone, Debug)]
 pub(crate) struct PeriodModel {
     base: f64,
-    waves: Vec<(f64, f64, f64, f64)>,
+    waves: Waves,
     /// Ridges are a little wider apart around the cores.
     centre: Option<(f64, f64, f64)>,
 }
@@ -233,18 +254,7 @@ pub(crate) struct PeriodModel {
 impl PeriodModel {
     pub(crate) fn new(rng: &mut impl RngCore, layout: &Layout) -> Self {
         let base = uniform(rng, 8.3, 10.2);
-        let mut waves = Vec::new();
-        for _ in 0..4 {
-            let wavelength = uniform(rng, 120.0, 400.0);
-            let dir = uniform(rng, 0.0, 2.0 * PI);
-            let k = 2.0 * PI / wavelength;
-            waves.push((
-                uniform(rng, 0.15, 0.4),
-                k * libm::cos(dir),
-                k * libm::sin(dir),
-                uniform(rng, 0.0, 2.0 * PI),
-            ));
-        }
+        let waves = Waves::random(rng, 4, (120.0, 400.0), (0.15, 0.4));
         let centre = (!layout.cores.is_empty()).then(|| {
             let n = layout.cores.len() as f64;
             let mx = layout.cores.iter().map(|c| f64::from(c.0)).sum::<f64>() / n;
@@ -256,10 +266,7 @@ impl PeriodModel {
 
     /// Ridge period in pixels at `(x, y)`, within `[7, 12]`.
     pub(crate) fn period(&self, x: f64, y: f64) -> f64 {
-        let mut p = self.base;
-        for &(a, kx, ky, ph) in &self.waves {
-            p += a * libm::sin(kx * x + ky * y + ph);
-        }
+        let mut p = self.waves.add_to(self.base, x, y);
         if let Some((cx, cy, a)) = self.centre {
             let r2 = ((x - cx).powi(2) + (y - cy).powi(2)) / (70.0 * 70.0);
             p += a * libm::exp(-r2);

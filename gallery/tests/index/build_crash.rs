@@ -1,17 +1,15 @@
 //! A build killed with SIGKILL at any moment leaves the previous generation serving.
 //!
 //! The builder runs in a child process (this test binary re-executed on the ignored test
-//! `build_crash::builder_process`), printing `BUILT <generation>` after each completed build.
+//! `build_crash::builder_process`, `biomatch_testkit::crash`), reporting `BUILT <generation>`
+//! after each completed build.
 
 use crate::common::*;
 use biomatch_datasets::parse_subject_id;
 use biomatch_gallery::ann::{self, BuildParams, LoadOptions};
 use biomatch_gallery::{AnnParams, Gallery, IdentifyOptions, SearchMode, Store};
-use rand::{Rng, SeedableRng};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use biomatch_testkit::crash::{self, CrashTest};
 use std::sync::Arc;
-use std::time::Duration;
 
 const DIR_ENV: &str = "BIOMATCH_BUILD_CRASH_DIR";
 const N: u64 = 30_000;
@@ -20,22 +18,17 @@ const SEED: u64 = 31;
 #[test]
 #[ignore = "run by build_crash::killed_builds_leave_a_serving_generation in a child process"]
 fn builder_process() {
-    let dir = std::env::var(DIR_ENV).expect("child needs a store directory");
+    let dir = crash::child_env(DIR_ENV);
     let store = Store::open(&dir, options()).unwrap();
-    let mut out = std::io::stdout();
     loop {
         let r = ann::build(&store, &model(), &BuildParams { shards: 4, ..BuildParams::default() })
             .unwrap();
-        writeln!(out, "BUILT {}", r.manifest.generation).unwrap();
-        out.flush().unwrap();
+        crash::report(format_args!("BUILT {}", r.manifest.generation));
     }
 }
 
 #[test]
 fn killed_builds_leave_a_serving_generation() {
-    let seed: u64 = 7;
-    eprintln!("build-crash test seed: {seed}");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let pop = population(N, SEED, None);
     {
@@ -44,31 +37,13 @@ fn killed_builds_leave_a_serving_generation() {
             .unwrap();
     }
     let probes: Vec<_> = pop.probes(50, 0, 3).unwrap().mated;
-    let exe = std::env::current_exe().unwrap();
+    let mut child =
+        CrashTest::new("build_crash::builder_process", crash::seed_from_env("build-crash test", 7));
+    child.env(DIR_ENV, dir.path()).kill_after_ms(150..1500);
     let mut last_built = 1u64;
     for round in 0..6 {
-        let mut child = Command::new(&exe)
-            .args([
-                "--ignored",
-                "--exact",
-                "build_crash::builder_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(DIR_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>()
-        });
-        std::thread::sleep(Duration::from_millis(rng.random_range(150..1500)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        for l in reader.join().unwrap() {
-            if let Some(g) = l.strip_prefix("BUILT ").and_then(|g| g.parse().ok()) {
+        for r in child.run_once() {
+            if let ("BUILT", Some(g)) = (r.tag(), r.arg(0)) {
                 last_built = g;
             }
         }

@@ -1,17 +1,13 @@
 //! Crash safety: a child process enrolls and deletes continuously and is killed with SIGKILL at
 //! random moments; after every kill the store must open with every acknowledged write in it.
 //!
-//! The child is this test binary re-executed on the ignored test `crash::child_process`; it
-//! prints `ACK <i>` after each acknowledged enrollment, `TRYDEL <i>` before a delete and
-//! `DEL <i>` after an acknowledged one.
+//! The child is this test binary re-executed on the ignored test `crash::child_process`
+//! (`biomatch_testkit::crash`); it reports `ACK <i>` after each acknowledged enrollment,
+//! `TRYDEL <i>` before a delete and `DEL <i>` after an acknowledged one.
 
 use crate::common::*;
 use biomatch_gallery::{IdentifyOptions, Store, StoreOptions};
-use rand::{Rng, SeedableRng};
-use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use biomatch_testkit::crash::{self, Acknowledged, CrashTest};
 
 const DIR_ENV: &str = "BIOMATCH_CRASH_DIR";
 const START_ENV: &str = "BIOMATCH_CRASH_START";
@@ -28,10 +24,9 @@ fn child_options() -> StoreOptions {
 #[test]
 #[ignore = "run by crash::kill_writer_repeatedly in a child process"]
 fn child_process() {
-    let dir = std::env::var(DIR_ENV).expect("child needs a store directory");
-    let start: u64 = std::env::var(START_ENV).unwrap().parse().unwrap();
+    let dir = crash::child_env(DIR_ENV);
+    let start: u64 = crash::child_env(START_ENV).parse().unwrap();
     let store = Store::open(&dir, child_options()).unwrap();
-    let out = std::io::stdout();
     let mut i = start;
     loop {
         // Paced so the parent's full check after each kill stays cheap; kills still land in
@@ -43,95 +38,49 @@ fn child_process() {
                 .map(|j| enrollment(SEED, j))
                 .collect();
             let res = store.enroll_batch(&batch).unwrap();
-            let mut o = out.lock();
             for (e, r) in batch.iter().zip(res) {
                 r.unwrap();
-                writeln!(o, "ACK {}", &e.subject.as_str()[1..]).unwrap();
+                crash::report(format_args!("ACK {}", &e.subject.as_str()[1..]));
             }
-            o.flush().unwrap();
             i += 3;
         } else {
             if !store.contains(&sid(i)) {
                 store.enroll(&enrollment(SEED, i)).unwrap();
-                let mut o = out.lock();
-                writeln!(o, "ACK {i}").unwrap();
-                o.flush().unwrap();
+                crash::report(format_args!("ACK {i}"));
             }
             i += 1;
         }
         if i.is_multiple_of(7) && i >= 3 && store.contains(&sid(i - 3)) {
-            let mut o = out.lock();
-            writeln!(o, "TRYDEL {}", i - 3).unwrap();
-            o.flush().unwrap();
+            crash::report(format_args!("TRYDEL {}", i - 3));
             store.delete(&sid(i - 3)).unwrap();
-            writeln!(o, "DEL {}", i - 3).unwrap();
-            o.flush().unwrap();
+            crash::report(format_args!("DEL {}", i - 3));
         }
     }
 }
 
 #[test]
 fn kill_writer_repeatedly() {
-    let kill_seed: u64 =
-        std::env::var("BIOMATCH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261122);
-    eprintln!("crash test seed: {kill_seed} (set BIOMATCH_TEST_SEED to replay)");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(kill_seed);
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut acked = BTreeSet::new();
-    let mut tried_delete = BTreeSet::new();
-    let mut deleted = BTreeSet::new();
+    let mut child =
+        CrashTest::new("crash::child_process", crash::seed_from_env("crash test", 20261122));
+    child.env(DIR_ENV, dir.path()).kill_after_ms(30..300);
+    let mut acks = Acknowledged::default();
     let mut next = 0u64;
-    let mut total_lines = 0;
+    let mut total_reports = 0;
     let rounds = 24;
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .args([
-                "--ignored",
-                "--exact",
-                "crash::child_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(DIR_ENV, dir.path())
-            .env(START_ENV, next.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>()
-        });
-        std::thread::sleep(Duration::from_millis(rng.random_range(30..300)));
-        child.kill().unwrap(); // SIGKILL on Unix
-        child.wait().unwrap();
-        let lines = reader.join().unwrap();
-        total_lines += lines.len();
-        for l in &lines {
-            let (what, n) = l.split_once(' ').unwrap_or((l, ""));
-            let Ok(n) = n.parse::<u64>() else { continue };
-            match what {
-                "ACK" => {
-                    acked.insert(n);
-                    next = next.max(n + 1);
-                }
-                "TRYDEL" => {
-                    tried_delete.insert(n);
-                }
-                "DEL" => {
-                    deleted.insert(n);
-                }
-                _ => {}
-            }
+        let reports = child.env(START_ENV, next.to_string()).run_once();
+        total_reports += reports.len();
+        for r in &reports {
+            acks.record(r);
         }
+        next = next.max(acks.next());
 
         let store = Store::open(dir.path(), child_options())
             .unwrap_or_else(|e| panic!("round {round}: store does not open after SIGKILL: {e}"));
-        let must_exist: Vec<u64> =
-            acked.iter().copied().filter(|n| !tried_delete.contains(n)).collect();
-        for &n in &acked {
-            if deleted.contains(&n) {
+        let must_exist = acks.must_exist();
+        for &n in &acks.enrolled {
+            if acks.deleted.contains(&n) {
                 assert!(!store.contains(&sid(n)), "round {round}: acknowledged delete of {n} lost");
             }
         }
@@ -163,9 +112,9 @@ fn kill_writer_repeatedly() {
         next += 3; // step past anything durable but unacknowledged
     }
     eprintln!(
-        "{rounds} SIGKILLs: {} acknowledged enrollments, {} acknowledged deletes, {total_lines} lines",
-        acked.len(),
-        deleted.len()
+        "{rounds} SIGKILLs: {} acknowledged enrollments, {} acknowledged deletes, {total_reports} reports",
+        acks.enrolled.len(),
+        acks.deleted.len()
     );
-    assert!(acked.len() > rounds, "the child should make progress between kills");
+    assert!(acks.enrolled.len() > rounds, "the child should make progress between kills");
 }

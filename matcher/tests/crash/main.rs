@@ -16,7 +16,8 @@
 //! replays it. Loopback only; every request has a timeout and the server is always killed on exit.
 
 use base64::Engine;
-use biomatch_core::finger::{iso, FingerTemplate, Minutia, MinutiaKind};
+use biomatch_core::finger::{FingerTemplate, Minutia, MinutiaKind};
+use biomatch_fingerprint::iso;
 use biomatch_core::FingerPosition;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -91,6 +91,21 @@ impl TestApp {
         (s, serde_json::from_str(&v).unwrap_or(Value::String(v)))
     }
 
+    /// `POST uri` with a JSON body, authenticated with `key`.
+    pub async fn post(&self, uri: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call("POST", uri, Some(key), Some(body)).await
+    }
+
+    /// `GET uri`, authenticated with `key`.
+    pub async fn get(&self, uri: &str, key: &str) -> (StatusCode, Value) {
+        self.call("GET", uri, Some(key), None).await
+    }
+
+    /// `DELETE uri`, authenticated with `key`.
+    pub async fn delete(&self, uri: &str, key: &str) -> (StatusCode, Value) {
+        self.call("DELETE", uri, Some(key), None).await
+    }
+
     pub async fn call_raw(
         &self,
         method: &str,
@@ -118,23 +133,22 @@ impl TestApp {
     }
 }
 
-/// A deterministic unit-ish vector for subject `i`, and a noisy probe of it.
-pub fn vector(i: u64) -> Vec<f32> {
-    let pop = biomatch_datasets::Population::new(biomatch_datasets::PopulationConfig {
+/// The synthetic population the test subjects are drawn from.
+fn population() -> biomatch_datasets::Population {
+    biomatch_datasets::Population::new(biomatch_datasets::PopulationConfig {
         identities: 1_000_000,
         ..Default::default()
     })
-    .unwrap();
-    pop.sample(i, 0)
+    .unwrap()
+}
+
+/// A deterministic unit-ish vector for subject `i`, and a noisy probe of it.
+pub fn vector(i: u64) -> Vec<f32> {
+    population().sample(i, 0)
 }
 
 pub fn probe_vector(i: u64) -> Vec<f32> {
-    let pop = biomatch_datasets::Population::new(biomatch_datasets::PopulationConfig {
-        identities: 1_000_000,
-        ..Default::default()
-    })
-    .unwrap();
-    pop.sample(i, 1)
+    population().sample(i, 1)
 }
 
 pub fn face(v: Vec<f32>) -> Value {

@@ -13,11 +13,9 @@ async fn malformed_requests() {
     assert_eq!(r.1["content-type"], "application/json");
     assert!(r.1.contains_key("x-request-id"));
     // Unknown fields and wrong types are refused, not ignored.
-    let e = app
-        .call("POST", "/v1/subjects", Some(ISSUER), Some(json!({ "subject_id": "A", "fase": {} })))
-        .await;
+    let e = app.post("/v1/subjects", ISSUER, json!({ "subject_id": "A", "fase": {} })).await;
     assert_error(&e, StatusCode::BAD_REQUEST, "malformed_json");
-    let e = app.call("POST", "/v1/verify", Some(BANK), Some(json!({ "subject_id": 5 }))).await;
+    let e = app.post("/v1/verify", BANK, json!({ "subject_id": 5 })).await;
     assert_error(&e, StatusCode::BAD_REQUEST, "malformed_json");
     // JSON cannot carry NaN: a literal NaN is malformed JSON.
     let body = format!("{{\"subject_id\":\"A\",\"face\":{{\"template\":{{\"model\":\"{MODEL}\",\"vector\":[NaN]}}}}}}");
@@ -64,7 +62,7 @@ async fn invalid_templates_and_ids() {
         (json!({ "subject_id": "X1", "face": { "image": "aGVsbG8=" } }), "extractor_unavailable"),
     ];
     for (body, code) in cases {
-        let got = app.call("POST", "/v1/subjects", Some(ISSUER), Some(body.clone())).await;
+        let got = app.post("/v1/subjects", ISSUER, body.clone()).await;
         assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, code);
     }
     for body in [
@@ -72,53 +70,40 @@ async fn invalid_templates_and_ids() {
         json!({ "subject_id": "X1", "face": {} }),
         json!({ "subject_id": "X1", "face": { "image": "not base64!", } }),
     ] {
-        let got = app.call("POST", "/v1/subjects", Some(ISSUER), Some(body)).await;
+        let got = app.post("/v1/subjects", ISSUER, body).await;
         assert_error(&got, StatusCode::BAD_REQUEST, "bad_request");
     }
     assert_eq!(app.state.gallery().unwrap().store().len(), 0, "nothing was enrolled");
     // The same checks guard probes.
     let got = app
-        .call(
-            "POST",
+        .post(
             "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "face": { "template": { "model": MODEL, "vector": [1.0, 2.0] } } })),
+            ISSUER,
+            json!({ "face": { "template": { "model": MODEL, "vector": [1.0, 2.0] } } }),
         )
         .await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_template");
     let got = app
-        .call(
-            "POST",
-            "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "face": face(vector(1)), "max_results": 0 })),
-        )
+        .post("/v1/identify", ISSUER, json!({ "face": face(vector(1)), "max_results": 0 }))
         .await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter");
     let got = app
-        .call(
-            "POST",
-            "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "face": face(vector(1)), "target_fpir": 2.0 })),
-        )
+        .post("/v1/identify", ISSUER, json!({ "face": face(vector(1)), "target_fpir": 2.0 }))
         .await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_rate");
     let got = app
-        .call(
-            "POST",
+        .post(
             "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "face": face(vector(1)), "threshold": 0.5, "target_fpir": 0.01 })),
+            ISSUER,
+            json!({ "face": face(vector(1)), "threshold": 0.5, "target_fpir": 0.01 }),
         )
         .await;
     assert_error(&got, StatusCode::BAD_REQUEST, "bad_request");
     let got = app
-        .call(
-            "POST",
+        .post(
             "/v1/verify",
-            Some(BANK),
-            Some(json!({ "subject_id": "X1", "face": face(vector(1)), "target_fmr": 0 })),
+            BANK,
+            json!({ "subject_id": "X1", "face": face(vector(1)), "target_fmr": 0 }),
         )
         .await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_rate");
@@ -128,39 +113,29 @@ async fn invalid_templates_and_ids() {
 async fn unknown_subjects_routes_and_methods() {
     let app = TestApp::new();
     let got = app
-        .call(
-            "POST",
-            "/v1/verify",
-            Some(BANK),
-            Some(json!({ "subject_id": "NOPE", "face": face(vector(1)) })),
-        )
+        .post("/v1/verify", BANK, json!({ "subject_id": "NOPE", "face": face(vector(1)) }))
         .await;
     assert_error(&got, StatusCode::NOT_FOUND, "unknown_subject");
     assert_error(
-        &app.call("GET", "/v1/subjects/NOPE", Some(ISSUER), None).await,
+        &app.get("/v1/subjects/NOPE", ISSUER).await,
         StatusCode::NOT_FOUND,
         "unknown_subject",
     );
     assert_error(
-        &app.call("DELETE", "/v1/subjects/NOPE", Some(ISSUER), None).await,
+        &app.delete("/v1/subjects/NOPE", ISSUER).await,
         StatusCode::NOT_FOUND,
         "unknown_subject",
     );
-    assert_error(
-        &app.call("GET", "/v1/nothing-here", Some(ISSUER), None).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    assert_error(&app.get("/v1/nothing-here", ISSUER).await, StatusCode::NOT_FOUND, "not_found");
     assert_error(
         &app.call("PUT", "/v1/verify", Some(BANK), None).await,
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
     );
     // Extraction is not available yet: a clear 422, and bad base64 a 400.
-    let got =
-        app.call("POST", "/v1/extract", Some(BANK), Some(json!({ "image": "aGVsbG8=" }))).await;
+    let got = app.post("/v1/extract", BANK, json!({ "image": "aGVsbG8=" })).await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "extractor_unavailable");
-    let got = app.call("POST", "/v1/extract", Some(BANK), Some(json!({ "image": "%%%" }))).await;
+    let got = app.post("/v1/extract", BANK, json!({ "image": "%%%" })).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "bad_request");
     // The audit log records failed verifications too.
     let log = biomatch_matcher::audit::read_log(app.state.audit.path()).unwrap();
@@ -188,7 +163,7 @@ async fn load_is_shed_with_503_and_retry_after() {
     // Health endpoints are not shed.
     assert_eq!(app.call("GET", "/healthz", None, None).await.0, StatusCode::OK);
     drop(held);
-    let (s, _) = app.call("POST", "/v1/subjects", Some(ISSUER), Some(enroll_body("A", 1))).await;
+    let (s, _) = app.post("/v1/subjects", ISSUER, enroll_body("A", 1)).await;
     assert_eq!(s, StatusCode::CREATED);
 }
 

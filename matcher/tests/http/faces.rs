@@ -10,26 +10,20 @@ use biomatch_matcher::config::ModalityKind;
 use biomatch_matcher::state::{AppState, ServiceModel};
 use biomatch_models::face::{FaceConfig, FaceExtractor};
 use biomatch_models::runtime::RuntimeConfig;
+use biomatch_testkit::fixtures;
 use serde_json::json;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-fn root() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
-
 fn photo(name: &str) -> String {
-    let bytes = std::fs::read(root().join(".setup/fixtures/face").join(name))
-        .expect("run scripts/fetch-models.sh");
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    base64::engine::general_purpose::STANDARD.encode(fixtures::read(&fixtures::face_photo(name)))
 }
 
 fn face_app() -> TestApp {
-    let x = FaceExtractor::new(FaceConfig::new(RuntimeConfig::from_root(&root())))
-        .expect("face models missing: run scripts/fetch-models.sh");
+    let x =
+        FaceExtractor::new(FaceConfig::new(RuntimeConfig::from_root(&fixtures::workspace_root())))
+            .expect("face models missing: run scripts/fetch-models.sh");
     let (table, _) =
-        biomatch_matcher::calibrate::sface_table(&x, &root().join(".setup/fixtures/face"), 200_000)
-            .unwrap();
+        biomatch_matcher::calibrate::sface_table(&x, &fixtures::face_dir(), 200_000).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = config_with(|_| {});
     config.data = dir.path().join("store");
@@ -46,49 +40,42 @@ fn face_app() -> TestApp {
 async fn ekyc_selfie_against_enrolled_photo() {
     let app = face_app();
     let (s, v) = app
-        .call("POST", "/v1/subjects", Some(ISSUER), Some(json!({ "subject_id": "FR-1977-0001", "face": { "image": photo("person_a_1.jpg") } })))
+        .post(
+            "/v1/subjects",
+            ISSUER,
+            json!({ "subject_id": "FR-1977-0001", "face": { "image": photo("person_a_1.jpg") } }),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["templates"][0]["model"], "sface@2021dec");
-    app.call(
-        "POST",
+    app.post(
         "/v1/subjects",
-        Some(ISSUER),
-        Some(json!({ "subject_id": "NZ-1980-0002", "face": { "image": photo("person_b_1.jpg") } })),
+        ISSUER,
+        json!({ "subject_id": "NZ-1980-0002", "face": { "image": photo("person_b_1.jpg") } }),
     )
     .await;
 
     let verify = |id: &str, p: &str| json!({ "subject_id": id, "face": { "image": photo(p) } });
-    let (s, v) = app
-        .call("POST", "/v1/verify", Some(BANK), Some(verify("FR-1977-0001", "person_a_2.jpg")))
-        .await;
+    let (s, v) = app.post("/v1/verify", BANK, verify("FR-1977-0001", "person_a_2.jpg")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     eprintln!("same person: {v}");
     assert_eq!(v["decision"], "match", "{v}");
     for other in ["impostor_1.jpg", "impostor_2.jpg", "person_b_2.jpg"] {
-        let (_, v) =
-            app.call("POST", "/v1/verify", Some(BANK), Some(verify("FR-1977-0001", other))).await;
+        let (_, v) = app.post("/v1/verify", BANK, verify("FR-1977-0001", other)).await;
         eprintln!("{other}: {v}");
         assert_eq!(v["decision"], "no_match", "{other}: {v}");
     }
     // 1:N with a photo finds the right person; a template extracted over HTTP works as a probe.
     let (_, v) = app
-        .call(
-            "POST",
-            "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "face": { "image": photo("person_b_2.jpg") } })),
-        )
+        .post("/v1/identify", ISSUER, json!({ "face": { "image": photo("person_b_2.jpg") } }))
         .await;
     assert_eq!(v["candidates"][0]["subject_id"], "NZ-1980-0002", "{v}");
-    let (s, e) = app
-        .call("POST", "/v1/extract", Some(BANK), Some(json!({ "image": photo("person_a_2.jpg") })))
-        .await;
+    let (s, e) = app.post("/v1/extract", BANK, json!({ "image": photo("person_a_2.jpg") })).await;
     assert_eq!(s, StatusCode::OK, "{e}");
     assert_eq!(e["vector"].as_array().unwrap().len(), 128);
     assert!(e["quality"]["detector_score"].as_f64().unwrap() > 0.6);
     let t = json!({ "subject_id": "FR-1977-0001", "face": { "template": { "model": "sface@2021dec", "vector": e["vector"] } } });
-    let (_, v) = app.call("POST", "/v1/verify", Some(BANK), Some(t)).await;
+    let (_, v) = app.post("/v1/verify", BANK, t).await;
     assert_eq!(v["decision"], "match");
 }
 
@@ -103,7 +90,7 @@ async fn bad_images_get_clear_4xx() {
         img(&mut out);
         b64(&out)
     };
-    let jpeg = std::fs::read(root().join(".setup/fixtures/face/person_a_2.jpg")).unwrap();
+    let jpeg = fixtures::read(&fixtures::face_photo("person_a_2.jpg"));
     let blank = enc(&|o| {
         RgbImage::from_fn(300, 300, |x, _| image::Rgb([x as u8, 90, 90]))
             .write_to(&mut Cursor::new(o), ImageFormat::Png)
@@ -120,15 +107,10 @@ async fn bad_images_get_clear_4xx() {
         (huge, StatusCode::UNPROCESSABLE_ENTITY, "image_too_large"),
     ];
     for (img, status, code) in cases {
-        let got = app.call("POST", "/v1/extract", Some(BANK), Some(json!({ "image": img }))).await;
+        let got = app.post("/v1/extract", BANK, json!({ "image": img })).await;
         assert_error(&got, status, code);
         let got = app
-            .call(
-                "POST",
-                "/v1/subjects",
-                Some(ISSUER),
-                Some(json!({ "subject_id": "X", "face": { "image": img } })),
-            )
+            .post("/v1/subjects", ISSUER, json!({ "subject_id": "X", "face": { "image": img } }))
             .await;
         assert_error(&got, status, code);
     }

@@ -5,13 +5,13 @@
 use crate::common::*;
 use axum::http::StatusCode;
 use base64::Engine;
-use biomatch_core::finger::iso;
 use biomatch_core::FingerPosition;
 use biomatch_datasets::finger::{impression, master, FingerSynthConfig};
+use biomatch_fingerprint::iso;
 use biomatch_matcher::state::{mcc_calibration, MCC_CALIBRATION};
 use biomatch_models::finger::FingerExtractor;
+use biomatch_testkit::fixtures;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 fn b64(bytes: &[u8]) -> String {
@@ -19,8 +19,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn print(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.setup/fixtures/finger").join(name);
-    std::fs::read(&p).expect("run scripts/fetch-models.sh (scripts/test.sh does)")
+    fixtures::read(&fixtures::finger_print(name))
 }
 
 /// A service with minutiae fingerprints on; `exhaustive_below` small forces the index path.
@@ -48,25 +47,24 @@ async fn real_prints_enroll_verify_identify_delete() {
     let app = finger_app(2000);
     for (id, png) in [("CIT-A", "p1_1.png"), ("CIT-B", "p2_1.png")] {
         let (s, v) = app
-            .call(
-                "POST",
+            .post(
                 "/v1/subjects",
-                Some(ISSUER),
-                Some(json!({ "subject_id": id, "fingers": [finger_image(2, &print(png))] })),
+                ISSUER,
+                json!({ "subject_id": id, "fingers": [finger_image(2, &print(png))] }),
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         assert_eq!(v["templates"], json!([{ "modality": "finger2", "model": "mcc@1" }]));
     }
-    let (s, stats) = app.call("GET", "/v1/admin/stats", Some(OPS), None).await;
+    let (s, stats) = app.get("/v1/admin/stats", OPS).await;
     assert_eq!(s, StatusCode::OK, "{stats}");
     assert_eq!(stats["fingers"]["subjects"], 2, "{stats}");
     assert_eq!(stats["fingers"]["fingers"], 2, "{stats}");
     let probe = json!([finger_image(2, &print("p1_2.png"))]);
     let verify = |id: &str| json!({ "subject_id": id, "fingers": probe });
-    let (s, genuine) = app.call("POST", "/v1/verify", Some(BANK), Some(verify("CIT-A"))).await;
+    let (s, genuine) = app.post("/v1/verify", BANK, verify("CIT-A")).await;
     assert_eq!(s, StatusCode::OK, "{genuine}");
-    let (_, impostor) = app.call("POST", "/v1/verify", Some(BANK), Some(verify("CIT-B"))).await;
+    let (_, impostor) = app.post("/v1/verify", BANK, verify("CIT-B")).await;
     let g = genuine["scores"][0]["score"].as_f64().unwrap();
     let i = impostor["scores"][0]["score"].as_f64().unwrap();
     eprintln!(
@@ -78,14 +76,8 @@ async fn real_prints_enroll_verify_identify_delete() {
     assert_eq!(impostor["decision"], "no_match");
     assert_eq!(genuine["decision"], "match", "{genuine}");
 
-    let (s, v) = app
-        .call(
-            "POST",
-            "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "fingers": probe, "threshold": 0.0 })),
-        )
-        .await;
+    let (s, v) =
+        app.post("/v1/identify", ISSUER, json!({ "fingers": probe, "threshold": 0.0 })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["candidates"][0]["subject_id"], "CIT-A", "{v}");
     assert_eq!(v["finger_search"][0]["preselected"], false);
@@ -93,28 +85,19 @@ async fn real_prints_enroll_verify_identify_delete() {
 
     // Verify on a finger the subject lacks, then delete.
     let (s, v) = app
-        .call(
-            "POST",
+        .post(
             "/v1/verify",
-            Some(BANK),
-            Some(
-                json!({ "subject_id": "CIT-A", "fingers": [finger_image(7, &print("p1_2.png"))] }),
-            ),
+            BANK,
+            json!({ "subject_id": "CIT-A", "fingers": [finger_image(7, &print("p1_2.png"))] }),
         )
         .await;
     assert_error(&(s, v), StatusCode::UNPROCESSABLE_ENTITY, "no_template_for_modality");
-    let (s, _) = app.call("DELETE", "/v1/subjects/CIT-A", Some(ISSUER), None).await;
+    let (s, _) = app.delete("/v1/subjects/CIT-A", ISSUER).await;
     assert_eq!(s, StatusCode::OK);
-    let got = app.call("GET", "/v1/subjects/CIT-A", Some(ISSUER), None).await;
+    let got = app.get("/v1/subjects/CIT-A", ISSUER).await;
     assert_error(&got, StatusCode::NOT_FOUND, "unknown_subject");
-    let (_, v) = app
-        .call(
-            "POST",
-            "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "fingers": probe, "threshold": 0.0 })),
-        )
-        .await;
+    let (_, v) =
+        app.post("/v1/identify", ISSUER, json!({ "fingers": probe, "threshold": 0.0 })).await;
     assert!(v["candidates"].as_array().unwrap().iter().all(|c| c["subject_id"] != "CIT-A"), "{v}");
 }
 
@@ -122,11 +105,10 @@ async fn real_prints_enroll_verify_identify_delete() {
 async fn extracted_minutiae_records_round_trip_as_templates() {
     let app = finger_app(2000);
     let (s, e) = app
-        .call(
-            "POST",
+        .post(
             "/v1/extract",
-            Some(BANK),
-            Some(json!({ "image": b64(&print("p1_1.png")), "modality": "finger" })),
+            BANK,
+            json!({ "image": b64(&print("p1_1.png")), "modality": "finger" }),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{e}");
@@ -139,30 +121,24 @@ async fn extracted_minutiae_records_round_trip_as_templates() {
     assert_eq!(t.minutiae.len() as u64, n);
     // A client's own extractor: enroll the record (ISO, and the same minutiae as ANSI 378).
     let (s, v) = app
-        .call("POST", "/v1/subjects", Some(ISSUER), Some(json!({ "subject_id": "ISO-1", "fingers": [{ "position": 3, "minutiae": e["minutiae"] }] })))
+        .post("/v1/subjects", ISSUER, json!({ "subject_id": "ISO-1", "fingers": [{ "position": 3, "minutiae": e["minutiae"] }] }))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let ansi = b64(&iso::to_ansi378(&t));
     let (s, v) = app
-        .call(
-            "POST",
+        .post(
             "/v1/subjects",
-            Some(ISSUER),
-            Some(
-                json!({ "subject_id": "ANSI-1", "fingers": [{ "position": 3, "minutiae": ansi }] }),
-            ),
+            ISSUER,
+            json!({ "subject_id": "ANSI-1", "fingers": [{ "position": 3, "minutiae": ansi }] }),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     // The image of the same finger verifies against the record-enrolled subject.
     let (s, v) = app
-        .call(
-            "POST",
+        .post(
             "/v1/verify",
-            Some(BANK),
-            Some(
-                json!({ "subject_id": "ISO-1", "fingers": [finger_image(3, &print("p1_2.png"))] }),
-            ),
+            BANK,
+            json!({ "subject_id": "ISO-1", "fingers": [finger_image(3, &print("p1_2.png"))] }),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -227,7 +203,7 @@ async fn bad_finger_input_gets_typed_errors_and_changes_nothing() {
         ),
     ];
     for (f, status, code) in cases {
-        let got = app.call("POST", "/v1/subjects", Some(ISSUER), Some(enroll(f.clone()))).await;
+        let got = app.post("/v1/subjects", ISSUER, enroll(f.clone())).await;
         assert_error(&got, status, code);
     }
     // Out-of-range coordinates in an otherwise well-formed record.
@@ -238,27 +214,21 @@ async fn bad_finger_input_gets_typed_errors_and_changes_nothing() {
     rec[14..16].copy_from_slice(&100u16.to_be_bytes());
     rec[16..18].copy_from_slice(&100u16.to_be_bytes());
     let got = app
-        .call(
-            "POST",
-            "/v1/subjects",
-            Some(ISSUER),
-            Some(enroll(json!({ "position": 2, "minutiae": b64(&rec) }))),
-        )
+        .post("/v1/subjects", ISSUER, enroll(json!({ "position": 2, "minutiae": b64(&rec) })))
         .await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_minutiae_record");
     // A record naming another finger position than the request.
     let mut other = iso::parse_iso(&good).unwrap();
     other.position = Some(FingerPosition::new(7).unwrap());
     let got = app
-        .call(
-            "POST",
+        .post(
             "/v1/subjects",
-            Some(ISSUER),
-            Some(enroll(json!({ "position": 2, "minutiae": b64(&iso::to_iso(&other)) }))),
+            ISSUER,
+            enroll(json!({ "position": 2, "minutiae": b64(&iso::to_iso(&other)) })),
         )
         .await;
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "finger_position_mismatch");
-    let got = app.call("GET", "/v1/subjects/BAD-1", Some(ISSUER), None).await;
+    let got = app.get("/v1/subjects/BAD-1", ISSUER).await;
     assert_error(&got, StatusCode::NOT_FOUND, "unknown_subject");
     assert_eq!(app.state.engine().unwrap().fingers().unwrap().fingers(), 0);
 }
@@ -284,7 +254,7 @@ async fn synthetic_prints_through_the_preselection_index_and_face_fusion() {
             "face": face(vector(f)),
             "fingers": [{ "position": 1, "minutiae": rec(0) }],
         });
-        let (s, v) = app.call("POST", "/v1/subjects", Some(ISSUER), Some(body)).await;
+        let (s, v) = app.post("/v1/subjects", ISSUER, body).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         assert_eq!(v["templates"].as_array().unwrap().len(), 2, "{v}");
         probes.push(rec(1));
@@ -292,7 +262,7 @@ async fn synthetic_prints_through_the_preselection_index_and_face_fusion() {
     let mut rank1 = 0;
     for (f, p) in probes.iter().enumerate() {
         let (s, v) = app
-            .call("POST", "/v1/identify", Some(ISSUER), Some(json!({ "fingers": [{ "position": 1, "minutiae": p }], "threshold": 0.0, "max_results": 3 })))
+            .post("/v1/identify", ISSUER, json!({ "fingers": [{ "position": 1, "minutiae": p }], "threshold": 0.0, "max_results": 3 }))
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["finger_search"][0]["preselected"], true, "{v}");
@@ -303,7 +273,7 @@ async fn synthetic_prints_through_the_preselection_index_and_face_fusion() {
     assert!(rank1 as u64 >= n - 2, "rank-1 {rank1}/{n}");
     // Face and finger together: fused on the calibrated scale, the mate first with both scores.
     let (s, v) = app
-        .call("POST", "/v1/identify", Some(ISSUER), Some(json!({ "face": face(probe_vector(5)), "fingers": [{ "position": 1, "minutiae": probes[5] }] })))
+        .post("/v1/identify", ISSUER, json!({ "face": face(probe_vector(5)), "fingers": [{ "position": 1, "minutiae": probes[5] }] }))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let top = &v["candidates"][0];

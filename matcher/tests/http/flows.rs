@@ -8,19 +8,19 @@ use serde_json::json;
 async fn enroll_verify_identify_delete() {
     let app = TestApp::new();
     for (id, i) in [("CM-0001", 1), ("CM-0002", 2)] {
-        let (s, v) = app.call("POST", "/v1/subjects", Some(ISSUER), Some(enroll_body(id, i))).await;
+        let (s, v) = app.post("/v1/subjects", ISSUER, enroll_body(id, i)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         assert_eq!(v["subject_id"], id);
         assert_eq!(v["templates"][0], json!({ "modality": "face", "model": MODEL }));
     }
     // Metadata only: no vector in the answer.
-    let (s, v) = app.call("GET", "/v1/subjects/CM-0001", Some(ISSUER), None).await;
+    let (s, v) = app.get("/v1/subjects/CM-0001", ISSUER).await;
     assert_eq!(s, StatusCode::OK);
     assert!(!v.to_string().contains("vector"), "{v}");
 
     // 1:1 — the same person matches, someone else does not.
     let verify = |id: &str, i: u64| json!({ "subject_id": id, "face": face(probe_vector(i)) });
-    let (s, v) = app.call("POST", "/v1/verify", Some(BANK), Some(verify("CM-0001", 1))).await;
+    let (s, v) = app.post("/v1/verify", BANK, verify("CM-0001", 1)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(
         (v["decision"].as_str(), v["is_match"].as_bool()),
@@ -29,18 +29,18 @@ async fn enroll_verify_identify_delete() {
     );
     assert!(v["scores"][0]["score"].as_f64().unwrap() > 0.5);
     assert!(v["fmr"].as_f64().unwrap() <= v["target_fmr"].as_f64().unwrap());
-    let (_, v) = app.call("POST", "/v1/verify", Some(BANK), Some(verify("CM-0001", 2))).await;
+    let (_, v) = app.post("/v1/verify", BANK, verify("CM-0001", 2)).await;
     assert_eq!(v["decision"], "no_match", "{v}");
     // A stricter target is honoured and echoed.
     let mut strict = verify("CM-0001", 1);
     strict["target_fmr"] = json!(1e-8);
-    let (_, v) = app.call("POST", "/v1/verify", Some(BANK), Some(strict)).await;
+    let (_, v) = app.post("/v1/verify", BANK, strict).await;
     assert_eq!(v["target_fmr"], 1e-8);
     assert!(v["scores"][0]["threshold"].as_f64().unwrap() > 0.3);
 
     // 1:N right after enroll finds the subject; after delete it does not.
     let identify = |i: u64| json!({ "face": face(probe_vector(i)), "max_results": 5 });
-    let (s, v) = app.call("POST", "/v1/identify", Some(ISSUER), Some(identify(2))).await;
+    let (s, v) = app.post("/v1/identify", ISSUER, identify(2)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["candidates"][0]["subject_id"], "CM-0002", "{v}");
     assert_eq!(
@@ -49,11 +49,11 @@ async fn enroll_verify_identify_delete() {
         "impostors stay under the FPIR threshold: {v}"
     );
     assert_eq!(v["search"], "exact");
-    let (s, v) = app.call("DELETE", "/v1/subjects/CM-0002", Some(ISSUER), None).await;
+    let (s, v) = app.delete("/v1/subjects/CM-0002", ISSUER).await;
     assert_eq!((s, v["deleted"].as_bool()), (StatusCode::OK, Some(true)));
-    let (_, v) = app.call("POST", "/v1/identify", Some(ISSUER), Some(identify(2))).await;
+    let (_, v) = app.post("/v1/identify", ISSUER, identify(2)).await;
     assert_eq!(v["candidates"], json!([]), "{v}");
-    let (s, _) = app.call("GET", "/v1/subjects/CM-0002", Some(ISSUER), None).await;
+    let (s, _) = app.get("/v1/subjects/CM-0002", ISSUER).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // Every verify and identify was audited, durably, without biometric data.
@@ -80,7 +80,7 @@ async fn idempotent_retries_and_duplicates() {
     let again = app.call_raw("POST", "/v1/subjects", Some(ISSUER), Some(body.clone()), &key).await;
     assert_eq!((again.0, &again.2), (StatusCode::CREATED, &first.2));
     // Without the key it is a duplicate enrollment.
-    let dup = app.call("POST", "/v1/subjects", Some(ISSUER), Some(enroll_body("ID-7", 7))).await;
+    let dup = app.post("/v1/subjects", ISSUER, enroll_body("ID-7", 7)).await;
     assert_error(&dup, StatusCode::CONFLICT, "already_enrolled");
     // The same key for a different request is refused.
     let other = enroll_body("ID-8", 8).to_string();
@@ -104,50 +104,25 @@ async fn idempotent_retries_and_duplicates() {
 async fn identify_options() {
     let app = TestApp::new();
     for i in 0..30u64 {
-        let (s, _) = app
-            .call("POST", "/v1/subjects", Some(ISSUER), Some(enroll_body(&format!("S{i:03}"), i)))
-            .await;
+        let (s, _) = app.post("/v1/subjects", ISSUER, enroll_body(&format!("S{i:03}"), i)).await;
         assert_eq!(s, StatusCode::CREATED);
     }
     let p = face(probe_vector(4));
     // Gallery-restricted: the mate outside the subset is not returned.
-    let (_, v) = app
-        .call(
-            "POST",
-            "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "face": p, "gallery": ["S001", "S002"] })),
-        )
-        .await;
+    let (_, v) =
+        app.post("/v1/identify", ISSUER, json!({ "face": p, "gallery": ["S001", "S002"] })).await;
     assert_eq!(v["candidates"], json!([]), "{v}");
     assert_eq!(v["gallery_size"], 2);
-    let (_, v) = app
-        .call(
-            "POST",
-            "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "face": p, "gallery": ["S004", "S002"] })),
-        )
-        .await;
+    let (_, v) =
+        app.post("/v1/identify", ISSUER, json!({ "face": p, "gallery": ["S004", "S002"] })).await;
     assert_eq!(v["candidates"][0]["subject_id"], "S004");
     // MOSIP's FPIR encoding and a raw threshold.
-    let (_, v) = app
-        .call(
-            "POST",
-            "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "face": p, "mosip_target_fpir": 40 })),
-        )
-        .await;
+    let (_, v) =
+        app.post("/v1/identify", ISSUER, json!({ "face": p, "mosip_target_fpir": 40 })).await;
     assert_eq!(v["target_fpir"], 1e-4);
     assert_eq!(v["candidates"][0]["subject_id"], "S004");
     let (_, v) = app
-        .call(
-            "POST",
-            "/v1/identify",
-            Some(ISSUER),
-            Some(json!({ "face": p, "threshold": -1.0, "max_results": 7 })),
-        )
+        .post("/v1/identify", ISSUER, json!({ "face": p, "threshold": -1.0, "max_results": 7 }))
         .await;
     assert_eq!(
         v["candidates"].as_array().unwrap().len(),
@@ -157,17 +132,13 @@ async fn identify_options() {
     let c = v["candidates"].as_array().unwrap();
     assert!(c.windows(2).all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()));
     // Index build through the admin API, then the index path answers the same.
-    let (s, v) = app.call("POST", "/v1/admin/index/build", Some(OPS), Some(json!({}))).await;
+    let (s, v) = app.post("/v1/admin/index/build", OPS, json!({})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v[0]["generation"], 1);
-    let (_, v) = app
-        .call("POST", "/v1/identify", Some(ISSUER), Some(json!({ "face": p, "search": "index" })))
-        .await;
+    let (_, v) = app.post("/v1/identify", ISSUER, json!({ "face": p, "search": "index" })).await;
     assert_eq!((v["search"].as_str(), v["index_generation"].as_u64()), (Some("index"), Some(1)));
     assert_eq!(v["candidates"][0]["subject_id"], "S004");
-    let (s, v) = app
-        .call("POST", "/v1/admin/index/reload", Some(OPS), Some(json!({ "model": MODEL })))
-        .await;
+    let (s, v) = app.post("/v1/admin/index/reload", OPS, json!({ "model": MODEL })).await;
     assert_eq!((s, v[0]["generation"].as_u64()), (StatusCode::OK, Some(1)));
 }
 

@@ -13,16 +13,15 @@ async fn not_ready_until_the_gallery_is_attached() {
         StatusCode::SERVICE_UNAVAILABLE,
         "not_ready",
     );
-    let got = app.call("POST", "/v1/subjects", Some(ISSUER), Some(enroll_body("A", 1))).await;
+    let got = app.post("/v1/subjects", ISSUER, enroll_body("A", 1)).await;
     assert_error(&got, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
 }
 
 #[tokio::test]
 async fn metrics_and_openapi() {
     let app = TestApp::new();
-    app.call("POST", "/v1/subjects", Some(ISSUER), Some(enroll_body("M1", 1))).await;
-    app.call("POST", "/v1/identify", Some(ISSUER), Some(json!({ "face": face(probe_vector(1)) })))
-        .await;
+    app.post("/v1/subjects", ISSUER, enroll_body("M1", 1)).await;
+    app.post("/v1/identify", ISSUER, json!({ "face": face(probe_vector(1)) })).await;
     let r = app.call_raw("GET", "/metrics", None, None, &[]).await;
     assert_eq!(r.0, StatusCode::OK);
     let m = r.2;
@@ -52,6 +51,6 @@ async fn metrics_and_openapi() {
         assert!(v["paths"].get(p).is_some(), "openapi lacks {p}");
     }
     assert!(v["components"]["schemas"].get("IdentifyRequest").is_some());
-    let (s, v) = app.call("GET", "/v1/admin/stats", Some(OPS), None).await;
+    let (s, v) = app.get("/v1/admin/stats", OPS).await;
     assert_eq!((s, v["store"]["subjects"].as_u64()), (StatusCode::OK, Some(1)));
 }

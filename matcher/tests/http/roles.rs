@@ -7,7 +7,7 @@ use serde_json::json;
 #[tokio::test]
 async fn role_matrix() {
     let app = TestApp::new();
-    let (s, _) = app.call("POST", "/v1/subjects", Some(ISSUER), Some(enroll_body("R1", 1))).await;
+    let (s, _) = app.post("/v1/subjects", ISSUER, enroll_body("R1", 1)).await;
     assert_eq!(s, StatusCode::CREATED);
     let verify = json!({ "subject_id": "R1", "face": face(probe_vector(1)) });
     let identify = json!({ "face": face(probe_vector(1)) });
@@ -46,12 +46,8 @@ async fn role_matrix() {
         );
     }
     // Delete last (it changes the state the other checks use).
-    assert_error(
-        &app.call("DELETE", "/v1/subjects/R1", Some(BANK), None).await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    );
-    assert_eq!(app.call("DELETE", "/v1/subjects/R1", Some(ISSUER), None).await.0, StatusCode::OK);
+    assert_error(&app.delete("/v1/subjects/R1", BANK).await, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(app.delete("/v1/subjects/R1", ISSUER).await.0, StatusCode::OK);
     // Authentication comes before parsing: a malformed body without a key is still 401.
     let r = app.call_raw("POST", "/v1/verify", None, Some("{".into()), &[]).await;
     assert_eq!(r.0, StatusCode::UNAUTHORIZED);

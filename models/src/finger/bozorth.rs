@@ -6,7 +6,8 @@
 //! parallel, and its per-core rate is what the benchmark reports.
 
 use crate::ExtractError;
-use biomatch_core::finger::{iso, FingerTemplate};
+use biomatch_core::finger::FingerTemplate;
+use biomatch_fingerprint::iso;
 use std::sync::Mutex;
 
 /// Most minutiae nbis-rs's ISO loader accepts (its count is read as an `i8`).

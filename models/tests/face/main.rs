@@ -5,32 +5,16 @@ use biomatch_core::Modality;
 use biomatch_models::face::{FaceConfig, FaceExtractor};
 use biomatch_models::runtime::RuntimeConfig;
 use biomatch_models::{ExtractError, Extractor};
-use std::path::{Path, PathBuf};
+use biomatch_testkit::fixtures::{self, face_photo, workspace_root, FACE_PHOTOS};
+use std::path::PathBuf;
 use std::sync::OnceLock;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
 
 fn extractor() -> &'static FaceExtractor {
     static X: OnceLock<FaceExtractor> = OnceLock::new();
     X.get_or_init(|| {
-        FaceExtractor::new(FaceConfig::new(RuntimeConfig::from_root(&root())))
+        FaceExtractor::new(FaceConfig::new(RuntimeConfig::from_root(&workspace_root())))
             .expect("face models missing: run scripts/fetch-models.sh (scripts/test.sh does)")
     })
-}
-
-const PHOTOS: [&str; 6] = [
-    "person_a_1.jpg",
-    "person_a_2.jpg",
-    "person_b_1.jpg",
-    "person_b_2.jpg",
-    "impostor_1.jpg",
-    "impostor_2.jpg",
-];
-
-fn photo(name: &str) -> PathBuf {
-    root().join(".setup/fixtures/face").join(name)
 }
 
 fn person(name: &str) -> &str {
@@ -38,10 +22,10 @@ fn person(name: &str) -> &str {
 }
 
 fn embeddings() -> Vec<Vec<f32>> {
-    PHOTOS
+    FACE_PHOTOS
         .iter()
         .map(|p| {
-            let bytes = std::fs::read(photo(p)).unwrap();
+            let bytes = std::fs::read(face_photo(p)).unwrap();
             let e = extractor().extract(&bytes, Modality::Face).unwrap();
             assert!(
                 e.quality.detector_score > 0.6 && e.quality.inter_eye_px > 20.0,
@@ -61,11 +45,12 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 fn same_person_pairs_outscore_every_different_person_pair() {
     let e = embeddings();
     let (mut genuine, mut impostor) = (Vec::new(), Vec::new());
-    for i in 0..PHOTOS.len() {
-        for j in i + 1..PHOTOS.len() {
+    for i in 0..FACE_PHOTOS.len() {
+        for j in i + 1..FACE_PHOTOS.len() {
             let s = cos(&e[i], &e[j]);
-            eprintln!("{:>15} {:>15} {s:.4}", PHOTOS[i], PHOTOS[j]);
-            let same = person(PHOTOS[i]) == person(PHOTOS[j]) && !PHOTOS[i].starts_with("impostor");
+            eprintln!("{:>15} {:>15} {s:.4}", FACE_PHOTOS[i], FACE_PHOTOS[j]);
+            let same = person(FACE_PHOTOS[i]) == person(FACE_PHOTOS[j])
+                && !FACE_PHOTOS[i].starts_with("impostor");
             if same {
                 genuine.push(s)
             } else {
@@ -82,12 +67,12 @@ fn same_person_pairs_outscore_every_different_person_pair() {
 
 #[test]
 fn embeddings_match_the_python_reference() {
-    let py = root().join(".setup/venv/bin/python");
-    let script = root().join("models/tools/face_reference.py");
-    let paths: Vec<PathBuf> = PHOTOS.iter().map(|p| photo(p)).collect();
+    let py = fixtures::python();
+    let script = workspace_root().join("models/tools/face_reference.py");
+    let paths: Vec<PathBuf> = FACE_PHOTOS.iter().map(|p| face_photo(p)).collect();
     let out = std::process::Command::new(&py)
         .arg(&script)
-        .arg(root().join(".setup/models"))
+        .arg(fixtures::setup_dir().join("models"))
         .args(&paths)
         .output()
         .expect("run the Python reference (scripts/fetch-models.sh creates .setup/venv)");
@@ -114,7 +99,7 @@ fn bad_images_are_refused_clearly() {
         out
     };
     assert!(matches!(x.extract(&[], Modality::Face), Err(ExtractError::Empty)));
-    let jpeg = std::fs::read(photo("person_a_2.jpg")).unwrap();
+    let jpeg = std::fs::read(face_photo("person_a_2.jpg")).unwrap();
     let cut = x.extract(&jpeg[..jpeg.len() / 3], Modality::Face);
     assert!(matches!(cut, Err(ExtractError::Undecodable(_))), "{cut:?}");
     // No face: a smooth gradient.
@@ -134,7 +119,8 @@ fn bad_images_are_refused_clearly() {
         "{got:?}"
     );
     // A tiny face: the 204x244 photo shrunk to a thumbnail.
-    let small = image::load_from_memory(&std::fs::read(photo("person_a_1.jpg")).unwrap()).unwrap();
+    let small =
+        image::load_from_memory(&std::fs::read(face_photo("person_a_1.jpg")).unwrap()).unwrap();
     let thumb = small.resize(40, 48, image::imageops::FilterType::Triangle).to_rgb8();
     let got = x.extract(&encode(&thumb, ImageFormat::Png), Modality::Face);
     assert!(
@@ -150,7 +136,8 @@ fn bad_images_are_refused_clearly() {
 
 #[test]
 fn batch_extraction_equals_single() {
-    let bytes: Vec<Vec<u8>> = PHOTOS.iter().map(|p| std::fs::read(photo(p)).unwrap()).collect();
+    let bytes: Vec<Vec<u8>> =
+        FACE_PHOTOS.iter().map(|p| std::fs::read(face_photo(p)).unwrap()).collect();
     let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
     let batch = extractor().extract_batch(&refs, Modality::Face);
     for (b, single) in batch.into_iter().zip(embeddings()) {
@@ -163,10 +150,10 @@ fn several_faces_follow_the_policy() {
     use biomatch_models::face::MultiFacePolicy;
     use image::{imageops, ImageFormat, RgbImage};
     // Two people side by side: Ardern (larger) and Obama (smaller).
-    let a = image::load_from_memory(&std::fs::read(photo("person_b_1.jpg")).unwrap())
+    let a = image::load_from_memory(&std::fs::read(face_photo("person_b_1.jpg")).unwrap())
         .unwrap()
         .to_rgb8();
-    let b = image::load_from_memory(&std::fs::read(photo("impostor_1.jpg")).unwrap()).unwrap();
+    let b = image::load_from_memory(&std::fs::read(face_photo("impostor_1.jpg")).unwrap()).unwrap();
     let b =
         b.resize(b.width() * 2 / 3, b.height() * 2 / 3, imageops::FilterType::Triangle).to_rgb8();
     let mut canvas = RgbImage::new(a.width() + b.width(), a.height().max(b.height()));
@@ -178,12 +165,12 @@ fn several_faces_follow_the_policy() {
     let largest = extractor().extract(&png, Modality::Face).unwrap();
     assert_eq!(largest.quality.faces, 2);
     let alone = extractor()
-        .extract(&std::fs::read(photo("person_b_1.jpg")).unwrap(), Modality::Face)
+        .extract(&std::fs::read(face_photo("person_b_1.jpg")).unwrap(), Modality::Face)
         .unwrap();
     let c = cos(largest.template.vector(), alone.template.vector());
     assert!(c > 0.9, "the largest face is Ardern's: cosine {c}");
 
-    let mut cfg = FaceConfig::new(RuntimeConfig::from_root(&root()));
+    let mut cfg = FaceConfig::new(RuntimeConfig::from_root(&workspace_root()));
     cfg.policy = MultiFacePolicy::Reject;
     cfg.runtime.sessions = 1;
     let strict = FaceExtractor::new(cfg).unwrap();

@@ -3,22 +3,16 @@
 //! another. Both matchers — MCC (ours) and Bozorth3 (the NIST baseline) — must score the genuine
 //! pair above both impostor pairs. Also: bad images get typed errors, never a panic.
 
-use biomatch_core::finger::mcc::{similarity, MccParams, MccTemplate};
-use biomatch_core::finger::{iso, FingerTemplate};
+use biomatch_core::finger::FingerTemplate;
 use biomatch_core::FingerPosition;
+use biomatch_fingerprint::iso;
+use biomatch_fingerprint::mcc::{similarity, MccParams, MccTemplate};
 use biomatch_models::finger::{BozorthTemplate, FingerExtractor};
 use biomatch_models::ExtractError;
-use std::path::{Path, PathBuf};
+use biomatch_testkit::fixtures::{self, FINGER_PRINTS};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join(".setup/fixtures/finger")
-        .join(name);
-    std::fs::read(&p).unwrap_or_else(|e| {
-        panic!("{}: {e}; run scripts/fetch-models.sh (scripts/test.sh does)", p.display())
-    })
+    fixtures::read(&fixtures::finger_print(name))
 }
 
 fn extract(name: &str) -> FingerTemplate {
@@ -30,7 +24,7 @@ fn extract(name: &str) -> FingerTemplate {
 
 #[test]
 fn real_prints_genuine_pair_beats_both_impostor_pairs_with_both_matchers() {
-    let t: Vec<FingerTemplate> = ["p1_1.png", "p1_2.png", "p2_1.png"].map(extract).into();
+    let t: Vec<FingerTemplate> = FINGER_PRINTS.map(extract).into();
     for x in &t {
         assert!(x.minutiae.len() >= 20, "mindtct found only {} minutiae", x.minutiae.len());
         x.validate().unwrap();

@@ -54,7 +54,7 @@ mod tests;
 
 use std::fmt;
 
-use super::{FingerTemplate, Minutia};
+use biomatch_core::finger::{FingerTemplate, Minutia};
 
 pub use matcher::{similarity, Isa, Matcher};
 

@@ -1,6 +1,6 @@
 //! MCC speed: template creation time and 1:1 comparisons per second on one core.
 //!
-//! `cargo run --release -p biomatch-core --example mcc_speed [minutiae] [templates]`
+//! `cargo run --release -p biomatch-fingerprint --example mcc_speed [minutiae] [templates]`
 //! The comparison picks its instruction set at run time (POPCNT, AVX2 when the CPU has them);
 //! `MCC_ISA=portable|popcnt|avx2` forces one.
 //! Each impression keeps about 80 % of `minutiae` (default 50, so about 40). For experiments,
@@ -9,27 +9,12 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use biomatch_core::finger::mcc::{Isa, Matcher, MccParams, MccTemplate};
 use biomatch_core::finger::{FingerTemplate, Minutia, MinutiaKind, RESOLUTION_500DPI_PPCM};
-
-/// SplitMix64, fixed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-}
+use biomatch_fingerprint::mcc::{Isa, Matcher, MccParams, MccTemplate};
+use biomatch_testkit::SplitMix64;
 
 /// A finger-like minutiae set (loop orientation field, spacing ≥ 10 px) and a distorted copy.
-fn finger(rng: &mut Rng, n: usize) -> Vec<(f32, f32, f32)> {
+fn finger(rng: &mut SplitMix64, n: usize) -> Vec<(f32, f32, f32)> {
     let core = (rng.uniform(150.0, 250.0), rng.uniform(150.0, 250.0));
     let mut pts: Vec<(f32, f32, f32)> = Vec::new();
     while pts.len() < n {
@@ -38,17 +23,18 @@ fn finger(rng: &mut Rng, n: usize) -> Vec<(f32, f32, f32)> {
             continue;
         }
         let o = 0.5 * (core.1 - y).atan2(x - core.0);
-        let flip = if rng.next() & 1 == 1 { std::f32::consts::PI } else { 0.0 };
+        let flip = if rng.next_u64() & 1 == 1 { std::f32::consts::PI } else { 0.0 };
         pts.push((x, y, o + flip));
     }
     pts
 }
 
-fn impression(rng: &mut Rng, pts: &[(f32, f32, f32)]) -> FingerTemplate {
+fn impression(rng: &mut SplitMix64, pts: &[(f32, f32, f32)]) -> FingerTemplate {
     let rot = rng.uniform(-0.3, 0.3);
     let (s, c) = rot.sin_cos();
     let (tx, ty) = (rng.uniform(-20.0, 20.0), rng.uniform(-20.0, 20.0));
-    let kept: Vec<(f32, f32, f32)> = pts.iter().copied().filter(|_| rng.next() % 10 >= 2).collect();
+    let kept: Vec<(f32, f32, f32)> =
+        pts.iter().copied().filter(|_| rng.next_u64() % 10 >= 2).collect();
     let minutiae = kept
         .into_iter()
         .map(|(x, y, th)| {
@@ -78,7 +64,7 @@ fn main() {
     if let Ok(v) = std::env::var("MCC_RELAX_ITERATIONS") {
         params.relax_iterations = v.parse().expect("number");
     }
-    let mut rng = Rng(42);
+    let mut rng = SplitMix64::new(42);
     let fingers: Vec<Vec<(f32, f32, f32)>> =
         (0..count).map(|_| finger(&mut rng, minutiae)).collect();
     let raw: Vec<FingerTemplate> =

@@ -1,7 +1,7 @@
 //! Cylinder creation: convex hull, cell validity, binarised cell values.
 
 use super::{Cylinder, MccParams, MccTemplate, MAX_MCC_MINUTIAE, ND, NS};
-use crate::finger::{FingerTemplate, Minutia, RESOLUTION_500DPI_PPCM};
+use biomatch_core::finger::{FingerTemplate, Minutia, RESOLUTION_500DPI_PPCM};
 
 /// ISO angle unit in radians.
 pub(crate) const ISO_UNIT: f32 = std::f32::consts::TAU / 256.0;

@@ -1,4 +1,8 @@
-//! Fingerprint domain: minutiae templates, their interchange formats, and the MCC matcher.
+//! Fingerprint domain types: minutiae templates and their invariants.
+//!
+//! Only the data the store, the engine and the service exchange lives here; the algorithms on it
+//! (the ISO/ANSI record codec, the MCC matcher, the pre-selection index) are in the
+//! `biomatch-fingerprint` crate, so that holding a finger template does not pull them in.
 //!
 //! Coordinates follow ISO/IEC 19794-2:2005: pixels, origin at the top-left corner of the image,
 //! x to the right, y down. Angles are in ISO units of 360/256 degrees (1.40625°), measured
@@ -8,10 +12,6 @@
 use crate::FingerPosition;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-
-pub mod index;
-pub mod iso;
-pub mod mcc;
 
 /// Largest number of minutiae one finger template may hold (the ISO count field is one byte).
 pub const MAX_MINUTIAE: usize = 255;
@@ -84,8 +84,6 @@ pub enum FingerError {
     MinutiaOutOfRange { index: usize, x: u16, y: u16, width: u16, height: u16 },
     #[error("quality {0} is above 100")]
     BadQuality(u8),
-    #[error(transparent)]
-    Iso(#[from] iso::IsoError),
 }
 
 impl FingerTemplate {

@@ -1,34 +1,11 @@
 //! MCC tests on a minutiae-level fingerprint simulator (no images).
 
 use super::*;
-use crate::finger::{MinutiaKind, RESOLUTION_500DPI_PPCM};
+use biomatch_core::finger::{MinutiaKind, RESOLUTION_500DPI_PPCM};
 use std::f32::consts::{PI, TAU};
 
-/// SplitMix64: a small, reproducible generator (no external crates in core).
-pub(super) struct Rng(u64);
-
-impl Rng {
-    pub(super) fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi).
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    fn chance(&mut self, p: f32) -> bool {
-        self.uniform(0.0, 1.0) < p
-    }
-}
+/// The tests' seeded generator (its sequences fix the simulated fingers and the bounds below).
+pub(super) type Rng = biomatch_testkit::SplitMix64;
 
 const IMAGE_W: u16 = 400;
 const IMAGE_H: u16 = 500;
@@ -384,7 +361,7 @@ fn convex_hull_and_distance() {
     assert_eq!(build::hull_distance_sq(&[], (4.0, 5.0)), f32::INFINITY);
 }
 
-/// Parameter exploration on the simulator: `cargo test -p biomatch-core --release mcc_explore -- --ignored --nocapture`.
+/// Parameter exploration on the simulator: `cargo test -p biomatch-fingerprint --release mcc_explore -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn mcc_explore() {

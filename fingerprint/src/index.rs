@@ -602,7 +602,10 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// splitmix64: the reproducible source of the hash functions' bit positions.
+/// splitmix64: the reproducible source of the hash functions' bit positions. Library code, so not
+/// the test kit's generator (a dev-dependency); its multiply-shift `below` fixes which bits each
+/// hash function reads for a given seed, so changing it changes every index (and the measured hit
+/// rates). The tests below draw their data from it too.
 #[derive(Debug)]
 struct SplitMix64(u64);
 
@@ -932,7 +935,7 @@ mod tests {
         }
     }
 
-    /// `cargo test --release -p biomatch-core index -- --ignored --nocapture`
+    /// `cargo test --release -p biomatch-fingerprint index -- --ignored --nocapture`
     #[test]
     #[ignore = "timing and parameter sweep; run in release"]
     fn index_speed_and_sweep() {

@@ -1,7 +1,7 @@
 //! MCC parameter tuning on a template cache of `benches/examples/finger_eval.rs` (real mindtct
 //! output on synthetic prints).
 //!
-//! `cargo run --release -p biomatch-core --example mcc_tune -- CACHE [key=value ...]`
+//! `cargo run --release -p biomatch-fingerprint --example mcc_tune -- CACHE [key=value ...]`
 //!
 //! Keys: `from`, `to` (finger range, default 0..2000), `impostors` (default 100000), `threads`
 //! (default 1; comparisons/s are always measured on one thread), `seed`, `angle` (`neg`: mirror
@@ -15,10 +15,11 @@
 
 use std::time::Instant;
 
-use biomatch_core::finger::iso::parse_iso;
-use biomatch_core::finger::mcc::{Matcher, MccParams, MccTemplate};
 use biomatch_core::finger::FingerTemplate;
 use biomatch_core::metrics::{eer, fnmr_at_fmr};
+use biomatch_fingerprint::iso::parse_iso;
+use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate};
+use biomatch_testkit::SplitMix64;
 
 type Cache = Vec<Vec<Option<FingerTemplate>>>;
 
@@ -41,19 +42,6 @@ fn load(path: &str) -> Cache {
         out.push(f);
     }
     out
-}
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 fn main() {
@@ -142,10 +130,10 @@ fn main() {
     let ok = |f: usize, i: usize| mcc[f][i].is_some();
     let genuine: Vec<(usize, usize)> =
         (0..n).filter(|&f| ok(f, 0) && ok(f, 1)).map(|f| (f, f)).collect();
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut imp = Vec::with_capacity(impostors);
     while imp.len() < impostors {
-        let (f, g) = ((rng.next() % n as u64) as usize, (rng.next() % n as u64) as usize);
+        let (f, g) = (rng.below(n), rng.below(n));
         if f != g && ok(f, 0) && ok(g, 1) {
             imp.push((f, g));
         }

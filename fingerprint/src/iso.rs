@@ -42,8 +42,8 @@
 //! ANSI's would be its upper half or point past the capture-equipment field), so detection is
 //! unambiguous for well-formed records and refuses anything else.
 
-use super::{FingerError, FingerTemplate, Minutia, MinutiaKind, MAX_IMAGE_SIDE};
-use crate::FingerPosition;
+use biomatch_core::finger::{FingerError, FingerTemplate, Minutia, MinutiaKind, MAX_IMAGE_SIDE};
+use biomatch_core::FingerPosition;
 use std::fmt;
 use std::ops::RangeInclusive;
 use thiserror::Error;
@@ -952,22 +952,8 @@ mod tests {
         }
     }
 
-    /// splitmix64: a tiny deterministic generator for the fuzz smoke test.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
+    /// The fuzz smoke test's seeded generator.
+    type Rng = biomatch_testkit::SplitMix64;
 
     /// Valid records to mutate, each with whether it is ANSI.
     fn seeds() -> Vec<(bool, Vec<u8>)> {
@@ -1004,20 +990,20 @@ mod tests {
                     let at = rng.below(b.len() + 1);
                     let n = 1 + rng.below(8);
                     for k in 0..n {
-                        b.insert(at + k, rng.next() as u8);
+                        b.insert(at + k, rng.next_u64() as u8);
                     }
                 }
                 3 => {
                     if !b.is_empty() {
                         let i = rng.below(b.len());
-                        b[i] = rng.next() as u8;
+                        b[i] = rng.next_u64() as u8;
                     }
                 }
                 4 => {
                     // A random value in one of the length/count fields.
                     let at = [8, 9, 10, 11, 22, 24, 27, 46][rng.below(8)];
                     if at < b.len() {
-                        b[at] = rng.next() as u8;
+                        b[at] = rng.next_u64() as u8;
                     }
                 }
                 _ => {
@@ -1059,7 +1045,7 @@ mod tests {
     #[test]
     fn fuzz_smoke_mutated_records_never_panic() {
         let seeds = seeds();
-        let mut rng = Rng(0x5eed_1505_2005);
+        let mut rng = Rng::new(0x5eed_1505_2005);
         let mut oks = 0usize;
         for _ in 0..200_000 {
             let (ansi, seed) = &seeds[rng.below(seeds.len())];

@@ -1,0 +1,16 @@
+//! biomatch-testkit: what the tests, examples and benches of several crates share.
+//!
+//! Only ever a `[dev-dependencies]` entry (or a dependency of `benches`): nothing here may reach a
+//! shipped binary, and library code never depends on it.
+//!
+//! - [`SplitMix64`]: the small seeded generator of test data (tests whose data and measured bounds
+//!   were drawn with it keep their exact sequences);
+//! - [`crash`]: the SIGKILL crash-test harness (a writer in a child process, killed at random
+//!   moments; the parent checks what the child acknowledged);
+//! - [`fixtures`]: where the fetched fixture files (`.setup/`) are.
+
+pub mod crash;
+pub mod fixtures;
+mod rng;
+
+pub use rng::SplitMix64;
