@@ -10,8 +10,8 @@
 
 use base64::Engine;
 use biomatch_core::finger::{FingerTemplate, Minutia, MinutiaKind, RESOLUTION_500DPI_PPCM};
-use biomatch_fingerprint::iso;
 use biomatch_core::FingerPosition;
+use biomatch_fingerprint::iso;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -16,11 +16,11 @@ use axum::Json;
 use base64::Engine as _;
 use biomatch_core::calibration::fpir_from_mosip;
 use biomatch_core::fusion::score_of_fmr;
-use biomatch_fingerprint::iso;
 use biomatch_core::{FingerPosition, Modality, SubjectId};
 use biomatch_engine::{
     AuditContext, EngineError, IdentifyParams, ModalityScore, SearchKind, SubjectView,
 };
+use biomatch_fingerprint::iso;
 use std::sync::Arc;
 
 type St = State<Arc<AppState>>;

@@ -8,9 +8,9 @@ use crate::middleware::blocking;
 use crate::state::AppState;
 use base64::Engine as _;
 use biomatch_core::finger::FingerTemplate;
-use biomatch_fingerprint::iso;
 use biomatch_core::{FingerPosition, Modality, ModelId, Template};
 use biomatch_engine::Samples;
+use biomatch_fingerprint::iso;
 use std::collections::HashSet;
 use std::sync::Arc;
 
