@@ -565,6 +565,44 @@ fn check_all(shared: &Shared, addr: SocketAddr, round: usize, log: &Path) -> Tal
     total
 }
 
+/// Every stored enrollment and every delete has its audit record: the journal makes it durable
+/// in the store's commit group, before the write itself.
+fn check_audit(shared: &Shared, data: &Path, round: usize) -> usize {
+    let mut enrolled = std::collections::HashSet::new();
+    let mut deleted = std::collections::HashSet::new();
+    for e in std::fs::read_dir(data.join("audit")).unwrap() {
+        let path = e.unwrap().path();
+        let log = biomatch_matcher::audit::read_log(&path).unwrap();
+        for r in log.records {
+            let into = match (r.operation.as_str(), r.outcome.split(':').next()) {
+                ("enroll", Some("enrolled")) => &mut enrolled,
+                ("delete", Some("deleted")) => &mut deleted,
+                _ => continue,
+            };
+            into.extend(r.subject_ids);
+        }
+    }
+    let ledger = shared.ledger.lock().unwrap();
+    let mut checked = 0;
+    for (&n, &fate) in ledger.iter() {
+        let id = subject_id(n);
+        if matches!(fate, Fate::Enrolled | Fate::Deleted) {
+            assert!(
+                enrolled.contains(&id),
+                "after kill {round}: {id} stored without an audit record"
+            );
+            checked += 1;
+        }
+        if fate == Fate::Deleted {
+            assert!(
+                deleted.contains(&id),
+                "after kill {round}: {id} deleted without an audit record"
+            );
+        }
+    }
+    checked
+}
+
 #[test]
 fn sigkill_under_concurrent_enrollments_keeps_every_acknowledged_write() {
     let seed: u64 =
@@ -615,10 +653,11 @@ fn sigkill_under_concurrent_enrollments_keeps_every_acknowledged_write() {
             let restarted = Server::start(&data, &log);
             *shared.addr.lock().unwrap() = Some(restarted.addr);
             let t = check_all(shared, restarted.addr, round, &restarted.log);
+            let audited = check_audit(shared, &data, round);
             eprintln!(
                 "kill {round:2} after {load_ms:3} ms: {} subjects checked ({} enrolled, {} \
-                 deleted); retried {} unanswered enrollments ({} had landed), {} unanswered \
-                 deletes ({} had landed)",
+                 deleted, {audited} audited); retried {} unanswered enrollments ({} had landed), \
+                 {} unanswered deletes ({} had landed)",
                 t.checked,
                 t.enrolled,
                 t.deleted,
