@@ -3,9 +3,10 @@
 # enrollment of `biomatch serve`.
 #
 #   scripts/ingest-bench.sh
+#   INGEST_BASELINE=/path/to/older/biomatch scripts/ingest-bench.sh   # before and after, one run
 #
 # 1. builds the release binary and benches/examples/iso_records.rs (two synthetic ISO/IEC
-#    19794-2 minutiae records, base64, written by biomatch_core::finger::iso);
+#    19794-2 minutiae records, base64, written by biomatch_fingerprint::iso);
 # 2. starts the service on a fresh data directory (target/ingest/data) at a free 127.0.0.1 port,
 #    face extractor off, only the synthetic-face@1 model, and waits for /readyz;
 # 3. four runs with wrk and scripts/wrk/enroll.lua, every request a new subject (ids unique per
@@ -42,19 +43,31 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Before and after in one run: INGEST_BASELINE=/path/to/an/older/biomatch measures that binary
+# first (runs labelled "before-…"), then this tree's (runs labelled "after-…").
+if [ -n "${INGEST_BASELINE:-}" ]; then
+  INGEST_BIN="$INGEST_BASELINE" INGEST_LABEL=before- INGEST_BASELINE= "$0"
+  INGEST_LABEL=after- INGEST_BASELINE= "$0"
+  exit 0
+fi
+LABEL=${INGEST_LABEL:-}
 DURATION=${INGEST_DURATION:-10}
 TRACE_DURATION=${INGEST_TRACE_DURATION:-5}
 MODEL=synthetic-face@1
 out=target/ingest
 data=$out/data
 results=$out/results.jsonl
-bin=target/release/biomatch
+bin=${INGEST_BIN:-target/release/biomatch}
 records=target/release/examples/iso_records
 
 cargo build --release --locked -p biomatch-matcher
 cargo build --release --locked -p biomatch-benches --example iso_records
 rm -rf "$data"
 mkdir -p "$out" "$data"
+if [ -n "${INGEST_BIN:-}" ]; then
+  # Another binary, maybe from before the calibration tables were built in: give it its table.
+  "$bin" calibrate-synthetic --data "$data" --scores 200000 >/dev/null
+fi
 
 
 # The request bodies after "subject_id": a fixed L2-normalised 128-d face template (ids are
@@ -184,9 +197,9 @@ EOF
   printf '%s\n' "$line" >>"$results"
 }
 
-run_ingest 1c-template "$out/template.json" 1 1
-run_ingest 8c-template "$out/template.json" 2 8
-run_ingest 1c-face+2fingers "$out/face+2fingers.json" 1 1
-run_ingest 8c-face+2fingers "$out/face+2fingers.json" 2 8
+run_ingest "${LABEL}1c-template" "$out/template.json" 1 1
+run_ingest "${LABEL}8c-template" "$out/template.json" 2 8
+run_ingest "${LABEL}1c-face+2fingers" "$out/face+2fingers.json" 1 1
+run_ingest "${LABEL}8c-face+2fingers" "$out/face+2fingers.json" 2 8
 
 echo "ingest-bench: results appended to $results" >&2

@@ -9,36 +9,13 @@
 //! ```
 
 use base64::Engine;
-use biomatch_core::finger::{FingerTemplate, Minutia, MinutiaKind, RESOLUTION_500DPI_PPCM};
-use biomatch_core::FingerPosition;
 use biomatch_fingerprint::iso;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use biomatch_testkit::fingers::finger_template;
 
 const MINUTIAE: usize = 30;
-const WIDTH: u16 = 400;
-const HEIGHT: u16 = 500;
 
 fn record(position: u8) -> Vec<u8> {
-    let mut rng = ChaCha8Rng::seed_from_u64(0x150_0000 + u64::from(position));
-    let minutiae = (0..MINUTIAE)
-        .map(|_| Minutia {
-            x: rng.random_range(20..WIDTH - 20),
-            y: rng.random_range(20..HEIGHT - 20),
-            angle: rng.random(),
-            kind: if rng.random_bool(0.5) {
-                MinutiaKind::RidgeEnding
-            } else {
-                MinutiaKind::Bifurcation
-            },
-            quality: rng.random_range(40..=90),
-        })
-        .collect();
-    let position = FingerPosition::new(position).expect("finger position 1..=10");
-    let t =
-        FingerTemplate::new(WIDTH, HEIGHT, RESOLUTION_500DPI_PPCM, Some(position), 60, minutiae)
-            .expect("a valid template");
-    iso::to_iso(&t)
+    iso::to_iso(&finger_template(0x150_0000 + u64::from(position), position, MINUTIAE))
 }
 
 fn main() {

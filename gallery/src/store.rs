@@ -13,7 +13,9 @@
 //! takes *every* queued write, validates them in order, logs them with one append and one fsync,
 //! applies them and hands each writer its result; writers whose write a leader already committed
 //! just read their result. So concurrent writers share one fsync, and each is answered only after
-//! the fsync that covers its write. A [`CommitHook`] sees each group before it is logged (the
+//! the fsync that covers its write. When the previous group was shared, a leader first waits up
+//! to [`COMMIT_DELAY`] for as many writers to queue (an adaptive commit delay, like PostgreSQL's
+//! `commit_delay`); a lone writer never waits. A [`CommitHook`] sees each group before it is logged (the
 //! service makes the group's audit records durable there, so no enrollment is ever stored
 //! without its audit record) and after it is applied (the finger search structures follow).
 //!
@@ -208,6 +210,10 @@ pub struct Store {
     writer: Mutex<Writer>,
     /// Writes waiting for a leader (group commit).
     queue: Mutex<Vec<Arc<Ticket>>>,
+    /// Signalled when a write is queued (the leader may be waiting for company).
+    queued: parking_lot::Condvar,
+    /// Tickets in the last commit group.
+    last_group: std::sync::atomic::AtomicUsize,
     hook: OnceLock<Arc<dyn CommitHook>>,
     /// Log appends (each one fsync) and the writes they carried, for monitoring.
     appends: std::sync::atomic::AtomicU64,
@@ -237,6 +243,11 @@ fn is_store_file(name: &str) -> bool {
         || name.starts_with("fng-"))
         || name.ends_with(".tmp")
 }
+
+/// The longest a commit leader waits for the writers of the previous group to queue again.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(300);
+/// A leader waits for at most this many tickets.
+const MAX_GROUP_WAIT_FOR: usize = 64;
 
 /// A copy of a commit failure for each writer of the group.
 fn share(e: &GalleryError) -> GalleryError {
@@ -457,6 +468,8 @@ impl Store {
             state: RwLock::new(State::default()),
             writer: Mutex::new(Writer { wal, manifest, poisoned: false }),
             queue: Mutex::new(Vec::new()),
+            queued: parking_lot::Condvar::new(),
+            last_group: Default::default(),
             hook: OnceLock::new(),
             appends: Default::default(),
             appended_writes: Default::default(),
@@ -560,11 +573,25 @@ impl Store {
     fn submit(&self, ops: Vec<(WriteOp, Option<Note>)>, batch: bool) -> Result<Vec<Result<u64>>> {
         let ticket = Arc::new(Ticket { ops, batch, result: Mutex::new(None) });
         self.queue.lock().push(ticket.clone());
+        self.queued.notify_one();
         let mut w = self.writer.lock();
         if let Some(r) = ticket.result.lock().take() {
             return r; // A leader before us committed it.
         }
-        let group = std::mem::take(&mut *self.queue.lock());
+        let group = {
+            let mut q = self.queue.lock();
+            // Adaptive commit delay: when the last group was shared, the writers that made it
+            // are likely on their way back; wait a moment (bounded) for as many to queue, so
+            // they share this fsync too. A lone writer never waits.
+            use std::sync::atomic::Ordering::Relaxed;
+            let want = self.last_group.load(Relaxed).min(MAX_GROUP_WAIT_FOR);
+            if want > 1 && q.len() < want {
+                let deadline = std::time::Instant::now() + COMMIT_DELAY;
+                while q.len() < want && !self.queued.wait_until(&mut q, deadline).timed_out() {}
+            }
+            self.last_group.store(q.len(), Relaxed);
+            std::mem::take(&mut *q)
+        };
         self.commit_group(&mut w, &group);
         drop(w);
         let r = ticket.result.lock().take();

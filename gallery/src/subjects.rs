@@ -11,9 +11,11 @@
 //!   starts with a byte ≥ 0x80, so the two encodings cannot be confused;
 //! - a **hash index** (`hashbrown::HashTable<u32>`, 5 bytes a slot) over the live subjects,
 //!   hashed on the id's text, finds a subject without allocating;
-//! - per subject: its sequence number, the row and column of its first vector template, and,
-//!   once any subject has minutiae fingers, its finger record. A subject's further vector
-//!   templates (rare: vector finger models) sit in a side map.
+//! - per subject: its sequence number (5 bytes: up to 2^40 writes per store), the row of its
+//!   first vector template (4 bytes) and — only once some subject's first template is in
+//!   another column than the first, or has minutiae fingers — that column and its finger
+//!   record. A subject's further vector templates (rare: vector finger models) sit in a side
+//!   map.
 //!
 //! A dense index is never reused while the store is open: a deleted subject's slot stays (its
 //! rows may still be scanned until the next rebuild), and re-enrolling the id takes a new slot.
@@ -37,8 +39,10 @@ pub(crate) struct SubjectTable {
     prefixes: Vec<Box<[u8]>>,
     index: HashTable<u32>,
     hasher: std::collections::hash_map::RandomState,
-    seq: Vec<u64>,
+    /// Sequence numbers, 40 bits little endian.
+    seq: Vec<[u8; 5]>,
     primary_row: Vec<u32>,
+    /// Empty while every first template is in column 0; then one entry per subject.
     primary_col: Vec<u8>,
     /// Vector templates after the first, by subject.
     extra: HashMap<u32, Vec<(Modality, u16, u64)>>,
@@ -131,9 +135,11 @@ impl SubjectTable {
             .expect("fewer than 2^32 - 1 subjects per open store (a rebuild compacts the slots)");
         self.encode(id.as_str().as_bytes());
         self.ends.push(u32::try_from(self.arena.len()).expect("subject id arena below 4 GiB"));
-        self.seq.push(seq);
+        self.seq.push(seq40(seq));
         self.primary_row.push(NO_ROW);
-        self.primary_col.push(NO_COLUMN);
+        if !self.primary_col.is_empty() {
+            self.primary_col.push(0);
+        }
         if !self.fingers.is_empty() {
             self.fingers.push(0);
         }
@@ -168,11 +174,16 @@ impl SubjectTable {
     }
 
     pub fn seq(&self, i: u32) -> u64 {
-        self.seq[i as usize]
+        let b = self.seq[i as usize];
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], 0, 0, 0])
     }
 
     pub fn set_seq(&mut self, i: u32, seq: u64) {
-        self.seq[i as usize] = seq;
+        self.seq[i as usize] = seq40(seq);
+    }
+
+    fn column_of_first(&self, k: usize) -> u16 {
+        self.primary_col.get(k).map_or(0, |&c| u16::from(c))
     }
 
     /// Record a vector template of subject `i` (modality, column, row).
@@ -181,7 +192,12 @@ impl SubjectTable {
         if self.primary_row[k] == NO_ROW && column < u16::from(NO_COLUMN) && row < u64::from(NO_ROW)
         {
             self.primary_row[k] = row as u32;
-            self.primary_col[k] = column as u8;
+            if column != 0 && self.primary_col.is_empty() {
+                self.primary_col = vec![0; self.ends.len()];
+            }
+            if let Some(c) = self.primary_col.get_mut(k) {
+                *c = column as u8;
+            }
         } else {
             self.extra.entry(i).or_default().push((modality, column, row));
         }
@@ -192,7 +208,7 @@ impl SubjectTable {
     pub fn templates(&self, i: u32) -> impl Iterator<Item = (u16, u64)> + '_ {
         let k = i as usize;
         let first = (self.primary_row[k] != NO_ROW)
-            .then(|| (u16::from(self.primary_col[k]), u64::from(self.primary_row[k])));
+            .then(|| (self.column_of_first(k), u64::from(self.primary_row[k])));
         first.into_iter().chain(self.extra.get(&i).into_iter().flatten().map(|&(_, c, r)| (c, r)))
     }
 
@@ -236,13 +252,30 @@ impl SubjectTable {
         self.arena.capacity()
             + self.ends.capacity() * 4
             + self.prefixes.iter().map(|p| p.len() + 16).sum::<usize>()
-            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
-            + self.seq.capacity() * 8
+            + index_buckets(self.index.capacity()) * (std::mem::size_of::<u32>() + 1)
+            + self.seq.capacity() * 5
             + self.primary_row.capacity() * 4
             + self.primary_col.capacity()
             + self.fingers.capacity() * 8
             + self.extra.capacity() * (4 + 24 + 8)
             + self.extra.values().map(|v| v.capacity() * 16).sum::<usize>()
+    }
+}
+
+/// A sequence number in 40 bits (the store refuses to go past 2^40 writes).
+fn seq40(seq: u64) -> [u8; 5] {
+    assert!(seq < 1 << 40, "more than 2^40 writes in one store");
+    let b = seq.to_le_bytes();
+    [b[0], b[1], b[2], b[3], b[4]]
+}
+
+/// Buckets (slots + control bytes) behind a hashbrown table of `capacity`: it keeps a
+/// power-of-two bucket count at most 7/8 full.
+fn index_buckets(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        c if c < 8 => (c + 1).next_power_of_two(),
+        c => (c * 8 / 7).next_power_of_two(),
     }
 }
 
@@ -350,6 +383,15 @@ mod tests {
         assert_eq!((t.fingers(a), t.fingers(b)), (Some((0, 0b1000_0100)), None));
         t.set_fingers(b, 1 << 40, 0x7fe);
         assert_eq!(t.fingers(b), Some((1 << 40, 0x7fe)));
+        // A first template in another column than 0, and sequence numbers past 32 bits.
+        let c = t.insert(&sid("C"), (1 << 39) + 5, true);
+        t.add_template(c, Modality::Face, 2, 11);
+        assert_eq!(t.templates(c).collect::<Vec<_>>(), vec![(2, 11)]);
+        assert_eq!(t.templates(a).collect::<Vec<_>>(), vec![(0, 5), (1, 9)]);
+        assert_eq!(t.seq(c), (1 << 39) + 5);
+        let d = t.insert(&sid("D"), 4, true);
+        t.add_template(d, Modality::Face, 0, 12);
+        assert_eq!(t.templates(d).collect::<Vec<_>>(), vec![(0, 12)]);
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //!   were drawn with it keep their exact sequences);
 //! - [`crash`]: the SIGKILL crash-test harness (a writer in a child process, killed at random
 //!   moments; the parent checks what the child acknowledged);
-//! - [`fixtures`]: where the fetched fixture files (`.setup/`) are.
+//! - [`fixtures`]: where the fetched fixture files (`.setup/`) are;
+//! - [`fingers`]: seeded synthetic minutiae templates (no images needed).
 
 pub mod crash;
+pub mod fingers;
 pub mod fixtures;
 mod rng;
 

@@ -16,8 +16,6 @@
 //! replays it. Loopback only; every request has a timeout and the server is always killed on exit.
 
 use base64::Engine;
-use biomatch_core::finger::{FingerTemplate, Minutia, MinutiaKind};
-use biomatch_core::FingerPosition;
 use biomatch_fingerprint::iso;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -246,31 +244,8 @@ fn face_vector(n: u64) -> Vec<f32> {
 }
 
 fn finger_record(n: u64, position: u8) -> Vec<u8> {
-    let mut rng = ChaCha8Rng::seed_from_u64(n.wrapping_mul(16) + u64::from(position));
-    let (width, height) = (400u16, 500u16);
-    let minutiae = (0..MINUTIAE)
-        .map(|_| Minutia {
-            x: rng.random_range(20..width - 20),
-            y: rng.random_range(20..height - 20),
-            angle: rng.random(),
-            kind: if rng.random_bool(0.5) {
-                MinutiaKind::RidgeEnding
-            } else {
-                MinutiaKind::Bifurcation
-            },
-            quality: rng.random_range(40..=90),
-        })
-        .collect();
-    let t = FingerTemplate::new(
-        width,
-        height,
-        biomatch_core::finger::RESOLUTION_500DPI_PPCM,
-        Some(FingerPosition::new(position).unwrap()),
-        60,
-        minutiae,
-    )
-    .unwrap();
-    iso::to_iso(&t)
+    let seed = n.wrapping_mul(16) + u64::from(position);
+    iso::to_iso(&biomatch_testkit::fingers::finger_template(seed, position, MINUTIAE))
 }
 
 fn enroll_body(n: u64) -> Vec<u8> {
