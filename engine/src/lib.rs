@@ -383,12 +383,7 @@ impl Engine {
                 "give at least one sample (`face` or `fingers`)",
             ));
         }
-        let fingers = if samples.fingers.is_empty() {
-            Vec::new()
-        } else {
-            let fg = self.finger_search()?;
-            samples.fingers.iter().map(|t| fg.prepare(t)).collect::<Result<Vec<_>, _>>()?
-        };
+        let fingers = self.prepare_fingers(&samples.fingers)?;
         Ok(PreparedProbe { vectors: samples.vectors, fingers })
     }
 
@@ -408,9 +403,13 @@ impl Engine {
             templates: samples.vectors,
             fingers: samples.fingers,
         };
-        match self.store().write(WriteOp::Enroll(e.clone()), Some(note)) {
+        // Only a retry needs the samples again after the store took them.
+        let retried = retry.then(|| e.clone());
+        match self.store().write(WriteOp::Enroll(e), Some(note)) {
             Ok(_) => Ok(Enrolled { view: self.subject(&subject)?, created: true }),
-            Err(GalleryError::AlreadyEnrolled(_)) if retry && self.same_enrollment(&e) => {
+            Err(GalleryError::AlreadyEnrolled(_))
+                if retried.as_ref().is_some_and(|e| self.same_enrollment(e)) =>
+            {
                 Ok(Enrolled { view: self.subject(&subject)?, created: false })
             }
             Err(err) => Err(err.into()),
@@ -451,13 +450,18 @@ impl Engine {
     }
 
     fn write_note(&self, samples: &Samples, audit: Option<AuditContext>) -> Result<Note> {
-        let fingers = if samples.fingers.is_empty() {
-            Vec::new()
-        } else {
-            let fg = self.finger_search()?;
-            samples.fingers.iter().map(|t| fg.prepare(t)).collect::<Result<Vec<_>, _>>()?
-        };
+        let fingers = self.prepare_fingers(&samples.fingers)?;
         Ok(Box::new(WriteNote { audit, fingers }))
+    }
+
+    /// The fingers' MCC templates, or `fingerprints_unavailable` when there are fingers and
+    /// this engine has no finger search.
+    fn prepare_fingers(&self, fingers: &[FingerTemplate]) -> Result<Vec<PreparedFinger>> {
+        if fingers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fg = self.finger_search()?;
+        Ok(fingers.iter().map(|t| fg.prepare(t)).collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Whether the stored enrollment holds exactly these samples (fp16 rounding tolerated).

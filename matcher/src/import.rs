@@ -189,20 +189,18 @@ pub fn import(args: &ImportArgs) -> Result<ImportReport> {
                 .with_context(|| format!("row {i} ({subject}): bad template"))?;
             ops.push((WriteOp::Enroll(Enrollment::new(subject, vec![(modality, t)])), None));
         }
-        let ops_ref: Vec<(SubjectId, Vec<f32>)> = ops
-            .iter()
-            .map(|(op, _)| match op {
-                WriteOp::Enroll(e) => (e.subject.clone(), e.templates[0].1.vector().to_vec()),
-                WriteOp::Delete(_) => unreachable!("imports only enroll"),
-            })
-            .collect();
+        let subjects: Vec<SubjectId> = ops.iter().map(|(op, _)| op.subject().clone()).collect();
         let results = store.write_batch(ops).context("the store refused a batch")?;
-        for ((subject, v), r) in ops_ref.iter().zip(results) {
+        for ((i, subject), r) in (start..end).zip(&subjects).zip(results) {
             match r {
                 Ok(_) => report.imported += 1,
                 Err(GalleryError::AlreadyEnrolled(_) | GalleryError::DuplicateInBatch(_)) => {
+                    // Rare (a resumed batch, a conflict): rebuild this row's template to compare.
+                    let v =
+                        Template::new(model.clone(), dim, data[i * dim..(i + 1) * dim].to_vec())?;
                     let same = store.template(subject, modality).is_ok_and(|(m, stored)| {
-                        m == model && stored.iter().zip(v).all(|(a, b)| (a - b).abs() <= 1e-3)
+                        m == model
+                            && stored.iter().zip(v.vector()).all(|(a, b)| (a - b).abs() <= 1e-3)
                     });
                     if same {
                         report.already_present += 1;
