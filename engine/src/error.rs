@@ -53,6 +53,8 @@ pub enum ErrorCode {
     NoIndex,
     NotReady,
     Overloaded,
+    /// This API key sent more requests than its configured rate.
+    RateLimited,
     Timeout,
     StoreUnavailable,
     Internal,
@@ -98,6 +100,7 @@ impl ErrorCode {
             C::NoIndex => "no_index",
             C::NotReady => "not_ready",
             C::Overloaded => "overloaded",
+            C::RateLimited => "rate_limited",
             C::Timeout => "timeout",
             C::StoreUnavailable => "store_unavailable",
             C::Internal => "internal",

@@ -82,33 +82,38 @@ impl Default for Settings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuditContext {
     pub key_id: String,
+    /// The server-assigned request id.
     pub request_id: String,
+    /// The request id the client sent, if any.
+    pub client_request_id: Option<String>,
 }
 
-/// What became of a write the journal was told about.
-#[derive(Clone, Debug, PartialEq)]
-pub enum JournalOutcome {
-    /// About to be logged (the journal entry must be durable before the write is).
-    Committing,
-    /// The write was not stored after all (the log append or its fsync failed).
-    Failed(String),
-}
-
-/// One write of a commit group, for the journal.
+/// One write of a commit group that is about to be stored, for the journal.
 #[derive(Clone, Debug)]
 pub struct JournalEntry<'a> {
     pub context: &'a AuditContext,
     /// `"enroll"` or `"delete"`.
     pub operation: &'static str,
     pub subject: &'a SubjectId,
+    /// The write's sequence number in the store.
     pub seq: u64,
-    pub outcome: JournalOutcome,
 }
 
-/// The audit journal: records writes durably before the store logs them (same commit group).
+/// The audit journal of the writes. Its records of a commit group are logged in the store
+/// together with the group (same append, same fsync: an audited write costs one fsync, and a
+/// stored write never lacks its record); the journal copies them into its own log afterwards,
+/// and makes that copy durable before a checkpoint drops them from the store's log.
 pub trait Journal: Send + Sync + std::fmt::Debug {
-    /// Make `entries` durable; an error fails the whole group (nothing is stored).
-    fn record(&self, entries: &[JournalEntry<'_>]) -> std::result::Result<(), String>;
+    /// The bytes recording `entries`; an error fails the whole group (nothing is stored).
+    fn encode(&self, entries: &[JournalEntry<'_>]) -> std::result::Result<Vec<u8>, String>;
+    /// Bytes from `encode` are now durable in the store: add them to the journal's own log (it
+    /// need not be durable there before [`sync`](Self::sync)). Must not block on I/O.
+    fn committed(&self, bytes: &[u8]);
+    /// Make every record handed to `committed` so far durable in the journal's own log.
+    fn sync(&self) -> std::result::Result<(), String>;
+    /// The journal bytes found in the store's log at open (a crash may have lost their copy in
+    /// the journal's own log): durably add the records the journal's log lacks.
+    fn recover(&self, logged: &[Vec<u8>]) -> std::result::Result<(), String>;
 }
 
 /// What the engine attaches to each store write.
@@ -130,8 +135,8 @@ fn note_of<'a>(c: &'a Committed<'_>) -> Option<&'a WriteNote> {
 }
 
 impl Hook {
-    fn journal(&self, group: &[Committed<'_>], outcome: &JournalOutcome) -> Result<(), String> {
-        let Some(j) = &self.journal else { return Ok(()) };
+    fn journal(&self, group: &[Committed<'_>]) -> Result<Option<Vec<u8>>, String> {
+        let Some(j) = &self.journal else { return Ok(None) };
         let entries: Vec<JournalEntry<'_>> = group
             .iter()
             .filter_map(|c| {
@@ -144,23 +149,25 @@ impl Hook {
                     },
                     subject: c.op.subject(),
                     seq: c.seq,
-                    outcome: outcome.clone(),
                 })
             })
             .collect();
         if entries.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        j.record(&entries)
+        j.encode(&entries).map(Some)
     }
 }
 
 impl CommitHook for Hook {
-    fn before_log(&self, group: &[Committed<'_>]) -> std::result::Result<(), String> {
-        self.journal(group, &JournalOutcome::Committing)
+    fn before_log(&self, group: &[Committed<'_>]) -> std::result::Result<Option<Vec<u8>>, String> {
+        self.journal(group)
     }
 
-    fn applied(&self, group: &[Committed<'_>]) {
+    fn applied(&self, group: &[Committed<'_>], journal: Option<&[u8]>) {
+        if let (Some(j), Some(bytes)) = (&self.journal, journal) {
+            j.committed(bytes);
+        }
         let Some(fg) = &self.fingers else { return };
         for c in group {
             match c.op {
@@ -179,10 +186,11 @@ impl CommitHook for Hook {
         }
     }
 
-    fn failed(&self, group: &[Committed<'_>], error: &GalleryError) {
-        if let Err(e) = self.journal(group, &JournalOutcome::Failed(error.to_string())) {
-            tracing::error!(error = %e, "could not journal a failed commit");
-        }
+    /// Nothing was stored; the caller's answer (an error) is audited by whoever answers it.
+    fn failed(&self, _group: &[Committed<'_>], _error: &GalleryError) {}
+
+    fn before_checkpoint(&self) -> std::result::Result<(), String> {
+        self.journal.as_ref().map_or(Ok(()), |j| j.sync())
     }
 }
 
@@ -332,6 +340,12 @@ impl Engine {
         };
         gallery.store().set_commit_hook(Arc::new(Hook { fingers: fingers.clone(), journal }));
         Self { gallery, fingers, models, finger_calibration, settings }
+    }
+
+    /// Hand the journal records found in the store's log at open to `journal` (see
+    /// [`Journal::recover`]). Call once after [`new`](Self::new), before serving writes.
+    pub fn recover_journal(&self, journal: &dyn Journal) -> Result<()> {
+        Ok(self.store().recover_journal(|logged| journal.recover(logged))?)
     }
 
     pub fn gallery(&self) -> &Arc<Gallery> {

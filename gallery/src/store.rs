@@ -114,12 +114,21 @@ pub struct Committed<'a> {
 /// Sees every commit group (see the module docs). Called by the committing thread with the writer
 /// lock held, in sequence order: keep it short.
 pub trait CommitHook: Send + Sync + std::fmt::Debug {
-    /// Before the group is logged. An error fails every write of the group; nothing is logged.
-    fn before_log(&self, group: &[Committed<'_>]) -> std::result::Result<(), String>;
-    /// After the group is durable and applied, before any of its writers gets its answer.
-    fn applied(&self, group: &[Committed<'_>]);
+    /// Before the group is logged: the journal bytes (audit records) to log with it, if any. They
+    /// are written in the same append as the group's records and made durable by the same fsync
+    /// (a journal frame, see `wal.rs`). An error fails every write of the group; nothing is logged.
+    fn before_log(&self, group: &[Committed<'_>]) -> std::result::Result<Option<Vec<u8>>, String>;
+    /// After the group (and its journal bytes) is durable and applied, before any of its writers
+    /// gets its answer.
+    fn applied(&self, group: &[Committed<'_>], journal: Option<&[u8]>);
     /// `before_log` passed but the group could not be made durable: none of it is stored.
     fn failed(&self, group: &[Committed<'_>], error: &GalleryError);
+    /// Before a checkpoint replaces the log: every journal byte handed to `applied` so far must be
+    /// durable outside the store, because the new log will not hold it. An error stops the
+    /// checkpoint (the log keeps everything; it is retried later).
+    fn before_checkpoint(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// One writer's place in the commit queue.
@@ -200,6 +209,11 @@ struct Writer {
     wal: Option<WalWriter>,
     manifest: Manifest,
     poisoned: bool,
+    /// Journal frames found in the log at open that no hook has taken yet (see
+    /// [`Store::recover_journal`]); a checkpoint carries them over into the new log.
+    journal_backlog: Vec<Vec<u8>>,
+    /// Journal bytes went to `applied` since the last checkpoint (see `before_checkpoint`).
+    journal_since_checkpoint: bool,
 }
 
 /// The embedded, crash-safe gallery store. `Send + Sync`: share it behind an `Arc`.
@@ -466,7 +480,13 @@ impl Store {
             dir: dir.clone(),
             opts: opts.clone(),
             state: RwLock::new(State::default()),
-            writer: Mutex::new(Writer { wal, manifest, poisoned: false }),
+            writer: Mutex::new(Writer {
+                wal,
+                manifest,
+                poisoned: false,
+                journal_backlog: Vec::new(),
+                journal_since_checkpoint: false,
+            }),
             queue: Mutex::new(Vec::new()),
             queued: parking_lot::Condvar::new(),
             last_group: Default::default(),
@@ -501,6 +521,7 @@ impl Store {
 
         let mut store = make(Some(wal), manifest, lock);
         *store.state.get_mut() = state;
+        store.writer.get_mut().journal_backlog = scan.journals;
         store.recovery = recovery;
         if wal_version < wal::WAL_HEADER.version {
             // A log of an older format: seal it, so that new frames go to a log of this version.
@@ -510,6 +531,22 @@ impl Store {
             tracing::info!(version = wal_version, "sealed a write-ahead log of an older format");
         }
         Ok(store)
+    }
+
+    /// Hand the journal frames found in the log at open to `take` (the audit log adds those it
+    /// lacks). Once `take` succeeds they are no longer carried over by checkpoints; if it fails,
+    /// they stay and the error is returned. Nothing to hand over: `take` is not called.
+    pub fn recover_journal(
+        &self,
+        take: impl FnOnce(&[Vec<u8>]) -> std::result::Result<(), String>,
+    ) -> Result<()> {
+        let mut w = self.writer.lock();
+        if w.journal_backlog.is_empty() {
+            return Ok(());
+        }
+        take(&w.journal_backlog).map_err(GalleryError::Journal)?;
+        w.journal_backlog.clear();
+        Ok(())
     }
 
     /// Set the hook that sees every commit group (once; later calls are ignored).
@@ -676,15 +713,18 @@ impl Store {
             .collect();
         // 2. The hook (audit) first, then the log: one append, one fsync for the whole group.
         let hook = self.hook.get();
+        let mut journal = None;
         let logged = if records.is_empty() {
             Ok(())
         } else {
             let pre = match hook {
                 Some(h) => h.before_log(&committed).map_err(GalleryError::Journal),
-                None => Ok(()),
+                None => Ok(None),
             };
-            pre.and_then(|()| {
-                let frames: Vec<u8> = records.iter().flat_map(|r| r.encode()).collect();
+            pre.and_then(|j| {
+                let mut frames: Vec<u8> = j.as_deref().map(wal::encode_journal).unwrap_or_default();
+                frames.extend(records.iter().flat_map(|r| r.encode()));
+                journal = j;
                 let wal = w.wal.as_mut().expect("checked writable");
                 wal.append(&frames).inspect_err(|e| {
                     if matches!(e, GalleryError::Poisoned) {
@@ -712,8 +752,9 @@ impl Store {
                 st.apply(r).expect("a validated record applies");
             }
             drop(st);
+            w.journal_since_checkpoint |= journal.is_some();
             if let Some(h) = hook {
-                h.applied(&committed);
+                h.applied(&committed, journal.as_deref());
             }
         }
         for (t, r) in group.iter().zip(results) {
@@ -938,6 +979,13 @@ impl Store {
     }
 
     fn checkpoint_locked(&self, w: &mut Writer) -> Result<()> {
+        if w.journal_since_checkpoint {
+            // The new log will not hold the journal bytes logged so far: they must be durable
+            // where the hook keeps them first.
+            if let Some(h) = self.hook.get() {
+                h.before_checkpoint().map_err(GalleryError::Journal)?;
+            }
+        }
         let old = w.manifest.clone();
         let mut next = old.clone();
         next.generation += 1;
@@ -1018,7 +1066,13 @@ impl Store {
             }
             let wal_path = self.dir.join(&next.wal);
             new_files.push(wal_path.clone());
-            let wal = WalWriter::create(&wal_path)?;
+            let mut wal = WalWriter::create(&wal_path)?;
+            if !w.journal_backlog.is_empty() {
+                // Journal bytes no hook has taken yet (a store opened without one): keep them.
+                let frames: Vec<u8> =
+                    w.journal_backlog.iter().flat_map(|j| wal::encode_journal(j)).collect();
+                wal.append(&frames)?;
+            }
             if let Err(e) = next.write(&self.dir) {
                 // The rename may or may not have happened: the files on disk are consistent either
                 // way, but this process no longer knows which WAL is current. Stop writing; a
@@ -1056,6 +1110,7 @@ impl Store {
             }
         }
         w.manifest = next;
+        w.journal_since_checkpoint = false;
         let new_named: HashSet<&str> = w.manifest.files().collect();
         for f in old.files().filter(|f| !new_named.contains(f)) {
             let _ = std::fs::remove_file(self.dir.join(f));

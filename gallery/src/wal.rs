@@ -11,10 +11,15 @@
 //!          enroll (version 2): then the subject's minutiae fingers: a count u8 of 0 (none), or
 //!          the fingers as `minutiae.rs` encodes them (count 1..=10 first)
 //!          attach (version 2): the fingers as `minutiae.rs` encodes them
+//! journal (version 3): kind u8 (= 4) | journal bytes (the rest of the payload, opaque)
 //! ```
+//! A *journal* frame carries the audit records of the writes logged with it (see
+//! `store.rs`: the commit hook's journal bytes): written in the same append and made durable by
+//! the same fsync as the records, so an audited write costs one fsync. It changes no state.
 //! One enrollment is one record: all of a subject's templates and fingers, one sequence number,
 //! one fsync. Version 1 logs (written before fingers joined the store: no finger part) are still
-//! read; a writable open seals such a log at once, so new frames always go to a version 2 log.
+//! read, and so are version 2 logs (no journal frames); a writable open seals an older log at
+//! once, so new frames always go to a log of the current version (3).
 //! The *attach* record is written only by the conversion of a version 1 store with a separate
 //! finger log (`legacy.rs`): it adds fingers to a subject enrolled without them, in one record.
 //! A crash can leave a torn frame at the tail: replay stops at the first invalid frame, and if no
@@ -38,7 +43,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"BMWAL\0\0\x01";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Length of every frame log's header: magic (8) | format version u32 | reserved u32.
 pub(crate) const HEADER_LEN: u64 = 16;
 const FRAME_MAGIC: u32 = 0x4C57_4D42; // "BMWL"
@@ -50,6 +55,7 @@ const MAX_PAYLOAD: usize = 16 << 20;
 const KIND_ENROLL: u8 = 1;
 const KIND_DELETE: u8 = 2;
 const KIND_ATTACH: u8 = 3;
+const KIND_JOURNAL: u8 = 4;
 
 /// Identity of one kind of frame log, written in (and checked against) its 16-byte header.
 #[derive(Clone, Copy, Debug)]
@@ -254,12 +260,51 @@ pub(crate) struct FrameScan<T> {
     pub discarded: u64,
 }
 
+/// One frame of a write-ahead log: a state change, or the journal bytes logged with some.
+#[derive(Debug)]
+enum WalFrame {
+    Record(WalRecord),
+    Journal(Vec<u8>),
+}
+
+/// The frame of `journal` bytes (see the module docs).
+pub(crate) fn encode_journal(journal: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1 + journal.len());
+    p.push(KIND_JOURNAL);
+    p.extend_from_slice(journal);
+    encode_frame(&p)
+}
+
+fn decode_frame(version: u32, payload: &[u8]) -> Option<WalFrame> {
+    match payload.split_first() {
+        Some((&KIND_JOURNAL, rest)) if version >= 3 => Some(WalFrame::Journal(rest.to_vec())),
+        _ => WalRecord::decode(version, payload).map(WalFrame::Record),
+    }
+}
+
 /// What replay found in a write-ahead log.
-pub(crate) type WalScan = FrameScan<WalRecord>;
+#[derive(Debug)]
+pub(crate) struct WalScan {
+    pub records: Vec<WalRecord>,
+    /// The journal frames' bytes, in log order.
+    pub journals: Vec<Vec<u8>>,
+    /// Length of the valid prefix (header + whole frames).
+    pub valid_len: u64,
+    /// Bytes of torn tail that were not replayed.
+    pub discarded: u64,
+}
 
 /// Read and validate a whole write-ahead log. Errors only on damage that is not a torn tail.
 pub(crate) fn scan(path: &Path) -> Result<WalScan> {
-    scan_frames(path, &WAL_HEADER, WalRecord::decode)
+    let s = scan_frames(path, &WAL_HEADER, decode_frame)?;
+    let (mut records, mut journals) = (Vec::new(), Vec::new());
+    for f in s.records {
+        match f {
+            WalFrame::Record(r) => records.push(r),
+            WalFrame::Journal(j) => journals.push(j),
+        }
+    }
+    Ok(WalScan { records, journals, valid_len: s.valid_len, discarded: s.discarded })
 }
 
 /// The format version in a write-ahead log's header (the file must exist and be one).
@@ -463,6 +508,23 @@ mod tests {
         let w = WalWriter::reopen(&path, s.valid_len).unwrap();
         assert_eq!(w.len(), full);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), full);
+    }
+
+    #[test]
+    fn journal_frames_come_back_apart_from_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        let mut w = WalWriter::create(&path).unwrap();
+        let mut frames = encode_journal(b"{\"a\":1}\n");
+        frames.extend(rec(1).encode());
+        w.append(&frames).unwrap();
+        w.append(&encode_journal(b"")).unwrap();
+        drop(w);
+        let s = scan(&path).unwrap();
+        assert_eq!(s.records, vec![rec(1)]);
+        assert_eq!(s.journals, vec![b"{\"a\":1}\n".to_vec(), Vec::new()]);
+        // A version 2 log cannot hold journal frames: such a frame is not one a writer made.
+        assert!(decode_frame(2, &encode_journal(b"x")[FRAME_HEADER..]).is_none());
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct Limits {
     /// Most enrollments in one `POST /v1/subjects/batch` (bounded further by `body_bytes`).
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Requests per second each API key may send on average (429 `rate_limited` beyond it);
+    /// none: unlimited. Bursts of `per_key_burst` (default: one second's worth) pass.
+    #[serde(default)]
+    pub per_key_rps: Option<f64>,
+    #[serde(default)]
+    pub per_key_burst: Option<f64>,
 }
 
 fn default_max_batch() -> usize {
@@ -177,6 +183,11 @@ pub struct Config {
     pub data: PathBuf,
     /// Audit log directory; default `<data>/audit`.
     pub audit_dir: Option<PathBuf>,
+    /// The key (hex, 16..=64 bytes) that authenticates the audit log's checkpoints; default
+    /// `<audit_dir>/hmac.key`, created on first start. Keep it off the data volume (a secret
+    /// mount) so that someone who can edit the log cannot forge its checkpoints.
+    #[serde(default)]
+    pub audit_key_file: Option<PathBuf>,
     pub limits: Limits,
     pub search: SearchConfig,
     pub models: Vec<ModelConfig>,
@@ -191,6 +202,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             data: PathBuf::from("data/store"),
             audit_dir: None,
+            audit_key_file: None,
             limits: Limits {
                 body_bytes: 4 << 20,
                 request_timeout_ms: 10_000,
@@ -198,6 +210,8 @@ impl Default for Config {
                 retry_after_s: 1,
                 max_gallery_subset: 100_000,
                 max_batch: default_max_batch(),
+                per_key_rps: None,
+                per_key_burst: None,
             },
             search: SearchConfig {
                 default_max_results: 10,
@@ -249,6 +263,10 @@ impl Config {
         let l = &self.limits;
         if l.body_bytes < 1024 || l.body_bytes > 256 << 20 {
             return Err(format!("limits.body_bytes = {} must be in 1 KiB..=256 MiB", l.body_bytes));
+        }
+        let positive = |v: Option<f64>| v.is_none_or(|r| r.is_finite() && r > 0.0);
+        if !positive(l.per_key_rps) || !positive(l.per_key_burst) {
+            return Err("limits.per_key_rps and limits.per_key_burst must be > 0".into());
         }
         if l.request_timeout_ms < 10 || l.max_concurrent == 0 || l.max_gallery_subset == 0 {
             return Err("limits: request_timeout_ms >= 10, max_concurrent >= 1 and max_gallery_subset >= 1 are required".into());
@@ -332,6 +350,10 @@ impl Config {
 
     pub fn audit_dir(&self) -> PathBuf {
         self.audit_dir.clone().unwrap_or_else(|| self.data.join("audit"))
+    }
+
+    pub fn audit_key_file(&self) -> PathBuf {
+        self.audit_key_file.clone().unwrap_or_else(|| self.audit_dir().join(crate::audit::KEY_FILE))
     }
 
     /// Where the fingers' store lives.

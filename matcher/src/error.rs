@@ -49,6 +49,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::NoTemplateForModality
         | C::OverMemoryBudget => StatusCode::UNPROCESSABLE_ENTITY,
         C::NotReady | C::Overloaded | C::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         C::Timeout => StatusCode::GATEWAY_TIMEOUT,
         C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -99,8 +100,30 @@ impl ApiError {
         e
     }
 
+    pub fn rate_limited(retry_after: u64) -> Self {
+        let mut e = Self::new(
+            ErrorCode::RateLimited,
+            "this API key sent more requests than its configured rate; retry later",
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn timeout() -> Self {
         Self::new(ErrorCode::Timeout, "the request took too long and was cancelled")
+    }
+
+    /// The request's audit record could not be made durable, so its answer is withheld.
+    pub fn audit_unavailable(e: &crate::audit::AuditError) -> Self {
+        let mut err = Self::new(
+            ErrorCode::StoreUnavailable,
+            format!(
+                "the audit record of this request could not be made durable{}; retry later",
+                if e.is_no_space() { " (disk full)" } else { "" }
+            ),
+        );
+        err.retry_after = Some(5);
+        err
     }
 
     /// An internal fault: the detail goes to the log (with the request id), not to the client.

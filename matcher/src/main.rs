@@ -31,6 +31,9 @@ enum Command {
     /// Bulk-load templates (NumPy .npy + a text file of ids, see docs/import-format.md) into a
     /// store, resumable after a crash; prints a JSON report last.
     Import(biomatch_matcher::import::ImportArgs),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print the SHA-256 of an API key, the form the configuration stores.
     HashKey {
         /// The secret key.
@@ -45,6 +48,26 @@ enum Command {
     /// Write the calibration table of the synthetic face model into a store's directory.
     #[cfg(feature = "synthetic")]
     CalibrateSynthetic(synthetic::CalibrateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the audit log's hash chain and checkpoints; report the first broken link, deleted,
+    /// reordered or rewritten records, a truncated tail or a missing file. Exits 1 on damage.
+    Verify {
+        /// Configuration file (TOML), for `audit_dir` and `audit_key_file`.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Store directory (overrides the configuration); the log is in `<data>/audit`.
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// The audit key file (default: the configured one); without a key, MACs are not checked.
+        #[arg(long)]
+        key_file: Option<std::path::PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +134,38 @@ fn main() -> anyhow::Result<()> {
         Command::Import(args) => {
             let r = biomatch_matcher::import::import(&args)?;
             println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { config, data, key_file, json }) => {
+            let mut config = biomatch_matcher::config::Config::load(config.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            if let Some(d) = data {
+                config.data = d;
+            }
+            let dir = config.audit_dir();
+            let key_path = key_file.unwrap_or_else(|| config.audit_key_file());
+            let key = match std::fs::read_to_string(&key_path) {
+                Ok(text) => Some(hex::decode(text.trim()).map_err(|e| {
+                    anyhow::anyhow!("audit key {} is not hex: {e}", key_path.display())
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    eprintln!(
+                        "no audit key at {}: checkpoint MACs not checked",
+                        key_path.display()
+                    );
+                    None
+                }
+                Err(e) => anyhow::bail!("cannot read the audit key {}: {e}", key_path.display()),
+            };
+            let report = biomatch_matcher::audit::verify::verify_dir(&dir, key.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            if !report.ok() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::HashKey { key } => {

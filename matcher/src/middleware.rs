@@ -14,39 +14,135 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The id of this request, echoed in `x-request-id` and in error bodies.
+/// The server-assigned id of this request, in `x-request-id`, error bodies and the audit log.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// The `x-request-id` the client sent, if it was well-formed (kept apart from [`RequestId`]:
+/// clients choose it, so two requests may share it).
+#[derive(Clone, Debug)]
+pub struct ClientRequestId(pub Option<String>);
+
+/// A new, unique request id: 32 hex digits, the process start time (ms) and a nonce, then a
+/// counter, so ids sort by process and arrival and never repeat.
 fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    use std::sync::atomic::AtomicU64;
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        (ms << 16) | u64::from(rand::random::<u16>())
+    });
+    format!("{prefix:016x}{:016x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Outermost layer: assign the request id, render any [`ApiError`] as the JSON envelope, count
-/// and time the request.
+/// What the handler tells the audit log about its request (see [`envelope`]).
+#[derive(Debug, Default)]
+pub struct AuditNote {
+    /// The authenticated key, once known.
+    pub key_id: Option<String>,
+    pub operation: Option<&'static str>,
+    pub subjects: Vec<String>,
+    /// The outcome code; by default `error:<code>` for errors, `ok` otherwise.
+    pub outcome: Option<String>,
+    /// The store's journal recorded this request's write already (same commit): no second record.
+    pub journaled: bool,
+}
+
+/// The request's [`AuditNote`], shared between the handler and [`envelope`].
+pub type AuditSlot = Arc<parking_lot::Mutex<AuditNote>>;
+
+/// The operation name of a `/v1` route, for its audit record.
+fn operation_of(method: &axum::http::Method, route: &str) -> Option<&'static str> {
+    use axum::http::Method as M;
+    Some(match (method, route) {
+        (&M::POST, "/v1/subjects") => "enroll",
+        (&M::POST, "/v1/subjects/batch") => "enroll_batch",
+        (&M::GET, "/v1/subjects/{id}") => "get_subject",
+        (&M::DELETE, "/v1/subjects/{id}") => "delete",
+        (&M::POST, "/v1/verify") => "verify",
+        (&M::POST, "/v1/identify") => "identify",
+        (&M::POST, "/v1/extract") => "extract",
+        (&M::GET, "/v1/admin/stats") => "admin_stats",
+        (&M::POST, "/v1/admin/index/reload") => "admin_index_reload",
+        (&M::POST, "/v1/admin/index/build") => "admin_index_build",
+        _ => return None,
+    })
+}
+
+/// Outermost layer: assign the request id, render any [`ApiError`] as the JSON envelope, audit
+/// every `/v1` request (once, durably, before the answer leaves), count and time the request.
 pub async fn envelope(
     State(state): State<Arc<AppState>>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let id = req
+    let id = new_request_id();
+    let client_id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
             !s.is_empty()
                 && s.len() <= 64
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
-        .map_or_else(new_request_id, str::to_owned);
+        .map(str::to_owned);
     let route =
         req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let method = req.method().clone();
+    let path = req.uri().path();
+    let audited = path == "/v1" || path.starts_with("/v1/");
+    // For the audit record of a request to no route: the path asked for (bounded).
+    let asked: String = path.chars().take(200).collect();
+    let slot: AuditSlot = Arc::default();
     req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(ClientRequestId(client_id.clone()));
+    req.extensions_mut().insert(slot.clone());
     let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
     let start = Instant::now();
     let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    if let Some(err) = resp.extensions_mut().remove::<ApiError>() {
+    let mut err = resp.extensions_mut().remove::<ApiError>();
+    if audited {
+        let note = std::mem::take(&mut *slot.lock());
+        if !note.journaled {
+            let status = err.as_ref().map_or(resp.status(), |e| e.status);
+            let rec = crate::audit::AuditRecord {
+                client_request_id: client_id.clone(),
+                status: Some(status.as_u16()),
+                ..crate::audit::AuditRecord::now(
+                    note.key_id.unwrap_or_default(),
+                    note.operation.or_else(|| operation_of(&method, &route)).map_or_else(
+                        || {
+                            format!(
+                                "{method} {}",
+                                if route == "unmatched" { &asked } else { &route }
+                            )
+                        },
+                        str::to_owned,
+                    ),
+                    &id,
+                    note.subjects,
+                    note.outcome.unwrap_or_else(|| match &err {
+                        Some(e) => format!("error:{}", e.code),
+                        None => "ok".to_owned(),
+                    }),
+                )
+            };
+            if let Err(e) = state.audit.append(rec).await {
+                // An answer that cannot be audited is not given.
+                span.in_scope(
+                    || tracing::error!(error = %e, "audit record not durable; refusing the answer"),
+                );
+                resp = Response::default();
+                err = Some(ApiError::audit_unavailable(&e));
+            }
+        }
+    }
+    if let Some(err) = err {
         let body =
             serde_json::json!({ "code": err.code, "message": err.message, "request_id": id });
         let mut headers = std::mem::take(resp.headers_mut());
@@ -100,10 +196,31 @@ pub async fn timeout(State(state): State<Arc<AppState>>, req: Request, next: Nex
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub key: KeyInfo,
+    /// The server-assigned request id.
     pub request_id: String,
+    pub client_request_id: Option<String>,
+    audit: AuditSlot,
 }
 
 impl Caller {
+    /// Tell the audit record of this request its operation, subjects and outcome code.
+    pub fn note(&self, operation: &'static str, subjects: Vec<String>, outcome: impl Into<String>) {
+        let mut n = self.audit.lock();
+        n.operation = Some(operation);
+        n.subjects = subjects;
+        n.outcome = Some(outcome.into());
+    }
+
+    /// The subjects this request concerns (for its audit record, whatever the outcome).
+    pub fn note_subjects(&self, subjects: Vec<String>) {
+        self.audit.lock().subjects = subjects;
+    }
+
+    /// The store's journal recorded this request's write in the same commit: no second record.
+    pub fn journaled(&self) {
+        self.audit.lock().journaled = true;
+    }
+
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         self.require_any(&[role])
     }
@@ -128,12 +245,15 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     ) -> Result<Self, ApiError> {
         let request_id =
             parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+        let client_request_id = parts.extensions.get::<ClientRequestId>().and_then(|c| c.0.clone());
+        let audit = parts.extensions.get::<AuditSlot>().cloned().unwrap_or_default();
         if !state.auth_enabled() {
             let key = KeyInfo {
                 id: "anonymous".into(),
                 roles: vec![Role::Verify, Role::Enroll, Role::Identify, Role::Admin],
             };
-            return Ok(Caller { key, request_id });
+            audit.lock().key_id = Some(key.id.clone());
+            return Ok(Caller { key, request_id, client_request_id, audit });
         }
         let presented = parts
             .headers
@@ -148,7 +268,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .key(&crate::config::hash_key(presented))
             .cloned()
             .ok_or_else(ApiError::unauthorized)?;
-        Ok(Caller { key, request_id })
+        audit.lock().key_id = Some(key.id.clone());
+        state.take_rate(&key.id).map_err(ApiError::rate_limited)?;
+        Ok(Caller { key, request_id, client_request_id, audit })
     }
 }
 

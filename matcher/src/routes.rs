@@ -1,10 +1,10 @@
 //! The `/v1` handlers. Each checks the caller's role, maps the request DTO to domain values
-//! ([`crate::samples`]), makes one engine call on the blocking pool, audits and answers. The use
-//! cases themselves — enrollment, verification, identification, fusion — live in
-//! `biomatch-engine`.
+//! ([`crate::samples`]), makes one engine call on the blocking pool, notes what the audit
+//! record should say ([`Caller::note`]; `middleware::envelope` writes it, and stored writes are
+//! journaled with the write itself) and answers. The use cases themselves — enrollment,
+//! verification, identification, fusion — live in `biomatch-engine`.
 
 use crate::api::*;
-use crate::audit::AuditRecord;
 use crate::config::Role;
 use crate::error::{ApiError, ErrorCode};
 use crate::middleware::{blocking, ApiJson, Caller};
@@ -17,9 +17,7 @@ use base64::Engine as _;
 use biomatch_core::calibration::fpir_from_mosip;
 use biomatch_core::fusion::score_of_fmr;
 use biomatch_core::{FingerPosition, Modality, SubjectId};
-use biomatch_engine::{
-    AuditContext, EngineError, IdentifyParams, ModalityScore, SearchKind, SubjectView,
-};
+use biomatch_engine::{AuditContext, IdentifyParams, ModalityScore, SearchKind, SubjectView};
 use biomatch_fingerprint::iso;
 use std::sync::Arc;
 
@@ -46,45 +44,12 @@ fn score_out(s: &ModalityScore) -> ModalityScoreOut {
     }
 }
 
-async fn audit(
-    state: &AppState,
-    caller: &Caller,
-    op: &str,
-    subjects: Vec<String>,
-    outcome: String,
-) -> Result<(), ApiError> {
-    let rec = AuditRecord::now(&caller.key.id, op, &caller.request_id, subjects, outcome);
-    state.audit.append(rec).await.map_err(ApiError::internal)
-}
-
-fn outcome_of<T>(r: &Result<T, ApiError>, ok: impl FnOnce(&T) -> String) -> String {
-    match r {
-        Ok(v) => ok(v),
-        Err(e) => format!("error:{}", e.code),
-    }
-}
-
 fn audit_context(caller: &Caller) -> AuditContext {
-    AuditContext { key_id: caller.key.id.clone(), request_id: caller.request_id.clone() }
-}
-
-/// An engine write's error, audited here unless the engine's journal recorded it (storage
-/// faults after the journal entry was made durable are recorded there).
-async fn refused_write(
-    state: &AppState,
-    caller: &Caller,
-    op: &str,
-    subject: &SubjectId,
-    e: EngineError,
-) -> ApiError {
-    let e = ApiError::from(e);
-    if !matches!(e.code, ErrorCode::Internal | ErrorCode::StoreUnavailable) {
-        let outcome = format!("error:{}", e.code);
-        if let Err(a) = audit(state, caller, op, vec![subject.to_string()], outcome).await {
-            return a;
-        }
+    AuditContext {
+        key_id: caller.key.id.clone(),
+        request_id: caller.request_id.clone(),
+        client_request_id: caller.client_request_id.clone(),
     }
-    e
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -116,6 +81,7 @@ pub async fn enroll(
 ) -> Result<(StatusCode, Json<SubjectOut>), ApiError> {
     caller.require(Role::Enroll)?;
     let subject = SubjectId::new(req.subject_id)?;
+    caller.note_subjects(vec![subject.to_string()]);
     let key = idempotency_key(&headers)?;
     let samples = samples(&state, &req.face, &req.fingers).await?;
     let fp = fingerprint(&subject, &samples);
@@ -128,8 +94,7 @@ pub async fn enroll(
                     "this Idempotency-Key was used for a different request",
                 ));
             }
-            let outcome = format!("replayed:{}", out.seq);
-            audit(&state, &caller, "enroll", vec![subject.to_string()], outcome).await?;
+            caller.note("enroll", vec![subject.to_string()], format!("replayed:{}", out.seq));
             return Ok((StatusCode::CREATED, Json(out)));
         }
     }
@@ -139,6 +104,7 @@ pub async fn enroll(
     match r {
         Ok(e) if e.created => {
             // The engine's journal made the audit record durable with the enrollment.
+            caller.journaled();
             let out = subject_out(e.view);
             if let Some(k) = key {
                 state.idempotency.lock().put(k, fp, out.clone());
@@ -148,11 +114,10 @@ pub async fn enroll(
         Ok(e) => {
             // A retry of an enrollment that had landed (e.g. answered by a server that died).
             let out = subject_out(e.view);
-            let outcome = format!("replayed:{}", out.seq);
-            audit(&state, &caller, "enroll", vec![subject.to_string()], outcome).await?;
+            caller.note("enroll", vec![subject.to_string()], format!("replayed:{}", out.seq));
             Ok((StatusCode::OK, Json(out)))
         }
-        Err(e) => Err(refused_write(&state, &caller, "enroll", &subject, e).await),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -217,9 +182,14 @@ pub async fn enroll_batch(
             }
         });
     }
-    for (s, code) in refused {
-        audit(&state, &caller, "enroll", vec![s], format!("error:{code}")).await?;
-    }
+    // Each stored item has its journal record; this request's record names the refused ones.
+    let stored = out.iter().filter(|o| o.status == 201).count();
+    let codes: Vec<String> = refused.iter().map(|(_, c)| c.to_string()).collect();
+    caller.note(
+        "enroll_batch",
+        refused.into_iter().map(|(s, _)| s).collect(),
+        format!("stored:{stored};refused:{}", codes.join(",")),
+    );
     Ok(Json(BatchEnrollResponse { results: out }))
 }
 
@@ -232,6 +202,7 @@ pub async fn get_subject(
 ) -> Result<Json<SubjectOut>, ApiError> {
     caller.require(Role::Enroll)?;
     let subject = SubjectId::new(id)?;
+    caller.note_subjects(vec![subject.to_string()]);
     Ok(Json(subject_out(state.engine()?.subject(&subject)?)))
 }
 
@@ -244,13 +215,13 @@ pub async fn delete_subject(
 ) -> Result<Json<DeleteOut>, ApiError> {
     caller.require(Role::Enroll)?;
     let subject = SubjectId::new(id)?;
+    caller.note_subjects(vec![subject.to_string()]);
     let engine = state.engine()?.clone();
     let (s2, ctx) = (subject.clone(), audit_context(&caller));
-    match blocking(move || Ok(engine.delete(&s2, Some(ctx)))).await? {
-        // The engine's journal made the audit record durable with the delete.
-        Ok(seq) => Ok(Json(DeleteOut { subject_id: subject.to_string(), deleted: true, seq })),
-        Err(e) => Err(refused_write(&state, &caller, "delete", &subject, e).await),
-    }
+    let seq = blocking(move || Ok(engine.delete(&s2, Some(ctx))?)).await?;
+    // The engine's journal made the audit record durable with the delete.
+    caller.journaled();
+    Ok(Json(DeleteOut { subject_id: subject.to_string(), deleted: true, seq }))
 }
 
 #[utoipa::path(post, path = "/v1/verify", request_body = VerifyRequest,
@@ -261,10 +232,10 @@ pub async fn verify(
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
     caller.require(Role::Verify)?;
-    let r = verify_inner(&state, req).await;
-    let subjects = r.as_ref().map(|v| vec![v.subject_id.clone()]).unwrap_or_default();
-    audit(&state, &caller, "verify", subjects, outcome_of(&r, |v| v.decision.clone())).await?;
-    r.map(Json)
+    caller.note_subjects(vec![req.subject_id.clone()]);
+    let v = verify_inner(&state, req).await?;
+    caller.note("verify", vec![v.subject_id.clone()], v.decision.clone());
+    Ok(Json(v))
 }
 
 async fn verify_inner(
@@ -300,20 +271,13 @@ pub async fn identify(
     ApiJson(req): ApiJson<IdentifyRequest>,
 ) -> Result<Json<IdentifyResponse>, ApiError> {
     caller.require(Role::Identify)?;
-    let r = identify_inner(&state, req).await;
-    let subjects = r
-        .as_ref()
-        .map(|v| v.candidates.iter().map(|c| c.subject_id.clone()).collect())
-        .unwrap_or_default();
-    audit(
-        &state,
-        &caller,
+    let r = identify_inner(&state, req).await?;
+    caller.note(
         "identify",
-        subjects,
-        outcome_of(&r, |v| format!("candidates:{}", v.candidates.len())),
-    )
-    .await?;
-    r.map(Json)
+        r.candidates.iter().map(|c| c.subject_id.clone()).collect(),
+        format!("candidates:{}", r.candidates.len()),
+    );
+    Ok(Json(r))
 }
 
 async fn identify_inner(

@@ -77,7 +77,12 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
     };
     let settings = Settings { k_prime: cfg.search.k_prime, nprobe: None };
     let journal: Arc<dyn Journal> = state.audit.clone();
-    Ok(Engine::new(Arc::new(g), fingers, state.engine_models(), settings, Some(journal)))
+    let engine = Engine::new(Arc::new(g), fingers, state.engine_models(), settings, Some(journal));
+    // Audit records of writes a crash kept out of the audit files (they are in the store's log).
+    engine
+        .recover_journal(state.audit.as_ref())
+        .map_err(|e| format!("cannot recover the audit records of the store's log: {e}"))?;
+    Ok(engine)
 }
 
 /// Checkpoints off the request path: a thread that asks the engine every `period` whether the
@@ -175,7 +180,8 @@ pub fn face_extractor(config: &Config) -> Option<Arc<dyn biomatch_models::Extrac
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let audit = Arc::new(AuditLog::open(&config.audit_dir())?);
+    let key = crate::audit::load_or_create_key(&config.audit_key_file())?;
+    let audit = Arc::new(AuditLog::open_with_key(&config.audit_dir(), key)?);
     // Calibration first: a bad table stops the start-up before the slower model loading.
     let mut state = AppState::new(config, audit).map_err(anyhow::Error::msg)?;
     if let Some(f) = face_extractor(&state.config) {

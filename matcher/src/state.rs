@@ -70,6 +70,8 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     pub metrics: Metrics,
     pub limiter: Arc<Semaphore>,
+    /// Per-key token buckets (`limits.per_key_rps`): key id -> (tokens, last refill).
+    pub key_rates: Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
     pub idempotency: Mutex<IdempotencyCache>,
     /// The face extractor, when images are accepted.
     pub face: Option<Arc<dyn Extractor>>,
@@ -254,6 +256,24 @@ impl AppState {
         Ok(state)
     }
 
+    /// Take one request from `key_id`'s token bucket (`limits.per_key_rps`); `Err(seconds)`
+    /// to wait when it is empty.
+    pub fn take_rate(&self, key_id: &str) -> Result<(), u64> {
+        let Some(rps) = self.config.limits.per_key_rps else { return Ok(()) };
+        let burst = self.config.limits.per_key_burst.unwrap_or(rps).max(1.0);
+        let now = std::time::Instant::now();
+        let mut rates = self.key_rates.lock();
+        let (tokens, last) = rates.entry(key_id.to_owned()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rps).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / rps).ceil().max(1.0) as u64)
+        }
+    }
+
     /// Build the state from models whose calibration is already in memory (tests, tools).
     pub fn with_models(
         config: Config,
@@ -272,6 +292,7 @@ impl AppState {
             .collect();
         AppState {
             limiter: Arc::new(Semaphore::new(config.limits.max_concurrent)),
+            key_rates: Mutex::default(),
             config,
             engine: OnceLock::new(),
             models,

@@ -273,3 +273,95 @@ fn fingers_travel_with_the_face() {
     assert_eq!(store.fingers(&sid(101)).unwrap(), fingers(7, 101));
     assert!(store.get(&sid(101)).unwrap().templates.is_empty());
 }
+
+/// A hook that journals each write as a line `<seq> <subject>` and counts checkpoints.
+#[derive(Debug, Default)]
+struct LineJournal {
+    applied: parking_lot::Mutex<Vec<u8>>,
+    checkpoints: std::sync::atomic::AtomicUsize,
+    refuse_checkpoint: std::sync::atomic::AtomicBool,
+}
+
+impl biomatch_gallery::CommitHook for LineJournal {
+    fn before_log(
+        &self,
+        group: &[biomatch_gallery::Committed<'_>],
+    ) -> Result<Option<Vec<u8>>, String> {
+        let lines: String =
+            group.iter().map(|c| format!("{} {}\n", c.seq, c.op.subject())).collect();
+        Ok(Some(lines.into_bytes()))
+    }
+    fn applied(&self, _: &[biomatch_gallery::Committed<'_>], journal: Option<&[u8]>) {
+        self.applied.lock().extend_from_slice(journal.expect("journal bytes are handed back"));
+    }
+    fn failed(&self, _: &[biomatch_gallery::Committed<'_>], _: &GalleryError) {}
+    fn before_checkpoint(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.refuse_checkpoint.load(SeqCst) {
+            return Err("journal not durable".into());
+        }
+        self.checkpoints.fetch_add(1, SeqCst);
+        Ok(())
+    }
+}
+
+fn recovered(store: &Store) -> Vec<u8> {
+    let mut got = Vec::new();
+    store
+        .recover_journal(|blobs| {
+            got = blobs.concat();
+            Ok(())
+        })
+        .unwrap();
+    got
+}
+
+#[test]
+fn journal_bytes_are_logged_with_their_writes_and_recovered_until_a_hook_confirms_them() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options();
+    o.auto_checkpoint = false;
+    let expected = "1 P000000\n2 P000001\n3 P000000\n";
+    {
+        let store = Store::open(dir.path(), o.clone()).unwrap();
+        let hook = std::sync::Arc::new(LineJournal::default());
+        store.set_commit_hook(hook.clone());
+        store.enroll(&enrollment(7, 0)).unwrap();
+        store.enroll(&enrollment(7, 1)).unwrap();
+        store.delete(&sid(0)).unwrap();
+        // A refused write logs no journal bytes.
+        assert!(store.delete(&sid(0)).is_err());
+        assert_eq!(String::from_utf8(hook.applied.lock().clone()).unwrap(), expected);
+        // "Crash": the hook never confirmed anything.
+    }
+    {
+        // Reopened without a hook: the log's journal bytes come back, and a checkpoint (which
+        // no hook confirms) carries them into the new log.
+        let store = Store::open(dir.path(), o.clone()).unwrap();
+        store.checkpoint().unwrap();
+        assert_eq!(store.stats().subjects, 1);
+    }
+    {
+        let store = Store::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(String::from_utf8(recovered(&store)).unwrap(), expected);
+        // Taken once: a second call has nothing to hand over.
+        assert!(recovered(&store).is_empty());
+        // A hook that cannot make its journal durable stops the checkpoint; the log keeps all.
+        let hook = std::sync::Arc::new(LineJournal::default());
+        store.set_commit_hook(hook.clone());
+        store.enroll(&enrollment(7, 2)).unwrap();
+        hook.refuse_checkpoint.store(true, SeqCst);
+        assert!(matches!(store.checkpoint(), Err(GalleryError::Journal(_))));
+        hook.refuse_checkpoint.store(false, SeqCst);
+        store.checkpoint().unwrap();
+        assert_eq!(hook.checkpoints.load(SeqCst), 1);
+        // Nothing journaled since: the next checkpoint does not ask.
+        store.checkpoint().unwrap();
+        assert_eq!(hook.checkpoints.load(SeqCst), 1);
+    }
+    // Everything was confirmed (recovered, then checkpointed through the hook): nothing is left.
+    let store = Store::open(dir.path(), o).unwrap();
+    assert!(recovered(&store).is_empty());
+    assert!(store.contains(&sid(1)) && store.contains(&sid(2)) && !store.contains(&sid(0)));
+}

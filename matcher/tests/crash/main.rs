@@ -545,10 +545,9 @@ fn check_all(shared: &Shared, addr: SocketAddr, round: usize, log: &Path) -> Tal
 fn check_audit(shared: &Shared, data: &Path, round: usize) -> usize {
     let mut enrolled = std::collections::HashSet::new();
     let mut deleted = std::collections::HashSet::new();
-    for e in std::fs::read_dir(data.join("audit")).unwrap() {
-        let path = e.unwrap().path();
-        let log = biomatch_matcher::audit::read_log(&path).unwrap();
-        for r in log.records {
+    let records = biomatch_matcher::audit::read_dir_records(&data.join("audit")).unwrap();
+    {
+        for r in records {
             let into = match (r.operation.as_str(), r.outcome.split(':').next()) {
                 ("enroll", Some("enrolled")) => &mut enrolled,
                 ("delete", Some("deleted")) => &mut deleted,
@@ -629,6 +628,17 @@ fn sigkill_under_concurrent_enrollments_keeps_every_acknowledged_write() {
             *shared.addr.lock().unwrap() = Some(restarted.addr);
             let t = check_all(shared, restarted.addr, round, &restarted.log);
             let audited = check_audit(shared, &data, round);
+            // The audit log's hash chain and checkpoints survive every kill.
+            let audit_dir = data.join("audit");
+            let key = hex::decode(
+                std::fs::read_to_string(audit_dir.join(biomatch_matcher::audit::KEY_FILE))
+                    .unwrap()
+                    .trim(),
+            )
+            .unwrap();
+            let chain =
+                biomatch_matcher::audit::verify::verify_dir(&audit_dir, Some(&key)).unwrap();
+            assert!(chain.ok(), "after kill {round}: {chain}");
             eprintln!(
                 "kill {round:2} after {load_ms:3} ms: {} subjects checked ({} enrolled, {} \
                  deleted, {audited} audited); retried {} unanswered enrollments ({} had landed), \

@@ -1,5 +1,6 @@
 //! HTTP tests of every route: `app(state)` driven with `tower::ServiceExt::oneshot`, no socket.
 
+mod audit;
 mod common;
 mod errors;
 mod faces;
