@@ -267,6 +267,9 @@ fn serve_starts_ready_and_stops_on_sigterm() {
 
     let mut server = Server::start(&["--config", c, "--data", d], &[]);
     server.wait_ready(Duration::from_secs(60));
+    // Two audited requests: a lookup of nobody (404) and the stats.
+    assert_eq!(http(server.port, "GET", "/v1/subjects/NOBODY", None).map(|r| r.0), Some(404));
+    assert_eq!(http(server.port, "GET", "/v1/admin/stats", None).map(|r| r.0), Some(200));
     // SIGTERM: graceful stop, exit status 0.
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
@@ -275,6 +278,23 @@ fn serve_starts_ready_and_stops_on_sigterm() {
     assert!(log.contains(&format!("source=file {}", table.display())), "{log}");
     assert!(log.contains("face image extraction is off"), "{log}");
     assert!(data.join("audit").exists());
+
+    // `audit verify` on the log that run left: intact (exit 0); then one line deleted (exit 1,
+    // naming the damage).
+    let out = biomatch(&["audit", "verify", "--data", d]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("OK") && text.contains("MACs checked"), "{text}");
+    let files = biomatch_matcher::audit::list_files(&data.join("audit")).unwrap();
+    let (_, path) = files.last().unwrap();
+    let lines: Vec<String> =
+        std::fs::read_to_string(path).unwrap().lines().map(|l| format!("{l}\n")).collect();
+    assert!(lines.len() >= 4, "open, two requests and a checkpoint at least: {lines:?}");
+    std::fs::write(path, [&lines[..1], &lines[2..]].concat().concat()).unwrap();
+    let out = biomatch(&["audit", "verify", "--data", d, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["problems"][0]["kind"], "deleted", "{report}");
 }
 
 /// Write `n` templates of dimension 128 and their ids as an import would get them.
