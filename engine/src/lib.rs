@@ -108,7 +108,23 @@ pub struct JournalEntry<'a> {
 /// The audit journal: records writes durably before the store logs them (same commit group).
 pub trait Journal: Send + Sync + std::fmt::Debug {
     /// Make `entries` durable; an error fails the whole group (nothing is stored).
-    fn record(&self, entries: &[JournalEntry<'_>]) -> std::result::Result<(), String>;
+    fn record(&self, entries: &[JournalEntry<'_>]) -> std::result::Result<(), JournalError>;
+}
+
+/// Why the journal could not record a commit group (none of the group is stored then).
+#[derive(Debug)]
+pub enum JournalError {
+    /// The journal's disk or quota is full (ENOSPC, EDQUOT): the writes are answered
+    /// `insufficient_storage`, as when the store's own log is full.
+    NoSpace { path: std::path::PathBuf, source: std::io::Error },
+    /// Any other failure (`store_unavailable`).
+    Failed(String),
+}
+
+impl From<String> for JournalError {
+    fn from(message: String) -> Self {
+        JournalError::Failed(message)
+    }
 }
 
 /// What the engine attaches to each store write.
@@ -130,7 +146,11 @@ fn note_of<'a>(c: &'a Committed<'_>) -> Option<&'a WriteNote> {
 }
 
 impl Hook {
-    fn journal(&self, group: &[Committed<'_>], outcome: &JournalOutcome) -> Result<(), String> {
+    fn journal(
+        &self,
+        group: &[Committed<'_>],
+        outcome: &JournalOutcome,
+    ) -> Result<(), JournalError> {
         let Some(j) = &self.journal else { return Ok(()) };
         let entries: Vec<JournalEntry<'_>> = group
             .iter()
@@ -156,8 +176,11 @@ impl Hook {
 }
 
 impl CommitHook for Hook {
-    fn before_log(&self, group: &[Committed<'_>]) -> std::result::Result<(), String> {
-        self.journal(group, &JournalOutcome::Committing)
+    fn before_log(&self, group: &[Committed<'_>]) -> std::result::Result<(), GalleryError> {
+        self.journal(group, &JournalOutcome::Committing).map_err(|e| match e {
+            JournalError::NoSpace { path, source } => GalleryError::NoSpace { path, source },
+            JournalError::Failed(m) => GalleryError::Journal(m),
+        })
     }
 
     fn applied(&self, group: &[Committed<'_>]) {
@@ -181,7 +204,7 @@ impl CommitHook for Hook {
 
     fn failed(&self, group: &[Committed<'_>], error: &GalleryError) {
         if let Err(e) = self.journal(group, &JournalOutcome::Failed(error.to_string())) {
-            tracing::error!(error = %e, "could not journal a failed commit");
+            tracing::error!(error = ?e, "could not journal a failed commit");
         }
     }
 }
@@ -710,10 +733,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Run a checkpoint if the store's log is due for one (for a maintenance thread, off the
-    /// request path). Returns whether one ran.
+    /// For a maintenance thread, off the request path: while writes are failing, probe whether
+    /// they can be made durable again ([`Store::probe_writes`]: readiness follows without a
+    /// restart once space is freed); then run a checkpoint if the store's log is due for one
+    /// (not while writes fail: it would fail too, and a failed one is retried later). Returns
+    /// whether a checkpoint ran.
     pub fn maintain(&self) -> Result<bool> {
-        Ok(self.store().checkpoint_if_due()?)
+        let store = self.store();
+        if !store.probe_writes() {
+            return Ok(false);
+        }
+        Ok(store.checkpoint_if_due()?)
     }
 
     /// Finger positions a subject holds.

@@ -485,7 +485,10 @@ fn parse_line(body: &[u8]) -> Result<AuditRecord, String> {
 /// A group that then fails to reach the store's log gets a second record per write,
 /// `error:storage`, naming the same request id.
 impl biomatch_engine::Journal for AuditLog {
-    fn record(&self, entries: &[biomatch_engine::JournalEntry<'_>]) -> Result<(), String> {
+    fn record(
+        &self,
+        entries: &[biomatch_engine::JournalEntry<'_>],
+    ) -> Result<(), biomatch_engine::JournalError> {
         use biomatch_engine::JournalOutcome;
         let recs: Vec<AuditRecord> = entries
             .iter()
@@ -504,7 +507,7 @@ impl biomatch_engine::Journal for AuditLog {
                 )
             })
             .collect();
-        self.append_all_blocking(&recs).map_err(|e| e.to_string())
+        self.append_all_blocking(&recs).map_err(Into::into)
     }
 }
 

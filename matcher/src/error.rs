@@ -8,11 +8,12 @@
 //! Internal errors are logged with the request id and answered with a generic message: storage
 //! paths, FAISS messages and the like never reach the client. No message contains biometric data.
 
+use crate::audit::AuditError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use biomatch_engine::EngineError;
 pub use biomatch_engine::ErrorCode;
-use biomatch_gallery::GalleryError;
+use biomatch_engine::{EngineError, JournalError};
+use biomatch_gallery::{is_no_space, GalleryError, WriteFault};
 
 /// The HTTP status each error code is answered with.
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -48,7 +49,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::FingerprintsUnavailable
         | C::NoTemplateForModality
         | C::OverMemoryBudget => StatusCode::UNPROCESSABLE_ENTITY,
-        C::NotReady | C::Overloaded | C::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::NotReady | C::Overloaded | C::StoreUnavailable | C::WriteInDoubt => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        C::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         C::Timeout => StatusCode::GATEWAY_TIMEOUT,
         C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -99,6 +103,37 @@ impl ApiError {
         e
     }
 
+    /// Readiness while writes cannot be made durable (503 with Retry-After): the disk is full,
+    /// or a storage I/O error; it turns ready again once a write or the maintenance probe
+    /// succeeds.
+    pub fn unwritable(fault: &WriteFault) -> Self {
+        let why = match fault {
+            WriteFault::NoSpace(_) => "no space left on the store's disk",
+            WriteFault::Io(_) => "a storage I/O error",
+            WriteFault::Poisoned => "the store needs a restart after a failed checkpoint",
+        };
+        let mut e =
+            Self::new(ErrorCode::StoreUnavailable, format!("writes cannot be made durable: {why}"));
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// An audit record that could not be made durable: the request is not answered (nothing new
+    /// was stored by it). 507 when the audit log's disk is full.
+    pub fn audit_failed(e: AuditError) -> Self {
+        match &e {
+            AuditError::Io { source, .. } if is_no_space(source) => {
+                tracing::error!(error = %e, "audit record refused: no space");
+                Self::new(
+                    ErrorCode::InsufficientStorage,
+                    "the audit log's disk is full: this request was not answered and stored \
+                     nothing; retry once space is freed",
+                )
+            }
+            _ => Self::internal(e),
+        }
+    }
+
     pub fn timeout() -> Self {
         Self::new(ErrorCode::Timeout, "the request took too long and was cancelled")
     }
@@ -123,13 +158,51 @@ impl IntoResponse for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        match e.code() {
+        let retry = e.is_retryable();
+        let mut api = match e.code() {
             ErrorCode::Internal => ApiError::internal(e),
             ErrorCode::StoreUnavailable => {
                 tracing::error!(error = %e, "store refuses writes");
-                ApiError::new(ErrorCode::StoreUnavailable, "the store is not accepting writes")
+                let message = if retry {
+                    "a storage error refused the write and nothing of it was stored; retry"
+                } else {
+                    "the store is not accepting writes"
+                };
+                ApiError::new(ErrorCode::StoreUnavailable, message)
+            }
+            ErrorCode::InsufficientStorage => {
+                tracing::error!(error = %e, "write refused: no space");
+                ApiError::new(
+                    ErrorCode::InsufficientStorage,
+                    "the store's disk is full: nothing of the write was stored; retry once space \
+                     is freed",
+                )
+            }
+            ErrorCode::WriteInDoubt => {
+                tracing::error!(error = %e, "write in doubt");
+                ApiError::new(
+                    ErrorCode::WriteInDoubt,
+                    "a storage error could not be undone: the write may or may not be durable; \
+                     retry it with the same Idempotency-Key to resolve it",
+                )
             }
             code => ApiError::new(code, e.to_string()),
+        };
+        if retry {
+            api.retry_after = Some(1);
+        }
+        api
+    }
+}
+
+/// The audit journal's failures, for the engine: a full disk is told apart (`insufficient_storage`).
+impl From<AuditError> for JournalError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Io { path, source } if is_no_space(&source) => {
+                JournalError::NoSpace { path, source }
+            }
+            e => JournalError::Failed(e.to_string()),
         }
     }
 }
@@ -179,5 +252,73 @@ mod tests {
             (e.status, e.code),
             (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
         );
+    }
+
+    fn io(kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::new(kind, "injected")
+    }
+
+    /// Storage faults: a full disk is 507, a failed and undone write 503 with Retry-After, a
+    /// write in doubt 503 `write_in_doubt` with Retry-After; no message names a file.
+    #[test]
+    fn storage_faults_map_to_507_and_retryable_503s() {
+        use std::io::ErrorKind as K;
+        let path = std::path::PathBuf::from("/secret/data/wal-000001.log");
+        let cases = [
+            (
+                GalleryError::NoSpace { path: path.clone(), source: io(K::StorageFull) },
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+                None,
+            ),
+            (
+                GalleryError::NoSpace { path: path.clone(), source: io(K::QuotaExceeded) },
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+                None,
+            ),
+            (
+                GalleryError::WriteFailed { path: path.clone(), source: io(K::Other) },
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::StoreUnavailable,
+                Some(1),
+            ),
+            (
+                GalleryError::InDoubt { path: path.clone(), source: io(K::Other) },
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::WriteInDoubt,
+                Some(1),
+            ),
+            (
+                GalleryError::Journal("audit writer stopped".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::StoreUnavailable,
+                Some(1),
+            ),
+        ];
+        for (g, status, code, retry_after) in cases {
+            let what = g.to_string();
+            let e: ApiError = g.into();
+            assert_eq!((e.status, e.code, e.retry_after), (status, code, retry_after), "{what}");
+            assert!(!e.message.contains("/secret"), "{}", e.message);
+        }
+    }
+
+    /// The audit log's full disk is 507 whether it is met answering a read (verify) or in the
+    /// journal of a write; its other failures stay internal.
+    #[test]
+    fn a_full_audit_disk_is_507() {
+        let full = || AuditError::Io {
+            path: "/a/audit-000001.log".into(),
+            source: io(std::io::ErrorKind::StorageFull),
+        };
+        let e = ApiError::audit_failed(full());
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::InsufficientStorage)
+        );
+        assert_eq!(ApiError::audit_failed(AuditError::Closed).code, ErrorCode::Internal);
+        assert!(matches!(JournalError::from(full()), JournalError::NoSpace { .. }));
+        assert!(matches!(JournalError::from(AuditError::Closed), JournalError::Failed(_)));
     }
 }

@@ -54,7 +54,7 @@ async fn audit(
     outcome: String,
 ) -> Result<(), ApiError> {
     let rec = AuditRecord::now(&caller.key.id, op, &caller.request_id, subjects, outcome);
-    state.audit.append(rec).await.map_err(ApiError::internal)
+    state.audit.append(rec).await.map_err(ApiError::audit_failed)
 }
 
 fn outcome_of<T>(r: &Result<T, ApiError>, ok: impl FnOnce(&T) -> String) -> String {
@@ -69,7 +69,8 @@ fn audit_context(caller: &Caller) -> AuditContext {
 }
 
 /// An engine write's error, audited here unless the engine's journal recorded it (storage
-/// faults after the journal entry was made durable are recorded there).
+/// faults after the journal entry was made durable are recorded there; the audit of one the
+/// journal could not record would fail the same way).
 async fn refused_write(
     state: &AppState,
     caller: &Caller,
@@ -78,7 +79,13 @@ async fn refused_write(
     e: EngineError,
 ) -> ApiError {
     let e = ApiError::from(e);
-    if !matches!(e.code, ErrorCode::Internal | ErrorCode::StoreUnavailable) {
+    if !matches!(
+        e.code,
+        ErrorCode::Internal
+            | ErrorCode::StoreUnavailable
+            | ErrorCode::InsufficientStorage
+            | ErrorCode::WriteInDoubt
+    ) {
         let outcome = format!("error:{}", e.code);
         if let Err(a) = audit(state, caller, op, vec![subject.to_string()], outcome).await {
             return a;
