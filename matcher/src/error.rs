@@ -134,6 +134,14 @@ impl ApiError {
         }
     }
 
+    /// 503 `write_in_doubt` with Retry-After: the client cannot be told whether its write is
+    /// stored (or, for a stored one, be given its answer); the same request again resolves it.
+    pub fn in_doubt(message: impl Into<String>) -> Self {
+        let mut e = Self::new(ErrorCode::WriteInDoubt, message);
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn timeout() -> Self {
         Self::new(ErrorCode::Timeout, "the request took too long and was cancelled")
     }

@@ -57,6 +57,16 @@ async fn audit(
     state.audit.append(rec).await.map_err(ApiError::audit_failed)
 }
 
+/// The audit record of an answer about a *stored* enrollment (a retry that found it) could not
+/// be written: the answer is withheld, but a stored enrollment is never answered as failed, so
+/// it is in doubt; the same request again (same Idempotency-Key) gets it.
+fn replay_unaudited(e: ApiError) -> ApiError {
+    tracing::error!(code = %e.code, "the answer to a retried enrollment could not be audited");
+    ApiError::in_doubt(
+        "the answer could not be audited: retry the enrollment with the same Idempotency-Key",
+    )
+}
+
 fn outcome_of<T>(r: &Result<T, ApiError>, ok: impl FnOnce(&T) -> String) -> String {
     match r {
         Ok(v) => ok(v),
@@ -114,7 +124,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 #[utoipa::path(post, path = "/v1/subjects", request_body = EnrollRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "makes retries of this enrollment safe")),
     responses((status = 201, body = SubjectOut), (status = 200, body = SubjectOut, description = "a retry found this enrollment already stored"),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "with Retry-After: store_unavailable (nothing was stored) or write_in_doubt (retry with the same Idempotency-Key to resolve it)"),
+        (status = 507, body = ErrorBody, description = "insufficient_storage: the disk is full, nothing was stored")))]
 pub async fn enroll(
     State(state): St,
     caller: Caller,
@@ -136,7 +148,9 @@ pub async fn enroll(
                 ));
             }
             let outcome = format!("replayed:{}", out.seq);
-            audit(&state, &caller, "enroll", vec![subject.to_string()], outcome).await?;
+            audit(&state, &caller, "enroll", vec![subject.to_string()], outcome)
+                .await
+                .map_err(replay_unaudited)?;
             return Ok((StatusCode::CREATED, Json(out)));
         }
     }
@@ -156,7 +170,9 @@ pub async fn enroll(
             // A retry of an enrollment that had landed (e.g. answered by a server that died).
             let out = subject_out(e.view);
             let outcome = format!("replayed:{}", out.seq);
-            audit(&state, &caller, "enroll", vec![subject.to_string()], outcome).await?;
+            audit(&state, &caller, "enroll", vec![subject.to_string()], outcome)
+                .await
+                .map_err(replay_unaudited)?;
             Ok((StatusCode::OK, Json(out)))
         }
         Err(e) => Err(refused_write(&state, &caller, "enroll", &subject, e).await),
@@ -164,7 +180,9 @@ pub async fn enroll(
 }
 
 #[utoipa::path(post, path = "/v1/subjects/batch", request_body = BatchEnrollRequest,
-    responses((status = 200, body = BatchEnrollResponse), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = BatchEnrollResponse), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "with Retry-After: store_unavailable (nothing was stored) or write_in_doubt (send the batch again: its stored items answer 409)"),
+        (status = 507, body = ErrorBody, description = "insufficient_storage: the disk is full, nothing was stored")))]
 pub async fn enroll_batch(
     State(state): St,
     caller: Caller,
@@ -224,8 +242,18 @@ pub async fn enroll_batch(
             }
         });
     }
+    let stored = out.iter().any(|r| r.status == 201);
     for (s, code) in refused {
-        audit(&state, &caller, "enroll", vec![s], format!("error:{code}")).await?;
+        let r = audit(&state, &caller, "enroll", vec![s], format!("error:{code}")).await;
+        if let (Err(e), true) = (&r, stored) {
+            // Stored items are never answered as failed: the batch's answer is in doubt.
+            tracing::error!(code = %e.code, "a batch's refused items could not be audited");
+            return Err(ApiError::in_doubt(
+                "the batch was written but its answer could not be audited: send it again; its \
+                 stored items then answer 409 already_enrolled",
+            ));
+        }
+        r?;
     }
     Ok(Json(BatchEnrollResponse { results: out }))
 }
@@ -243,7 +271,9 @@ pub async fn get_subject(
 }
 
 #[utoipa::path(delete, path = "/v1/subjects/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = DeleteOut), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DeleteOut), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "with Retry-After: store_unavailable (nothing was deleted) or write_in_doubt (retry to resolve it: 200 or 404)"),
+        (status = 507, body = ErrorBody, description = "insufficient_storage: the disk is full, nothing was stored")))]
 pub async fn delete_subject(
     State(state): St,
     caller: Caller,
