@@ -242,11 +242,11 @@ fn full_disk(audit_on_the_full_disk: bool) {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("panicked"), "the server panicked:\n{}", log_tail(&log));
     eprintln!(
-        "disk full ({what}): {} acknowledged before the disk filled, {full_507} answered 507, {} refused \
-         in all, {} in doubt (resolved by retry); /readyz 200 {ready_after_ms} ms after space \
-         was freed; {} acknowledged enrollments whole after a restart, {} unretried refused \
-         ones absent",
-        count(Outcome::Acked) + 10,
+        "disk full ({what}): {} acknowledged in the room left, then {full_507} answered 507, {} \
+         refused in all, {} in doubt (resolved by retry); /readyz 200 {ready_after_ms} ms after \
+         space was freed; {} acknowledged enrollments whole after a restart, {} unretried \
+         refused ones absent",
+        count(Outcome::Acked),
         refused.len(),
         in_doubt.len(),
         acked.len(),
