@@ -787,7 +787,9 @@ impl Store {
     /// it cuts back what a failed append left in the log (if anything) and writes, fsyncs and
     /// removes a probe file of 64 KiB in the store's directory: success clears the fault, so the
     /// store reports itself writable again without a restart once space is freed. For the
-    /// owner's maintenance thread.
+    /// owner's maintenance thread. The commit hook's own files (the service's audit journal)
+    /// are not probed: on another disk, a fault they caused clears here and is set again by the
+    /// next write they refuse.
     pub fn probe_writes(&self) -> bool {
         if self.fault.lock().is_none() {
             return true;
