@@ -57,6 +57,11 @@ pub enum ErrorCode {
     RateLimited,
     Timeout,
     StoreUnavailable,
+    /// The store's disk (or quota) is full: nothing of the write was stored.
+    InsufficientStorage,
+    /// A write may or may not be durable (its fsync failed and could not be undone): a retry
+    /// with the same Idempotency-Key resolves it.
+    WriteInDoubt,
     Internal,
 }
 
@@ -103,6 +108,8 @@ impl ErrorCode {
             C::RateLimited => "rate_limited",
             C::Timeout => "timeout",
             C::StoreUnavailable => "store_unavailable",
+            C::InsufficientStorage => "insufficient_storage",
+            C::WriteInDoubt => "write_in_doubt",
             C::Internal => "internal",
         }
     }
@@ -152,7 +159,9 @@ impl EngineError {
                 | G::MissingFingerPosition { .. } => ErrorCode::InvalidTemplate,
                 G::BadMaxResults { .. } | G::BadIndexParams(_) => ErrorCode::InvalidParameter,
                 G::OverBudget { .. } => ErrorCode::OverMemoryBudget,
-                G::Poisoned | G::Journal(_) => ErrorCode::StoreUnavailable,
+                G::Poisoned | G::Journal(_) | G::WriteFailed { .. } => ErrorCode::StoreUnavailable,
+                G::NoSpace { .. } => ErrorCode::InsufficientStorage,
+                G::InDoubt { .. } => ErrorCode::WriteInDoubt,
                 G::Corrupt { .. }
                 | G::Config(_)
                 | G::Io { .. }
@@ -161,6 +170,20 @@ impl EngineError {
                 | G::ReadOnly => ErrorCode::Internal,
             },
         }
+    }
+
+    /// Whether the same request may well succeed if retried in a moment (a write that failed
+    /// with a transient storage error and was undone, or is in doubt): answered with
+    /// Retry-After. A full disk needs space freed first; a poisoned store needs a restart.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Gallery(
+                GalleryError::WriteFailed { .. }
+                    | GalleryError::InDoubt { .. }
+                    | GalleryError::Journal(_)
+            )
+        )
     }
 
     /// True when the caller's request was at fault.

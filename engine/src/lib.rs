@@ -724,10 +724,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Run a checkpoint if the store's log is due for one (for a maintenance thread, off the
-    /// request path). Returns whether one ran.
+    /// For a maintenance thread, off the request path: while writes are failing, probe whether
+    /// they can be made durable again ([`Store::probe_writes`]: readiness follows without a
+    /// restart once space is freed); then run a checkpoint if the store's log is due for one
+    /// (not while writes fail: it would fail too, and a failed one is retried later). Returns
+    /// whether a checkpoint ran.
     pub fn maintain(&self) -> Result<bool> {
-        Ok(self.store().checkpoint_if_due()?)
+        let store = self.store();
+        if !store.probe_writes() {
+            return Ok(false);
+        }
+        Ok(store.checkpoint_if_due()?)
     }
 
     /// Finger positions a subject holds.

@@ -60,6 +60,20 @@ pub enum GalleryError {
     Poisoned,
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A write was refused because the disk (or the quota) is full: ENOSPC or EDQUOT. Nothing
+    /// of the write was stored; it can succeed once space is freed.
+    #[error("no space left for {path}: {source}; nothing of the write was stored")]
+    NoSpace { path: PathBuf, source: std::io::Error },
+    /// A write failed with another I/O error (EIO, …) and was undone: nothing of it was stored,
+    /// and a retry may succeed.
+    #[error("write to {path} failed: {source}; nothing of the write was stored")]
+    WriteFailed { path: PathBuf, source: std::io::Error },
+    /// A write failed after (part of) it reached the log, and the log could not be cut back: it
+    /// may or may not be durable. The store takes no other write until the log is cut back (a
+    /// later write or [`crate::Store::probe_writes`] retries that); a retry of the same write then
+    /// finds it either absent (and stores it) or stored.
+    #[error("write to {path} is in doubt: {source}; it may or may not be durable")]
+    InDoubt { path: PathBuf, source: std::io::Error },
     /// The commit hook (the audit journal) could not record a commit group; nothing was stored.
     #[error("the commit journal refused the write: {0}")]
     Journal(String),
@@ -85,6 +99,9 @@ impl GalleryError {
                 | GalleryError::Locked(_)
                 | GalleryError::ReadOnly
                 | GalleryError::Io { .. }
+                | GalleryError::NoSpace { .. }
+                | GalleryError::WriteFailed { .. }
+                | GalleryError::InDoubt { .. }
                 | GalleryError::Journal(_)
                 | GalleryError::Faiss(_)
                 | GalleryError::OverBudget { .. }
@@ -96,9 +113,39 @@ impl GalleryError {
         move |source| GalleryError::Io { path, source }
     }
 
+    /// A failed write to `path`: [`GalleryError::NoSpace`] for a full disk or quota,
+    /// [`GalleryError::WriteFailed`] otherwise (for writes that were undone).
+    pub(crate) fn write(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> GalleryError {
+        let path = path.into();
+        move |source| {
+            if is_no_space(&source) {
+                GalleryError::NoSpace { path, source }
+            } else {
+                GalleryError::WriteFailed { path, source }
+            }
+        }
+    }
+
+    /// An [`GalleryError::Io`] whose cause is a full disk becomes [`GalleryError::NoSpace`]
+    /// (for writes that leave nothing behind, such as a failed checkpoint); anything else as is.
+    pub(crate) fn no_space_typed(self) -> GalleryError {
+        match self {
+            GalleryError::Io { path, source } if is_no_space(&source) => {
+                GalleryError::NoSpace { path, source }
+            }
+            other => other,
+        }
+    }
+
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> GalleryError {
         GalleryError::Corrupt { path: path.into(), reason: reason.into() }
     }
+}
+
+/// Whether an I/O error means the disk or the quota is full (ENOSPC, EDQUOT).
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
 }
 
 pub type Result<T, E = GalleryError> = std::result::Result<T, E>;

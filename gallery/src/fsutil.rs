@@ -13,15 +13,16 @@ use std::path::Path;
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(GalleryError::io(&tmp))?;
-        f.write_all(bytes).map_err(GalleryError::io(&tmp))?;
-        f.sync_all().map_err(GalleryError::io(&tmp))?;
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    if let Err(e) = written {
+        // Give the space back at once (a full disk is the usual cause); the target is untouched.
+        let _ = fs::remove_file(&tmp);
+        return Err(GalleryError::Io { path: tmp, source: e });
     }
     fs::rename(&tmp, path).map_err(GalleryError::io(path))?;
     sync_dir(dir)

@@ -28,7 +28,7 @@ pub mod store;
 mod subjects;
 mod wal;
 
-pub use error::{GalleryError, Result};
+pub use error::{is_no_space, GalleryError, Result};
 pub use finger_gallery::{FingerGallery, FingerSearchInfo, FingerSearchParams, PreparedFinger};
 pub use gallery::{AnnParams, Gallery, SearchMode, SearchPath};
 pub use minutiae::MAX_FINGERS;
@@ -36,5 +36,6 @@ pub use search::{IdentifyOptions, Probe, MAX_RESULTS_LIMIT};
 pub use segment::RowMeta;
 pub use store::{
     ColumnStats, CommitHook, Committed, Enrollment, FingerStats, ModelSpec, Note, Recovery,
-    ScanBatch, ScanSummary, Store, StoreOptions, StoreStats, SubjectInfo, TemplateInfo, WriteOp,
+    ScanBatch, ScanSummary, Store, StoreOptions, StoreStats, SubjectInfo, TemplateInfo, WriteFault,
+    WriteOp,
 };

@@ -214,7 +214,31 @@ struct Writer {
     journal_backlog: Vec<Vec<u8>>,
     /// Journal bytes went to `applied` since the last checkpoint (see `before_checkpoint`).
     journal_since_checkpoint: bool,
+    /// After a failed checkpoint: not before this instant, and the wait after the next failure.
+    checkpoint_retry: Option<(std::time::Instant, std::time::Duration)>,
 }
+
+/// Why writes cannot be made durable right now ([`Store::write_fault`]). Messages name a file
+/// and an OS error, never biometric data.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "message")]
+pub enum WriteFault {
+    /// The disk or quota is full (ENOSPC, EDQUOT).
+    NoSpace(String),
+    /// Another I/O error (EIO, a failed fsync, a log that could not be cut back yet).
+    Io(String),
+    /// A failed checkpoint left this process unsure which log is current: writes are refused
+    /// until the store is reopened.
+    Poisoned,
+}
+
+/// While writes fail, [`Store::probe_writes`] checks that this much can be written and fsynced.
+const PROBE_BYTES: usize = 64 << 10;
+/// The probe's file (a `.tmp`: removed at open if a crash leaves it behind).
+const PROBE_FILE: &str = "write-probe.tmp";
+/// The first wait after a failed checkpoint; it doubles with each failure, up to the maximum.
+const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const CHECKPOINT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The embedded, crash-safe gallery store. `Send + Sync`: share it behind an `Arc`.
 pub struct Store {
@@ -232,6 +256,10 @@ pub struct Store {
     /// Log appends (each one fsync) and the writes they carried, for monitoring.
     appends: std::sync::atomic::AtomicU64,
     appended_writes: std::sync::atomic::AtomicU64,
+    /// Set when a write could not be made durable, cleared by the next one that is (or by a
+    /// successful [`Store::probe_writes`]). Apart from the writer lock, so readiness checks never
+    /// wait for an fsync.
+    fault: Mutex<Option<WriteFault>>,
     recovery: Recovery,
     /// Holds the exclusive advisory lock on `LOCK` for the store's lifetime (`None`: read-only).
     _lock: Option<std::fs::File>,
@@ -271,6 +299,18 @@ fn share(e: &GalleryError) -> GalleryError {
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
         GalleryError::Poisoned => GalleryError::Poisoned,
+        GalleryError::NoSpace { path, source } => GalleryError::NoSpace {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        GalleryError::WriteFailed { path, source } => GalleryError::WriteFailed {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        GalleryError::InDoubt { path, source } => GalleryError::InDoubt {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
         GalleryError::ReadOnly => GalleryError::ReadOnly,
         GalleryError::Journal(m) => GalleryError::Journal(m.clone()),
         other => GalleryError::Journal(other.to_string()),
@@ -486,6 +526,7 @@ impl Store {
                 poisoned: false,
                 journal_backlog: Vec::new(),
                 journal_since_checkpoint: false,
+                checkpoint_retry: None,
             }),
             queue: Mutex::new(Vec::new()),
             queued: parking_lot::Condvar::new(),
@@ -493,6 +534,7 @@ impl Store {
             hook: OnceLock::new(),
             appends: Default::default(),
             appended_writes: Default::default(),
+            fault: Mutex::new(None),
             recovery: Recovery::default(),
             _lock: lock,
         };
@@ -727,9 +769,6 @@ impl Store {
                 journal = j;
                 let wal = w.wal.as_mut().expect("checked writable");
                 wal.append(&frames).inspect_err(|e| {
-                    if matches!(e, GalleryError::Poisoned) {
-                        w.poisoned = true;
-                    }
                     if let Some(h) = hook {
                         h.failed(&committed, e);
                     }
@@ -737,11 +776,13 @@ impl Store {
             })
         };
         if let Err(e) = logged {
+            self.set_fault(&e);
             // Nothing of the group is stored: every write it accepted fails with the cause.
             for &(ti, oi) in &accepted {
                 results[ti][oi] = Err(share(&e));
             }
         } else if !records.is_empty() {
+            self.clear_fault();
             use std::sync::atomic::Ordering::Relaxed;
             self.appends.fetch_add(1, Relaxed);
             self.appended_writes.fetch_add(records.len() as u64, Relaxed);
@@ -768,8 +809,78 @@ impl Store {
         }
     }
 
+    /// Whether the log has outgrown `checkpoint_wal_bytes` (and the wait after a failed
+    /// checkpoint is over).
     fn checkpoint_due(&self, w: &Writer) -> bool {
         w.wal.as_ref().is_some_and(|wal| wal.len() > self.opts.checkpoint_wal_bytes)
+            && w.checkpoint_retry.is_none_or(|(at, _)| std::time::Instant::now() >= at)
+    }
+
+    /// Why writes cannot be made durable right now, if they cannot: set when a write fails
+    /// (the log's append or fsync, or the commit hook's journal for want of space), cleared
+    /// when a later write succeeds or [`Store::probe_writes`] does. Never waits for a write.
+    pub fn write_fault(&self) -> Option<WriteFault> {
+        self.fault.lock().clone()
+    }
+
+    /// Whether writes can be made durable now. Does no I/O unless a [`WriteFault`] is set; then
+    /// it cuts back what a failed append left in the log (if anything) and writes, fsyncs and
+    /// removes a probe file of 64 KiB in the store's directory: success clears the fault, so the
+    /// store reports itself writable again without a restart once space is freed. For the
+    /// owner's maintenance thread. The commit hook's own files (the service's audit journal)
+    /// are not probed: on another disk, a fault they caused clears here and is set again by the
+    /// next write they refuse.
+    pub fn probe_writes(&self) -> bool {
+        if self.fault.lock().is_none() {
+            return true;
+        }
+        let mut w = self.writer.lock();
+        if w.poisoned {
+            return false;
+        }
+        let Some(wal) = w.wal.as_mut() else { return true };
+        match wal.repair().and_then(|()| self.write_probe()) {
+            Ok(()) => {
+                self.clear_fault();
+                true
+            }
+            Err(e) => {
+                self.set_fault(&e);
+                false
+            }
+        }
+    }
+
+    fn write_probe(&self) -> Result<()> {
+        use std::io::Write;
+        let path = self.dir.join(PROBE_FILE);
+        let r = std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(&vec![0u8; PROBE_BYTES]).and_then(|()| f.sync_data()));
+        let _ = std::fs::remove_file(&path);
+        r.map_err(GalleryError::write(&path))
+    }
+
+    /// Record that a write could not be made durable (storage faults only).
+    fn set_fault(&self, e: &GalleryError) {
+        let fault = match e {
+            GalleryError::NoSpace { .. } => WriteFault::NoSpace(e.to_string()),
+            GalleryError::WriteFailed { .. } | GalleryError::InDoubt { .. } => {
+                WriteFault::Io(e.to_string())
+            }
+            GalleryError::Poisoned => WriteFault::Poisoned,
+            _ => return,
+        };
+        let mut f = self.fault.lock();
+        if f.is_none() {
+            tracing::error!(fault = ?fault, "writes cannot be made durable");
+        }
+        *f = Some(fault);
+    }
+
+    fn clear_fault(&self) {
+        if let Some(fault) = self.fault.lock().take() {
+            tracing::warn!(was = ?fault, "writes are durable again");
+        }
     }
 
     /// One write through the group commit, with a note for the [`CommitHook`].
@@ -1074,11 +1185,16 @@ impl Store {
                 wal.append(&frames)?;
             }
             if let Err(e) = next.write(&self.dir) {
-                // The rename may or may not have happened: the files on disk are consistent either
-                // way, but this process no longer knows which WAL is current. Stop writing; a
-                // reopen resolves it from the manifest.
-                w.poisoned = true;
-                new_files.clear();
+                // Still the old manifest on disk (its new copy was not renamed into place, as
+                // when the disk is full): the old files are intact and named, a clean failure.
+                // Otherwise the rename may or may not have happened: the files on disk are
+                // consistent either way, but this process no longer knows which WAL is current.
+                // Stop writing; a reopen resolves it from the manifest.
+                if !Manifest::read(&self.dir).is_ok_and(|m| m == old) {
+                    w.poisoned = true;
+                    self.set_fault(&GalleryError::Poisoned);
+                    new_files.clear();
+                }
                 return Err(e);
             }
             w.wal = Some(wal);
@@ -1088,12 +1204,19 @@ impl Store {
             Ok(s) => s,
             Err(e) => {
                 // The old manifest still names the old, intact files: just drop what was written.
+                // The log keeps every record; the next try waits a little longer each time.
+                // Files are written under a `.tmp` name first: give their space back too.
                 for p in new_files {
+                    let _ = std::fs::remove_file(p.with_extension("tmp"));
                     let _ = std::fs::remove_file(p);
                 }
-                return Err(e);
+                let wait = w.checkpoint_retry.map_or(CHECKPOINT_RETRY, |(_, d)| d);
+                w.checkpoint_retry =
+                    Some((std::time::Instant::now() + wait, (wait * 2).min(CHECKPOINT_RETRY_MAX)));
+                return Err(e.no_space_typed());
             }
         };
+        w.checkpoint_retry = None;
         {
             let mut st = self.state.write();
             for (ci, seg) in sealed {

@@ -367,12 +367,31 @@ pub(crate) fn scan_frames<T>(
     Ok(FrameScan { records, valid_len: pos as u64, discarded: (bytes.len() - pos) as u64 })
 }
 
+/// What the log writer needs of its file: a trait so that tests can inject I/O failures.
+pub(crate) trait LogFile: Write + Seek + std::fmt::Debug {
+    fn set_len(&self, len: u64) -> std::io::Result<()>;
+    fn sync_data(&self) -> std::io::Result<()>;
+}
+
+impl LogFile for File {
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        File::set_len(self, len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        File::sync_data(self)
+    }
+}
+
 /// The open log that new records are appended to.
 #[derive(Debug)]
-pub(crate) struct WalWriter {
-    file: File,
+pub(crate) struct WalWriter<F: LogFile = File> {
+    file: F,
     path: PathBuf,
+    /// End of the last durable frame.
     len: u64,
+    /// A failed append may have left bytes past `len` that could not be cut off yet.
+    dirty: bool,
 }
 
 impl WalWriter {
@@ -391,7 +410,7 @@ impl WalWriter {
             .map_err(GalleryError::io(path))?;
         file.write_all(&encode_header(header)).map_err(GalleryError::io(path))?;
         file.sync_all().map_err(GalleryError::io(path))?;
-        Ok(Self { file, path: path.to_owned(), len: HEADER_LEN })
+        Ok(Self::with_file(file, path, HEADER_LEN))
     }
 
     /// Reopen an existing log for appending after its valid prefix (cutting off a torn tail).
@@ -404,16 +423,29 @@ impl WalWriter {
             file.sync_all().map_err(GalleryError::io(path))?;
         }
         file.seek(SeekFrom::Start(valid_len)).map_err(GalleryError::io(path))?;
-        Ok(Self { file, path: path.to_owned(), len: valid_len })
+        Ok(Self::with_file(file, path, valid_len))
+    }
+}
+
+impl<F: LogFile> WalWriter<F> {
+    /// A writer over `file`, positioned at `len`, the end of its last durable frame.
+    fn with_file(file: F, path: &Path, len: u64) -> Self {
+        Self { file, path: path.to_owned(), len, dirty: false }
     }
 
     pub fn len(&self) -> u64 {
         self.len
     }
 
-    /// Append already-encoded frames and fsync. On failure the log is cut back to its previous
-    /// length; `Err(Poisoned)` is returned if even that fails (the caller must stop writing).
+    /// Append already-encoded frames and fsync.
+    ///
+    /// On failure the log is cut back to its previous length and that is fsynced, so a partial
+    /// frame never precedes later acknowledged records, and nothing of the frames is stored:
+    /// [`GalleryError::NoSpace`] (ENOSPC, EDQUOT) or [`GalleryError::WriteFailed`]. If the cut
+    /// fails too, the frames may or may not be durable ([`GalleryError::InDoubt`]) and the log
+    /// stays dirty: the next append first retries the cut, and fails while it cannot be made.
     pub fn append(&mut self, frames: &[u8]) -> Result<()> {
+        self.repair()?;
         let res = self.file.write_all(frames).and_then(|()| self.file.sync_data());
         match res {
             Ok(()) => {
@@ -421,17 +453,37 @@ impl WalWriter {
                 Ok(())
             }
             Err(e) => {
-                let undo = self
-                    .file
-                    .set_len(self.len)
-                    .and_then(|()| self.file.seek(SeekFrom::Start(self.len)).map(|_| ()))
-                    .and_then(|()| self.file.sync_data());
-                match undo {
-                    Ok(()) => Err(GalleryError::Io { path: self.path.clone(), source: e }),
-                    Err(_) => Err(GalleryError::Poisoned),
+                self.dirty = true;
+                match self.cut_back() {
+                    Ok(()) => Err(GalleryError::write(&self.path)(e)),
+                    Err(undo) => {
+                        tracing::error!(
+                            file = %self.path.display(), error = %e, undo = %undo,
+                            "write-ahead log append failed and could not be cut back"
+                        );
+                        Err(GalleryError::InDoubt { path: self.path.clone(), source: e })
+                    }
                 }
             }
         }
+    }
+
+    /// Cut off what a failed append left past the last durable frame, if anything (fsynced).
+    /// `Ok` once the log is clean; the error of the cut otherwise (nothing can be appended
+    /// until it succeeds).
+    pub fn repair(&mut self) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.cut_back().map_err(GalleryError::write(&self.path))
+    }
+
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        self.file.set_len(self.len)?;
+        self.file.seek(SeekFrom::Start(self.len))?;
+        self.file.sync_data()?;
+        self.dirty = false;
+        Ok(())
     }
 }
 
@@ -439,6 +491,8 @@ impl WalWriter {
 mod tests {
     use super::*;
     use crate::minutiae::testing::finger;
+    use std::cell::{Cell, RefCell};
+    use std::io::ErrorKind;
 
     fn rec(seq: u64) -> WalRecord {
         WalRecord::Enroll {
@@ -549,5 +603,152 @@ mod tests {
         let path = dir.path().join("wal.log");
         std::fs::write(&path, b"not a log at all").unwrap();
         assert!(matches!(scan(&path), Err(GalleryError::Corrupt { .. })));
+    }
+
+    /// A log file in memory whose next operations fail as scripted; `durable` is what the last
+    /// successful sync made durable.
+    #[derive(Debug, Default)]
+    struct Faulty {
+        data: RefCell<Vec<u8>>,
+        durable: RefCell<Vec<u8>>,
+        pos: u64,
+        /// The next writes store at most this many bytes in all, then fail with ENOSPC.
+        room: Option<usize>,
+        failing_syncs: Cell<u32>,
+        failing_set_lens: Cell<u32>,
+    }
+
+    fn eio() -> std::io::Error {
+        std::io::Error::other("injected EIO")
+    }
+
+    fn fail_next(c: &Cell<u32>) -> bool {
+        let n = c.get();
+        c.set(n.saturating_sub(1));
+        n > 0
+    }
+
+    impl Write for Faulty {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = match self.room {
+                Some(0) => return Err(ErrorKind::StorageFull.into()),
+                Some(r) => {
+                    let n = r.min(buf.len());
+                    self.room = Some(r - n);
+                    n
+                }
+                None => buf.len(),
+            };
+            let mut d = self.data.borrow_mut();
+            let at = self.pos as usize;
+            if d.len() < at + n {
+                d.resize(at + n, 0);
+            }
+            d[at..at + n].copy_from_slice(&buf[..n]);
+            self.pos += n as u64;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for Faulty {
+        fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+            let SeekFrom::Start(p) = to else { unreachable!("the writer seeks from the start") };
+            self.pos = p;
+            Ok(p)
+        }
+    }
+
+    impl LogFile for Faulty {
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            if fail_next(&self.failing_set_lens) {
+                return Err(eio());
+            }
+            self.data.borrow_mut().resize(len as usize, 0);
+            Ok(())
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            if fail_next(&self.failing_syncs) {
+                return Err(eio());
+            }
+            *self.durable.borrow_mut() = self.data.borrow().clone();
+            Ok(())
+        }
+    }
+
+    fn faulty_writer() -> WalWriter<Faulty> {
+        let header = encode_header(&WAL_HEADER);
+        let f = Faulty {
+            data: RefCell::new(header.clone()),
+            durable: RefCell::new(header),
+            pos: HEADER_LEN,
+            ..Faulty::default()
+        };
+        WalWriter::with_file(f, Path::new("wal-test.log"), HEADER_LEN)
+    }
+
+    /// The records a restart would replay from what the file made durable.
+    fn replayed(w: &WalWriter<Faulty>) -> Vec<WalRecord> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        std::fs::write(&path, &*w.file.durable.borrow()).unwrap();
+        let s = scan(&path).unwrap();
+        assert_eq!(s.discarded, 0, "no torn bytes are left behind");
+        s.records
+    }
+
+    #[test]
+    fn a_full_disk_cuts_the_partial_frame_back_and_later_frames_follow_the_last_durable_one() {
+        let mut w = faulty_writer();
+        w.append(&rec(1).encode()).unwrap();
+        let good = w.len();
+        // ENOSPC after 10 bytes of the next frame.
+        w.file.room = Some(10);
+        let e = w.append(&rec(2).encode()).unwrap_err();
+        assert!(matches!(e, GalleryError::NoSpace { .. }), "{e}");
+        assert_eq!((w.len(), w.file.data.borrow().len() as u64), (good, good));
+        assert!(!w.dirty);
+        // Space is freed: the next record directly follows the last durable one.
+        w.file.room = None;
+        w.append(&rec(3).encode()).unwrap();
+        assert_eq!(replayed(&w), vec![rec(1), rec(3)]);
+    }
+
+    #[test]
+    fn a_failed_fsync_is_cut_back_and_reported_as_nothing_stored() {
+        let mut w = faulty_writer();
+        w.append(&rec(1).encode()).unwrap();
+        w.file.failing_syncs.set(1);
+        let e = w.append(&rec(2).encode()).unwrap_err();
+        assert!(matches!(e, GalleryError::WriteFailed { .. }), "{e}");
+        assert_eq!(replayed(&w), vec![rec(1)]);
+        w.append(&rec(3).encode()).unwrap();
+        assert_eq!(replayed(&w), vec![rec(1), rec(3)]);
+    }
+
+    #[test]
+    fn a_cut_that_fails_leaves_the_write_in_doubt_and_blocks_appends_until_it_succeeds() {
+        let mut w = faulty_writer();
+        w.append(&rec(1).encode()).unwrap();
+        // The fsync fails, then the cut back fails twice (its first try and one retry).
+        w.file.failing_syncs.set(1);
+        w.file.failing_set_lens.set(2);
+        let e = w.append(&rec(2).encode()).unwrap_err();
+        assert!(matches!(e, GalleryError::InDoubt { .. }), "{e}");
+        assert!(w.dirty);
+        // The next append retries the cut first; it fails, so nothing of rec 3 is written.
+        let before = w.file.data.borrow().clone();
+        let e = w.append(&rec(3).encode()).unwrap_err();
+        assert!(matches!(e, GalleryError::WriteFailed { .. }), "{e}");
+        assert_eq!(*w.file.data.borrow(), before);
+        // Then the cut succeeds: the doubtful frame is gone, rec 4 follows rec 1.
+        w.repair().unwrap();
+        assert!(!w.dirty);
+        w.append(&rec(4).encode()).unwrap();
+        assert_eq!(replayed(&w), vec![rec(1), rec(4)]);
     }
 }

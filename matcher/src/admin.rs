@@ -21,8 +21,12 @@ pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// 200 once the gallery is loaded, while writes can be made durable (503 while they cannot:
+/// a full disk or a storage I/O error, until a write or the maintenance probe succeeds).
 pub async fn readyz(State(state): St) -> Result<Json<serde_json::Value>, ApiError> {
-    state.gallery()?;
+    if let Some(fault) = state.gallery()?.store().write_fault() {
+        return Err(ApiError::unwritable(&fault));
+    }
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 

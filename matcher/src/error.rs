@@ -12,7 +12,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use biomatch_engine::EngineError;
 pub use biomatch_engine::ErrorCode;
-use biomatch_gallery::GalleryError;
+use biomatch_gallery::{GalleryError, WriteFault};
 
 /// The HTTP status each error code is answered with.
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -48,7 +48,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::FingerprintsUnavailable
         | C::NoTemplateForModality
         | C::OverMemoryBudget => StatusCode::UNPROCESSABLE_ENTITY,
-        C::NotReady | C::Overloaded | C::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::NotReady | C::Overloaded | C::StoreUnavailable | C::WriteInDoubt => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        C::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         C::Timeout => StatusCode::GATEWAY_TIMEOUT,
         C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -109,18 +112,46 @@ impl ApiError {
         e
     }
 
+    /// Readiness while writes cannot be made durable (503 with Retry-After): the disk is full,
+    /// or a storage I/O error; it turns ready again once a write or the maintenance probe
+    /// succeeds.
+    pub fn unwritable(fault: &WriteFault) -> Self {
+        let why = match fault {
+            WriteFault::NoSpace(_) => "no space left on the store's disk",
+            WriteFault::Io(_) => "a storage I/O error",
+            WriteFault::Poisoned => "the store needs a restart after a failed checkpoint",
+        };
+        let mut e =
+            Self::new(ErrorCode::StoreUnavailable, format!("writes cannot be made durable: {why}"));
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// 503 `write_in_doubt` with Retry-After: the client cannot be told whether its write is
+    /// stored (or, for a stored one, be given its answer); the same request again resolves it.
+    pub fn in_doubt(message: impl Into<String>) -> Self {
+        let mut e = Self::new(ErrorCode::WriteInDoubt, message);
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn timeout() -> Self {
         Self::new(ErrorCode::Timeout, "the request took too long and was cancelled")
     }
 
-    /// The request's audit record could not be made durable, so its answer is withheld.
+    /// The request's audit record could not be made durable, so its answer is withheld: 507
+    /// when the audit log's disk is full, else 503 with Retry-After.
     pub fn audit_unavailable(e: &crate::audit::AuditError) -> Self {
+        if e.is_no_space() {
+            return Self::new(
+                ErrorCode::InsufficientStorage,
+                "the audit log's disk is full: this request was not answered; retry once space \
+                 is freed",
+            );
+        }
         let mut err = Self::new(
             ErrorCode::StoreUnavailable,
-            format!(
-                "the audit record of this request could not be made durable{}; retry later",
-                if e.is_no_space() { " (disk full)" } else { "" }
-            ),
+            "the audit record of this request could not be made durable; retry later",
         );
         err.retry_after = Some(5);
         err
@@ -146,14 +177,40 @@ impl IntoResponse for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        match e.code() {
+        let retry = e.is_retryable();
+        let mut api = match e.code() {
             ErrorCode::Internal => ApiError::internal(e),
             ErrorCode::StoreUnavailable => {
                 tracing::error!(error = %e, "store refuses writes");
-                ApiError::new(ErrorCode::StoreUnavailable, "the store is not accepting writes")
+                let message = if retry {
+                    "a storage error refused the write and nothing of it was stored; retry"
+                } else {
+                    "the store is not accepting writes"
+                };
+                ApiError::new(ErrorCode::StoreUnavailable, message)
+            }
+            ErrorCode::InsufficientStorage => {
+                tracing::error!(error = %e, "write refused: no space");
+                ApiError::new(
+                    ErrorCode::InsufficientStorage,
+                    "the store's disk is full: nothing of the write was stored; retry once space \
+                     is freed",
+                )
+            }
+            ErrorCode::WriteInDoubt => {
+                tracing::error!(error = %e, "write in doubt");
+                ApiError::new(
+                    ErrorCode::WriteInDoubt,
+                    "a storage error could not be undone: the write may or may not be durable; \
+                     retry it with the same Idempotency-Key to resolve it",
+                )
             }
             code => ApiError::new(code, e.to_string()),
+        };
+        if retry {
+            api.retry_after = Some(1);
         }
+        api
     }
 }
 
@@ -191,6 +248,7 @@ impl From<biomatch_models::ExtractError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::AuditError;
 
     #[test]
     fn every_code_has_a_status_of_its_class() {
@@ -201,6 +259,75 @@ mod tests {
         assert_eq!(
             (e.status, e.code),
             (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
+        );
+    }
+
+    fn io(kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::new(kind, "injected")
+    }
+
+    /// Storage faults: a full disk is 507, a failed and undone write 503 with Retry-After, a
+    /// write in doubt 503 `write_in_doubt` with Retry-After; no message names a file.
+    #[test]
+    fn storage_faults_map_to_507_and_retryable_503s() {
+        use std::io::ErrorKind as K;
+        let path = std::path::PathBuf::from("/secret/data/wal-000001.log");
+        let cases = [
+            (
+                GalleryError::NoSpace { path: path.clone(), source: io(K::StorageFull) },
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+                None,
+            ),
+            (
+                GalleryError::NoSpace { path: path.clone(), source: io(K::QuotaExceeded) },
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+                None,
+            ),
+            (
+                GalleryError::WriteFailed { path: path.clone(), source: io(K::Other) },
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::StoreUnavailable,
+                Some(1),
+            ),
+            (
+                GalleryError::InDoubt { path: path.clone(), source: io(K::Other) },
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::WriteInDoubt,
+                Some(1),
+            ),
+            (
+                GalleryError::Journal("audit writer stopped".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::StoreUnavailable,
+                Some(1),
+            ),
+        ];
+        for (g, status, code, retry_after) in cases {
+            let what = g.to_string();
+            let e: ApiError = g.into();
+            assert_eq!((e.status, e.code, e.retry_after), (status, code, retry_after), "{what}");
+            assert!(!e.message.contains("/secret"), "{}", e.message);
+        }
+    }
+
+    /// The audit log's full disk is 507 whether it is met answering a read (verify) or in the
+    /// journal of a write; its other failures stay internal.
+    #[test]
+    fn a_full_audit_disk_is_507() {
+        let full = || AuditError::Io {
+            path: "/a/audit-000001.log".into(),
+            source: io(std::io::ErrorKind::StorageFull),
+        };
+        let e = ApiError::audit_unavailable(&full());
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::InsufficientStorage)
+        );
+        assert_eq!(
+            ApiError::audit_unavailable(&AuditError::Closed).code,
+            ErrorCode::StoreUnavailable
         );
     }
 }

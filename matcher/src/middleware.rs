@@ -50,6 +50,9 @@ pub struct AuditNote {
     pub outcome: Option<String>,
     /// The store's journal recorded this request's write already (same commit): no second record.
     pub journaled: bool,
+    /// A success answer about a stored write (a replay, a batch with stored items): if its
+    /// record cannot be made durable, the answer is "in doubt", never a failure.
+    pub about_stored_write: bool,
 }
 
 /// The request's [`AuditNote`], shared between the handler and [`envelope`].
@@ -108,6 +111,7 @@ pub async fn envelope(
     let mut err = resp.extensions_mut().remove::<ApiError>();
     if audited {
         let note = std::mem::take(&mut *slot.lock());
+        let stored = note.about_stored_write && err.is_none();
         if !note.journaled {
             let status = err.as_ref().map_or(resp.status(), |e| e.status);
             let rec = crate::audit::AuditRecord {
@@ -138,7 +142,16 @@ pub async fn envelope(
                     || tracing::error!(error = %e, "audit record not durable; refusing the answer"),
                 );
                 resp = Response::default();
-                err = Some(ApiError::audit_unavailable(&e));
+                err = Some(if stored {
+                    // A stored write is never answered as failed: the same request again (same
+                    // Idempotency-Key) gets its answer.
+                    ApiError::in_doubt(
+                        "the write is stored but its answer could not be audited: send the same \
+                         request again (same Idempotency-Key) for it",
+                    )
+                } else {
+                    ApiError::audit_unavailable(&e)
+                });
             }
         }
     }
@@ -214,6 +227,11 @@ impl Caller {
     /// The subjects this request concerns (for its audit record, whatever the outcome).
     pub fn note_subjects(&self, subjects: Vec<String>) {
         self.audit.lock().subjects = subjects;
+    }
+
+    /// This success answer is about a stored write (see [`AuditNote::about_stored_write`]).
+    pub fn about_stored_write(&self) {
+        self.audit.lock().about_stored_write = true;
     }
 
     /// The store's journal recorded this request's write in the same commit: no second record.

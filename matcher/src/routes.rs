@@ -72,7 +72,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 #[utoipa::path(post, path = "/v1/subjects", request_body = EnrollRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "makes retries of this enrollment safe")),
     responses((status = 201, body = SubjectOut), (status = 200, body = SubjectOut, description = "a retry found this enrollment already stored"),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "with Retry-After: store_unavailable (nothing was stored) or write_in_doubt (retry with the same Idempotency-Key to resolve it)"),
+        (status = 507, body = ErrorBody, description = "insufficient_storage: the disk is full, nothing was stored")))]
 pub async fn enroll(
     State(state): St,
     caller: Caller,
@@ -95,6 +97,7 @@ pub async fn enroll(
                 ));
             }
             caller.note("enroll", vec![subject.to_string()], format!("replayed:{}", out.seq));
+            caller.about_stored_write();
             return Ok((StatusCode::CREATED, Json(out)));
         }
     }
@@ -115,6 +118,7 @@ pub async fn enroll(
             // A retry of an enrollment that had landed (e.g. answered by a server that died).
             let out = subject_out(e.view);
             caller.note("enroll", vec![subject.to_string()], format!("replayed:{}", out.seq));
+            caller.about_stored_write();
             Ok((StatusCode::OK, Json(out)))
         }
         Err(e) => Err(e.into()),
@@ -122,7 +126,9 @@ pub async fn enroll(
 }
 
 #[utoipa::path(post, path = "/v1/subjects/batch", request_body = BatchEnrollRequest,
-    responses((status = 200, body = BatchEnrollResponse), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = BatchEnrollResponse), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "with Retry-After: store_unavailable (nothing was stored) or write_in_doubt (send the batch again: its stored items answer 409)"),
+        (status = 507, body = ErrorBody, description = "insufficient_storage: the disk is full, nothing was stored")))]
 pub async fn enroll_batch(
     State(state): St,
     caller: Caller,
@@ -185,6 +191,9 @@ pub async fn enroll_batch(
     // Each stored item has its journal record; this request's record names the refused ones.
     let stored = out.iter().filter(|o| o.status == 201).count();
     let codes: Vec<String> = refused.iter().map(|(_, c)| c.to_string()).collect();
+    if stored > 0 {
+        caller.about_stored_write();
+    }
     caller.note(
         "enroll_batch",
         refused.into_iter().map(|(s, _)| s).collect(),
@@ -207,7 +216,9 @@ pub async fn get_subject(
 }
 
 #[utoipa::path(delete, path = "/v1/subjects/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = DeleteOut), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DeleteOut), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "with Retry-After: store_unavailable (nothing was deleted) or write_in_doubt (retry to resolve it: 200 or 404)"),
+        (status = 507, body = ErrorBody, description = "insufficient_storage: the disk is full, nothing was stored")))]
 pub async fn delete_subject(
     State(state): St,
     caller: Caller,

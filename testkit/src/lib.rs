@@ -8,11 +8,13 @@
 //! - [`crash`]: the SIGKILL crash-test harness (a writer in a child process, killed at random
 //!   moments; the parent checks what the child acknowledged);
 //! - [`fixtures`]: where the fetched fixture files (`.setup/`) are;
-//! - [`fingers`]: seeded synthetic minutiae templates (no images needed).
+//! - [`fingers`]: seeded synthetic minutiae templates (no images needed);
+//! - [`tmpfs`]: a small tmpfs of a test's own, to fill up (disk-full tests; needs root).
 
 pub mod crash;
 pub mod fingers;
 pub mod fixtures;
 mod rng;
+pub mod tmpfs;
 
 pub use rng::SplitMix64;

@@ -205,11 +205,7 @@ impl AuditError {
     /// Whether the disk is full (ENOSPC / EDQUOT): nothing can be recorded until space is freed.
     pub fn is_no_space(&self) -> bool {
         match self {
-            AuditError::Io { source, .. } => {
-                matches!(source.raw_os_error(), Some(28 | 122))
-                    || source.kind() == io::ErrorKind::StorageFull
-                    || source.to_string().contains("No space left")
-            }
+            AuditError::Io { source, .. } => biomatch_gallery::is_no_space(source),
             _ => false,
         }
     }

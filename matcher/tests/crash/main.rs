@@ -12,7 +12,7 @@
 //! - a delete whose answer was lost is retried: 200 or 404, and the subject is then gone.
 //!
 //! Only the HTTP contract is used (README "The service"), so the test holds for any store
-//! layout. The kill moments come from a seeded RNG: the seed is printed, `BIOMATCH_TEST_SEED`
+//! layout. `diskfull.rs` runs the same server on a disk that fills up. The kill moments come from a seeded RNG: the seed is printed, `BIOMATCH_TEST_SEED`
 //! replays it. Loopback only; every request has a timeout and the server is always killed on exit.
 
 use base64::Engine;
@@ -42,12 +42,16 @@ const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 50..=400;
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+mod diskfull;
+
 // ---------------------------------------------------------------------------------------------
 // A minimal blocking HTTP/1.1 client: one connection per request (`Connection: close`).
 
 #[derive(Debug)]
 struct Response {
     status: u16,
+    /// The Retry-After header, in seconds.
+    retry_after: Option<u64>,
     body: Vec<u8>,
 }
 
@@ -111,11 +115,13 @@ fn parse_response(raw: &[u8]) -> io::Result<Response> {
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| io_err("bad status line"))?;
-    let (mut length, mut chunked) = (None, false);
+    let (mut length, mut chunked, mut retry_after) = (None, false, None);
     for l in lines {
         let Some((name, value)) = l.split_once(':') else { continue };
         let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("retry-after") {
+            retry_after = value.parse::<u64>().ok();
+        } else if name.eq_ignore_ascii_case("content-length") {
             length = value.parse::<usize>().ok();
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.eq_ignore_ascii_case("chunked");
@@ -132,7 +138,7 @@ fn parse_response(raw: &[u8]) -> io::Result<Response> {
     } else {
         rest.to_vec()
     };
-    Ok(Response { status, body })
+    Ok(Response { status, retry_after, body })
 }
 
 fn dechunk(mut rest: &[u8]) -> io::Result<Vec<u8>> {
@@ -193,6 +199,11 @@ fn log_tail(log: &Path) -> String {
 impl Server {
     /// Start `biomatch serve` on `data` at a fresh loopback port; wait (bounded) for `/readyz`.
     fn start(data: &Path, log: &Path) -> Server {
+        Self::start_with(data, log, &[])
+    }
+
+    /// [`Server::start`] with more `BIOMATCH__*` environment variables.
+    fn start_with(data: &Path, log: &Path, env: &[(&str, &Path)]) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = biomatch()
@@ -200,6 +211,7 @@ impl Server {
             .arg(data)
             .args(["--listen", &addr.to_string()])
             .env("BIOMATCH__EXTRACTORS__FACE__ENABLED", "false")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)
