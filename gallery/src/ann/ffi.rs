@@ -235,7 +235,9 @@ impl FaissIndex {
         unsafe {
             let ivf = find_ivf(self.ptr.as_ptr())?;
             let q = sys::faiss_IndexIVF_quantizer(ivf);
-            if q.is_null() || sys::faiss_IndexFlat_cast(q).is_null() || sys::faiss_Index_ntotal(q) != 0
+            if q.is_null()
+                || sys::faiss_IndexFlat_cast(q).is_null()
+                || sys::faiss_Index_ntotal(q) != 0
             {
                 return None;
             }

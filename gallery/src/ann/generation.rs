@@ -255,7 +255,10 @@ impl BuildControl {
     }
 
     /// Call `f` at every stage change, on the building thread (tests cancel at a chosen point).
-    pub fn on_stage(mut self, f: impl Fn(&BuildControl, BuildStage) + Send + Sync + 'static) -> Self {
+    pub fn on_stage(
+        mut self,
+        f: impl Fn(&BuildControl, BuildStage) + Send + Sync + 'static,
+    ) -> Self {
         self.on_stage = Some(Box::new(f));
         self
     }

@@ -1,6 +1,8 @@
 //! HTTP tests of every route: `app(state)` driven with `tower::ServiceExt::oneshot`, no socket.
 
+mod builds;
 mod common;
+mod conns;
 mod errors;
 mod faces;
 mod fingers;
