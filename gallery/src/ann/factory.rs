@@ -58,7 +58,10 @@ pub fn validate_factory(dim: usize, factory: &str) -> Result<()> {
         return Err(bad(format!("{factory:?}: more than {MAX_LISTS} inverted lists")));
     }
     let idx = FaissIndex::factory(dim, factory).map_err(|e| {
-        bad(format!("{factory:?} does not describe a FAISS index of dimension {dim} ({})", e.0))
+        bad(format!(
+            "{factory:?} does not describe a FAISS index of dimension {dim} ({})",
+            reason(&e.0)
+        ))
     })?;
     if !idx.keeps_ids() {
         return Err(bad(format!(
@@ -74,11 +77,11 @@ pub fn validate_factory(dim: usize, factory: &str) -> Result<()> {
     // The dry run skips PQ's polysemous code training (seconds per sub-quantizer whatever the
     // sample: a real build of "IDMap,PQ32" spends minutes in it); it only reorders codes.
     let mut idx = FaissIndex::factory(dim, &without_polysemous(factory))
-        .map_err(|e| bad(format!("{factory:?} at dimension {dim}: {}", e.0)))?;
+        .map_err(|e| bad(format!("{factory:?} at dimension {dim}: {}", reason(&e.0))))?;
     set_omp_threads(1);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x00fa_c7e5);
     let dry = |what: &str, e: super::ffi::FaissError| {
-        bad(format!("{factory:?} failed a dry run at dimension {dim} ({what}: {})", e.0))
+        bad(format!("{factory:?} failed a dry run at dimension {dim} ({what}: {})", reason(&e.0)))
     };
     if !idx.is_trained() {
         if let Some((qd, nlist)) = idx.flat_coarse_quantizer() {
@@ -110,6 +113,18 @@ pub fn validate_factory(dim: usize, factory: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// What FAISS says, without the C++ function and source location it prefixes ("Error in
+/// <function> at <file>:<line>: Error: '<condition>' failed: <message>"): the client gets the
+/// message, not our build paths.
+fn reason(msg: &str) -> &str {
+    let m = msg.rsplit_once(" failed: ").map_or(msg, |(_, m)| m);
+    let m = match m.find(" at /") {
+        Some(i) => m[i..].split_once(": ").map_or(m, |(_, rest)| rest),
+        None => m,
+    };
+    m.trim()
 }
 
 /// `factory` with `np` appended to every plain `PQ<M>` / `PQ<M>x<b>` component (no
@@ -174,6 +189,15 @@ mod tests {
         ] {
             validate_factory(128, f).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
+    }
+
+    #[test]
+    fn faiss_messages_lose_their_source_locations() {
+        let m = refused(128, "IDMap,PQ48");
+        assert!(m.contains("should be a multiple of the number of subquantizers"), "{m}");
+        assert!(!m.contains(".cpp") && !m.contains("/"), "{m}");
+        let m = refused(128, "NoSuchIndex");
+        assert!(!m.contains(".cpp"), "{m}");
     }
 
     #[test]
