@@ -14,6 +14,7 @@ struct Served {
     app: TestApp,
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Drop for Served {
@@ -31,10 +32,10 @@ async fn served(f: impl FnOnce(&mut Config)) -> Served {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = biomatch_matcher::app(app.state.clone());
     let limits = ConnLimits::from_config(&app.state.config.limits);
-    tokio::spawn(serve_connections(listener, router, limits, async {
+    let task = tokio::spawn(serve_connections(listener, router, limits, async {
         let _ = stopped.await;
     }));
-    Served { app, addr, stop: Some(stop) }
+    Served { app, addr, stop: Some(stop), task: Some(task) }
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -239,4 +240,41 @@ async fn connections_beyond_the_limit_get_503_and_a_slot_frees_on_close() {
         }
     })
     .await;
+}
+
+/// Shutdown stops the accepting, closes idle keep-alive connections at once and lets a request
+/// in flight (here: its body still arriving) finish and be answered; then the loop returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_requests_in_flight() {
+    let mut s = served(|_| {}).await;
+    s.app.post("/v1/subjects", ISSUER, enroll_body("G1", 1)).await;
+    let addr = s.addr;
+    let verify = serde_json::json!({ "subject_id": "G1", "face": face(probe_vector(1)) });
+    let req = request("POST", "/v1/verify", BANK, &verify.to_string());
+    let head = req.as_bytes()[..req.len() - 100].to_vec();
+    let (mut busy, mut idle) = off(move || {
+        let mut idle = connect(addr);
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut idle).0, 200);
+        let mut busy = connect(addr);
+        busy.write_all(&head).unwrap();
+        (busy, idle)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = s.stop.take().unwrap().send(());
+    let task = s.task.take().unwrap();
+    off(move || {
+        // The idle connection is closed at once; no new connection is accepted.
+        let (t, _) = until_closed(&mut idle);
+        assert!(t < Duration::from_secs(2), "{t:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(TcpStream::connect(addr).is_err(), "still accepting");
+        // The request in flight gets its answer.
+        busy.write_all(&req.as_bytes()[req.len() - 100..]).unwrap();
+        let (status, body) = read_response(&mut busy);
+        assert_eq!(status, 200, "{body}");
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap().unwrap();
 }
