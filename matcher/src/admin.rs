@@ -251,6 +251,9 @@ impl Job {
 
     fn finish(&self, status: BuildJobStatus, error: Option<BuildJobError>) {
         let mut st = self.state.lock();
+        if !matches!(st.status, BuildJobStatus::Queued | BuildJobStatus::Running) {
+            return; // answered already (shutdown)
+        }
         st.status = status;
         st.error = error;
         st.finished_at = Some(unix_now());
@@ -410,11 +413,19 @@ impl BuildJobs {
         self.jobs.lock().iter().rev().map(|j| j.out()).collect()
     }
 
-    /// Cancel every unfinished job (shutdown).
+    /// Cancel every unfinished job (shutdown), and answer its waiters at once: a build inside a
+    /// FAISS call (training) would keep them, and so the shutdown, waiting until it returns.
     pub fn cancel_all(&self) {
         for j in self.jobs.lock().iter() {
             if !j.finished() {
                 j.cancel();
+                j.finish(
+                    BuildJobStatus::Cancelled,
+                    Some(BuildJobError {
+                        code: ErrorCode::Cancelled,
+                        message: "cancelled: the service is stopping".into(),
+                    }),
+                );
             }
         }
     }
