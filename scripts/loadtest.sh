@@ -109,7 +109,7 @@ run_load() {
 
 start_server normal
 echo "loadtest: building the ANN index" >&2
-curl -fsS -m 300 -X POST -H 'content-type: application/json' -d '{}' \
+curl -fsS -m 300 -X POST -H 'content-type: application/json' -d '{"wait": true}' \
   "$base/v1/admin/index/build" >"$out/index-build.json"
 echo "loadtest: index: $(cat "$out/index-build.json")" >&2
 run_load verify_c8 --mode verify --concurrency 8 --requests 20000 --max-seconds 60

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     MalformedJson,
     UnsupportedMediaType,
     BodyTooLarge,
+    /// The request body did not arrive in time (total timeout or minimum rate).
+    RequestTimeout,
     NotFound,
     MethodNotAllowed,
     Unauthorized,
@@ -50,6 +52,10 @@ pub enum ErrorCode {
     NoTemplateForModality,
     // Operations.
     OverMemoryBudget,
+    /// A FAISS factory string that cannot build an ID-preserving index of the model.
+    InvalidFactory,
+    /// The operation (an index build) was cancelled.
+    Cancelled,
     NoIndex,
     NotReady,
     Overloaded,
@@ -74,6 +80,7 @@ impl ErrorCode {
             C::MalformedJson => "malformed_json",
             C::UnsupportedMediaType => "unsupported_media_type",
             C::BodyTooLarge => "body_too_large",
+            C::RequestTimeout => "request_timeout",
             C::NotFound => "not_found",
             C::MethodNotAllowed => "method_not_allowed",
             C::Unauthorized => "unauthorized",
@@ -102,6 +109,8 @@ impl ErrorCode {
             C::UnknownSubject => "unknown_subject",
             C::NoTemplateForModality => "no_template_for_modality",
             C::OverMemoryBudget => "over_memory_budget",
+            C::InvalidFactory => "invalid_factory",
+            C::Cancelled => "cancelled",
             C::NoIndex => "no_index",
             C::NotReady => "not_ready",
             C::Overloaded => "overloaded",
@@ -159,6 +168,8 @@ impl EngineError {
                 | G::MissingFingerPosition { .. } => ErrorCode::InvalidTemplate,
                 G::BadMaxResults { .. } | G::BadIndexParams(_) => ErrorCode::InvalidParameter,
                 G::OverBudget { .. } => ErrorCode::OverMemoryBudget,
+                G::BadFactory(_) => ErrorCode::InvalidFactory,
+                G::Cancelled => ErrorCode::Cancelled,
                 G::Poisoned | G::Journal(_) | G::WriteFailed { .. } => ErrorCode::StoreUnavailable,
                 G::NoSpace { .. } => ErrorCode::InsufficientStorage,
                 G::InDoubt { .. } => ErrorCode::WriteInDoubt,

@@ -39,6 +39,13 @@ pub enum GalleryError {
 
     #[error("bad index parameters: {0}")]
     BadIndexParams(String),
+    /// A FAISS factory string that cannot build an ID-preserving index of this dimension
+    /// (refused by [`crate::ann::validate_factory`] before any work).
+    #[error("invalid index factory: {0}")]
+    BadFactory(String),
+    /// An index build was cancelled (`BuildControl::cancel`); nothing was published.
+    #[error("the index build was cancelled")]
+    Cancelled,
 
     /// FAISS reported an error (or the wrapper refused a call that would have crashed it).
     #[error(transparent)]

@@ -1,19 +1,23 @@
 //! Operator endpoints (`admin` role) and the unauthenticated health, readiness, metrics and
 //! OpenAPI endpoints.
 
-use crate::api::{IndexOut, IndexRequest};
+use crate::api::{BuildJobError, BuildJobOut, BuildJobStatus, IndexOut, IndexRequest};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorCode};
 use crate::middleware::{blocking, ApiJson, Caller};
 use crate::state::AppState;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use biomatch_core::ModelId;
-use biomatch_gallery::ann::{self, BuildParams, LoadOptions, ShardedIndex};
-use biomatch_gallery::Gallery;
+use biomatch_gallery::ann::{self, BuildControl, BuildParams, LoadOptions, ShardedIndex};
+use biomatch_gallery::{Gallery, GalleryError};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 type St = State<Arc<AppState>>;
 
@@ -148,29 +152,417 @@ pub async fn reload(
     Ok(Json(out))
 }
 
-/// Build a new index generation from a snapshot of the store while serving, then load it.
+/// Index build jobs: `POST /v1/admin/index/build` queues one, a dedicated thread runs them one
+/// at a time (FAISS builds use every core), callers poll, wait for or cancel them. Bounded: the
+/// most recent [`BuildJobs::KEEP`] jobs are kept (unfinished ones always).
+#[derive(Debug, Default)]
+pub struct BuildJobs {
+    jobs: Mutex<VecDeque<Arc<Job>>>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Arc<Job>>>>,
+    /// Jobs queued or running.
+    active: Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>,
+}
+
+#[derive(Debug)]
+pub struct Job {
+    id: String,
+    models: Vec<ModelId>,
+    params: BuildParams,
+    gallery: Arc<Gallery>,
+    load: LoadOptions,
+    timeout: Duration,
+    ctl: BuildControl,
+    /// Index of the model being built.
+    current: AtomicUsize,
+    timed_out: AtomicBool,
+    state: Mutex<JobState>,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct JobState {
+    status: BuildJobStatus,
+    result: Vec<IndexOut>,
+    error: Option<BuildJobError>,
+    created_at: f64,
+    started_at: Option<f64>,
+    finished_at: Option<f64>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Job {
+    /// The job as the API shows it.
+    pub fn out(&self) -> BuildJobOut {
+        let st = self.state.lock();
+        let n = self.models.len().max(1) as f64;
+        let (stage, p) = self.ctl.progress();
+        let (stage, progress) = match st.status {
+            BuildJobStatus::Queued => (None, 0.0),
+            BuildJobStatus::Running => {
+                let name =
+                    serde_json::to_value(stage).ok().and_then(|v| v.as_str().map(str::to_owned));
+                (name, (self.current.load(Ordering::Relaxed) as f64 + p) / n)
+            }
+            BuildJobStatus::Done => (None, 1.0),
+            BuildJobStatus::Failed | BuildJobStatus::Cancelled => {
+                (None, st.result.len() as f64 / n)
+            }
+        };
+        BuildJobOut {
+            job_id: self.id.clone(),
+            status: st.status,
+            models: self.models.iter().map(ToString::to_string).collect(),
+            factory: self.params.factory.clone(),
+            stage,
+            progress: progress.min(1.0),
+            cancel_requested: self.ctl.is_cancelled(),
+            result: st.result.clone(),
+            error: st.error.clone(),
+            created_at: st.created_at,
+            started_at: st.started_at,
+            finished_at: st.finished_at,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        !matches!(self.state.lock().status, BuildJobStatus::Queued | BuildJobStatus::Running)
+    }
+
+    /// Ask the job to stop: a queued job is cancelled at once, a running build at its next check.
+    pub fn cancel(&self) {
+        self.ctl.cancel();
+        let mut st = self.state.lock();
+        if st.status == BuildJobStatus::Queued {
+            st.status = BuildJobStatus::Cancelled;
+            st.error = Some(BuildJobError {
+                code: ErrorCode::Cancelled,
+                message: "cancelled before it started".into(),
+            });
+            st.finished_at = Some(unix_now());
+            drop(st);
+            self.done.send_replace(true);
+        }
+    }
+
+    /// Wait until the job is over.
+    pub async fn wait(&self) {
+        let mut rx = self.done.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    fn finish(&self, status: BuildJobStatus, error: Option<BuildJobError>) {
+        let mut st = self.state.lock();
+        if !matches!(st.status, BuildJobStatus::Queued | BuildJobStatus::Running) {
+            return; // answered already (shutdown)
+        }
+        st.status = status;
+        st.error = error;
+        st.finished_at = Some(unix_now());
+        drop(st);
+        self.done.send_replace(true);
+    }
+
+    /// Run the job on the calling (build) thread.
+    fn run(self: &Arc<Self>) {
+        {
+            let mut st = self.state.lock();
+            if st.status != BuildJobStatus::Queued {
+                return; // cancelled while queued
+            }
+            st.status = BuildJobStatus::Running;
+            st.started_at = Some(unix_now());
+        }
+        // The build deadline: a watchdog cancels the build when it runs past it.
+        let (alive, watch) = std::sync::mpsc::channel::<()>();
+        let (timeout, job) = (self.timeout, self.clone());
+        let watchdog =
+            std::thread::Builder::new().name("biomatch-build-watchdog".into()).spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watch.recv_timeout(timeout)
+                {
+                    job.timed_out.store(true, Ordering::SeqCst);
+                    job.ctl.cancel();
+                }
+            });
+        let outcome = self.build_all();
+        drop(alive);
+        if let Ok(w) = watchdog {
+            let _ = w.join();
+        }
+        match outcome {
+            Ok(()) => self.finish(BuildJobStatus::Done, None),
+            Err(GalleryError::Cancelled) if self.timed_out.load(Ordering::SeqCst) => self.finish(
+                BuildJobStatus::Failed,
+                Some(BuildJobError {
+                    code: ErrorCode::Timeout,
+                    message: format!(
+                        "the build ran past limits.index_build_timeout_s = {} and was cancelled",
+                        self.timeout.as_secs()
+                    ),
+                }),
+            ),
+            Err(GalleryError::Cancelled) => self.finish(
+                BuildJobStatus::Cancelled,
+                Some(BuildJobError {
+                    code: ErrorCode::Cancelled,
+                    message: "cancelled; nothing was published, the serving generation stays"
+                        .into(),
+                }),
+            ),
+            Err(e) => {
+                let e = ApiError::from(e);
+                self.finish(
+                    BuildJobStatus::Failed,
+                    Some(BuildJobError { code: e.code, message: e.message }),
+                )
+            }
+        }
+    }
+
+    fn build_all(&self) -> Result<(), GalleryError> {
+        let g = &self.gallery;
+        for (i, id) in self.models.iter().enumerate() {
+            self.current.store(i, Ordering::Relaxed);
+            if !g.store().stats().columns.iter().any(|c| c.model == *id && c.live > 0) {
+                continue;
+            }
+            ann::build_with(g.store(), id, &self.params, &self.ctl)?;
+            let idx = g.load_index(id, &self.load)?.ok_or_else(|| {
+                GalleryError::Config(format!("the generation of {id} just built did not load"))
+            })?;
+            self.state.lock().result.push(index_out(&idx));
+        }
+        Ok(())
+    }
+}
+
+impl BuildJobs {
+    /// Jobs kept for `GET` (unfinished ones are never dropped).
+    pub const KEEP: usize = 100;
+
+    /// Queue a build of `models` and start the build thread if it is not running.
+    pub fn submit(
+        &self,
+        models: Vec<ModelId>,
+        params: BuildParams,
+        gallery: Arc<Gallery>,
+        load: LoadOptions,
+        timeout: Duration,
+    ) -> Result<Arc<Job>, ApiError> {
+        let (done, _) = tokio::sync::watch::channel(false);
+        let job = Arc::new(Job {
+            id: format!("{:016x}", rand::random::<u64>()),
+            models,
+            params,
+            gallery,
+            load,
+            timeout,
+            // Wait for the offline builder's lock rather than fail: the job shows `waiting`.
+            ctl: BuildControl::new(true),
+            current: AtomicUsize::new(0),
+            timed_out: AtomicBool::new(false),
+            state: Mutex::new(JobState {
+                status: BuildJobStatus::Queued,
+                result: Vec::new(),
+                error: None,
+                created_at: unix_now(),
+                started_at: None,
+                finished_at: None,
+            }),
+            done,
+        });
+        {
+            let mut jobs = self.jobs.lock();
+            jobs.push_back(job.clone());
+            while jobs.len() > Self::KEEP {
+                match jobs.iter().position(|j| j.finished()) {
+                    Some(i) => drop(jobs.remove(i)),
+                    None => break,
+                }
+            }
+        }
+        *self.active.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        let mut q = self.queue.lock();
+        if q.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Arc<Job>>();
+            let active = self.active.clone();
+            std::thread::Builder::new()
+                .name("biomatch-index-build".into())
+                .spawn(move || {
+                    for job in rx {
+                        job.run();
+                        let (n, cv) = &*active;
+                        *n.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                        cv.notify_all();
+                    }
+                })
+                .map_err(ApiError::internal)?;
+            *q = Some(tx);
+        }
+        q.as_ref()
+            .expect("build thread started")
+            .send(job.clone())
+            .map_err(|_| ApiError::internal("the index build thread is gone"))?;
+        Ok(job)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs.lock().iter().find(|j| j.id == id).cloned()
+    }
+
+    /// Every kept job, newest first.
+    pub fn list(&self) -> Vec<BuildJobOut> {
+        self.jobs.lock().iter().rev().map(|j| j.out()).collect()
+    }
+
+    /// Cancel every unfinished job (shutdown), and answer its waiters at once: a build inside a
+    /// FAISS call (training) would keep them, and so the shutdown, waiting until it returns.
+    pub fn cancel_all(&self) {
+        for j in self.jobs.lock().iter() {
+            if !j.finished() {
+                j.cancel();
+                j.finish(
+                    BuildJobStatus::Cancelled,
+                    Some(BuildJobError {
+                        code: ErrorCode::Cancelled,
+                        message: "cancelled: the service is stopping".into(),
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Wait until no job is queued or running, at most `limit`; whether that happened.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let (n, cv) = &*self.active;
+        let t0 = Instant::now();
+        let mut g = n.lock().unwrap_or_else(|e| e.into_inner());
+        while *g > 0 {
+            let left = limit.saturating_sub(t0.elapsed());
+            if left.is_zero() {
+                return false;
+            }
+            g = cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+}
+
+/// Check a build request before anything is queued: the models, the shard count and the
+/// factory string (parsed and dry-run at each model's dimension: 422 `invalid_factory`).
+async fn check_build(state: &AppState, req: &IndexRequest) -> Result<Vec<ModelId>, ApiError> {
+    let ids = models(state, req)?;
+    if let Some(s) = req.shards {
+        if s == 0 || s > 1024 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!("shards = {s} outside 1..=1024"),
+            ));
+        }
+    }
+    if let Some(f) = req.factory.clone() {
+        let dims: Vec<usize> = ids.iter().filter_map(|id| state.model(id)).map(|m| m.dim).collect();
+        let t0 = Instant::now();
+        blocking(move || {
+            for d in dims {
+                ann::validate_factory(d, &f)?;
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!(ms = t0.elapsed().as_secs_f64() * 1e3, "index factory checked");
+    }
+    Ok(ids)
+}
+
+/// Build a new index generation of each model (every configured one by default) from a
+/// snapshot of the store while serving, then load it — as a job: 202 with the job at once, or,
+/// with `"wait": true`, 200 with the generations once it is over. Bad parameters (factory
+/// string, shards, model) are refused before the job is queued.
 #[utoipa::path(post, path = "/v1/admin/index/build", request_body = IndexRequest,
-    responses((status = 200, body = [IndexOut])))]
+    responses(
+        (status = 202, description = "queued", body = BuildJobOut),
+        (status = 200, description = "with wait: built and loaded", body = [IndexOut]),
+        (status = 422, description = "invalid_factory, invalid_parameter, unknown_model", body = crate::api::ErrorBody),
+        (status = 409, description = "with wait: cancelled", body = crate::api::ErrorBody)))]
 pub async fn build(
     State(state): St,
     caller: Caller,
     ApiJson(req): ApiJson<IndexRequest>,
-) -> Result<Json<Vec<IndexOut>>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(Role::Admin)?;
+    let g = state.gallery()?.clone();
+    let ids = check_build(&state, &req).await?;
     let mut params = BuildParams { factory: req.factory.clone(), ..BuildParams::default() };
     if let Some(s) = req.shards {
         params.shards = s;
     }
-    let out = for_each_model(&state, &req, move |g, id, opts| {
-        if !g.store().stats().columns.iter().any(|c| c.model == *id && c.live > 0) {
-            return Ok(None);
-        }
-        ann::build(g.store(), id, &params)?;
-        let i = g
-            .load_index(id, opts)?
-            .ok_or_else(|| ApiError::internal("built index did not load"))?;
-        Ok(Some(i))
-    })
-    .await?;
-    Ok(Json(out))
+    let timeout = Duration::from_secs(state.config.limits.index_build_timeout_s);
+    let job = state.builds.submit(ids, params, g, load_options(&state), timeout)?;
+    if !req.wait {
+        let loc = format!("/v1/admin/index/builds/{}", job.id);
+        return Ok(
+            (StatusCode::ACCEPTED, [(header::LOCATION, loc)], Json(job.out())).into_response()
+        );
+    }
+    job.wait().await;
+    let out = job.out();
+    match (out.status, out.error) {
+        (BuildJobStatus::Done, _) => Ok(Json(out.result).into_response()),
+        (_, Some(e)) => Err(ApiError::new(e.code, e.message)),
+        (_, None) => Err(ApiError::internal("a finished build job has no outcome")),
+    }
+}
+
+/// The index build jobs kept, newest first.
+#[utoipa::path(get, path = "/v1/admin/index/builds",
+    responses((status = 200, body = [BuildJobOut])))]
+pub async fn list_builds(
+    State(state): St,
+    caller: Caller,
+) -> Result<Json<Vec<BuildJobOut>>, ApiError> {
+    caller.require(Role::Admin)?;
+    Ok(Json(state.builds.list()))
+}
+
+fn job(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
+    state
+        .builds
+        .get(id)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no build job {id:?}")))
+}
+
+/// One index build job: status, stage, progress, result or error.
+#[utoipa::path(get, path = "/v1/admin/index/builds/{job_id}",
+    params(("job_id" = String, Path, description = "from POST /v1/admin/index/build")),
+    responses((status = 200, body = BuildJobOut), (status = 404, body = crate::api::ErrorBody)))]
+pub async fn get_build(
+    State(state): St,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<BuildJobOut>, ApiError> {
+    caller.require(Role::Admin)?;
+    Ok(Json(job(&state, &id)?.out()))
+}
+
+/// Cancel an index build job: a queued one at once, a running one at its next check (between
+/// training and batches of added vectors; training itself is one FAISS call). A cancelled
+/// build publishes nothing: the serving generation stays. Cancelling a finished job changes
+/// nothing. Answers the job as it is now.
+#[utoipa::path(delete, path = "/v1/admin/index/builds/{job_id}",
+    params(("job_id" = String, Path, description = "from POST /v1/admin/index/build")),
+    responses((status = 200, body = BuildJobOut), (status = 404, body = crate::api::ErrorBody)))]
+pub async fn cancel_build(
+    State(state): St,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<BuildJobOut>, ApiError> {
+    caller.require(Role::Admin)?;
+    let j = job(&state, &id)?;
+    if !j.finished() {
+        j.cancel();
+    }
+    Ok(Json(j.out()))
 }

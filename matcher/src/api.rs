@@ -273,9 +273,57 @@ pub struct ErrorBody {
 pub struct IndexRequest {
     /// `name@version`; default: every configured model.
     pub model: Option<String>,
-    /// FAISS factory string for a build (default chosen by gallery size).
+    /// FAISS factory string for a build (default chosen by gallery size). Checked before the
+    /// build is queued: a string FAISS cannot build at the model's dimension, or a layout that
+    /// does not keep ids (wrap it as `IDMap,…`), is 422 `invalid_factory`.
     pub factory: Option<String>,
     pub shards: Option<usize>,
+    /// Build only: answer when the build is over (200 with the generations, as before jobs)
+    /// instead of 202 with the job at once. The job runs on if the caller goes away.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Where an index build job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildJobStatus {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+/// Why a build job failed or was cancelled.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BuildJobError {
+    pub code: biomatch_engine::ErrorCode,
+    pub message: String,
+}
+
+/// An index build job (`POST /v1/admin/index/build`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BuildJobOut {
+    pub job_id: String,
+    pub status: BuildJobStatus,
+    /// The models the job builds, in order.
+    pub models: Vec<String>,
+    pub factory: Option<String>,
+    /// Of a running job: `waiting` (another build of the model holds its lock), `snapshot`,
+    /// `train`, `add`, `publish`.
+    pub stage: Option<String>,
+    /// Share of the job done, 0..=1.
+    pub progress: f64,
+    /// A cancel was asked for (`DELETE`); a running build stops at its next check.
+    pub cancel_requested: bool,
+    /// The generations built and loaded so far (all of them once `done`).
+    pub result: Vec<IndexOut>,
+    pub error: Option<BuildJobError>,
+    /// Unix times, seconds.
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

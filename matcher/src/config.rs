@@ -74,10 +74,60 @@ pub struct Limits {
     pub per_key_rps: Option<f64>,
     #[serde(default)]
     pub per_key_burst: Option<f64>,
+    /// Open connections at once; a connection beyond it is answered 503 (`overloaded`) and
+    /// closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A request head (request line and headers) must arrive complete within this of its first
+    /// byte, and a new connection must send its first head within this of being accepted;
+    /// otherwise the connection is closed (slow-header clients).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection idle (no request begun) this long after its last response is
+    /// closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// A request body must arrive complete within this of the request head (408
+    /// `request_timeout`, connection closed). Bodies are read in full before the request takes
+    /// a `max_concurrent` slot, so slow uploads never hold one.
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// After `body_grace_ms`, a body arriving slower than this on average since its start is
+    /// refused at once (408 `request_timeout`); 0 turns the rate rule off.
+    #[serde(default = "default_body_min_bytes_per_s")]
+    pub body_min_bytes_per_s: u64,
+    /// See `body_min_bytes_per_s`.
+    #[serde(default = "default_body_grace_ms")]
+    pub body_grace_ms: u64,
+    /// An index build job running longer than this is cancelled (`POST /v1/admin/index/build`
+    /// runs as a job, not under `request_timeout_ms`).
+    #[serde(default = "default_index_build_timeout_s")]
+    pub index_build_timeout_s: u64,
 }
 
 fn default_max_batch() -> usize {
     1000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_read_timeout_ms() -> u64 {
+    5_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_body_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_min_bytes_per_s() -> u64 {
+    16 << 10
+}
+fn default_body_grace_ms() -> u64 {
+    2_000
+}
+fn default_index_build_timeout_s() -> u64 {
+    4 * 3600
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -212,6 +262,13 @@ impl Default for Config {
                 max_batch: default_max_batch(),
                 per_key_rps: None,
                 per_key_burst: None,
+                max_connections: default_max_connections(),
+                header_read_timeout_ms: default_header_read_timeout_ms(),
+                idle_timeout_ms: default_idle_timeout_ms(),
+                body_timeout_ms: default_body_timeout_ms(),
+                body_min_bytes_per_s: default_body_min_bytes_per_s(),
+                body_grace_ms: default_body_grace_ms(),
+                index_build_timeout_s: default_index_build_timeout_s(),
             },
             search: SearchConfig {
                 default_max_results: 10,
@@ -270,6 +327,33 @@ impl Config {
         }
         if l.request_timeout_ms < 10 || l.max_concurrent == 0 || l.max_gallery_subset == 0 {
             return Err("limits: request_timeout_ms >= 10, max_concurrent >= 1 and max_gallery_subset >= 1 are required".into());
+        }
+        if l.max_connections == 0 || l.max_connections > 1 << 20 {
+            return Err(format!(
+                "limits.max_connections = {} must be in 1..=1048576",
+                l.max_connections
+            ));
+        }
+        for (name, v) in [
+            ("header_read_timeout_ms", l.header_read_timeout_ms),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("body_timeout_ms", l.body_timeout_ms),
+        ] {
+            if !(50..=3_600_000).contains(&v) {
+                return Err(format!("limits.{name} = {v} must be in 50..=3600000 (ms)"));
+            }
+        }
+        if l.body_grace_ms > l.body_timeout_ms {
+            return Err(format!(
+                "limits.body_grace_ms = {} must not exceed limits.body_timeout_ms = {}",
+                l.body_grace_ms, l.body_timeout_ms
+            ));
+        }
+        if l.body_min_bytes_per_s > 1 << 30 {
+            return Err("limits.body_min_bytes_per_s must be at most 1 GiB/s (0: off)".into());
+        }
+        if l.index_build_timeout_s == 0 {
+            return Err("limits.index_build_timeout_s must be at least 1".into());
         }
         let s = &self.search;
         if !(s.default_target_fpir > 0.0 && s.default_target_fpir < 1.0) {
@@ -407,6 +491,15 @@ mod tests {
         let mut c = Config::default();
         c.models[0].id = "no-version".into();
         assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.limits.header_read_timeout_ms = 0;
+        assert!(c.validate().unwrap_err().contains("header_read_timeout_ms"));
+        let mut c = Config::default();
+        c.limits.body_grace_ms = c.limits.body_timeout_ms + 1;
+        assert!(c.validate().unwrap_err().contains("body_grace_ms"));
+        let mut c = Config::default();
+        c.limits.max_connections = 0;
+        assert!(c.validate().unwrap_err().contains("max_connections"));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         C::BadRequest | C::MalformedJson => StatusCode::BAD_REQUEST,
         C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         C::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        C::Cancelled => StatusCode::CONFLICT,
         C::NotFound | C::UnknownSubject | C::NoIndex => StatusCode::NOT_FOUND,
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -47,7 +49,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::ExtractorUnavailable
         | C::FingerprintsUnavailable
         | C::NoTemplateForModality
-        | C::OverMemoryBudget => StatusCode::UNPROCESSABLE_ENTITY,
+        | C::OverMemoryBudget
+        | C::InvalidFactory => StatusCode::UNPROCESSABLE_ENTITY,
         C::NotReady | C::Overloaded | C::StoreUnavailable | C::WriteInDoubt => {
             StatusCode::SERVICE_UNAVAILABLE
         }

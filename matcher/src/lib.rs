@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod calibrate;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod import;
 pub mod metrics;
@@ -55,7 +56,10 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         routes::extract,
         admin::stats,
         admin::reload,
-        admin::build
+        admin::build,
+        admin::list_builds,
+        admin::get_build,
+        admin::cancel_build
     ),
     components(schemas(
         api::TemplateIn,
@@ -83,7 +87,10 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         api::ErrorBody,
         error::ErrorCode,
         api::IndexRequest,
-        api::IndexOut
+        api::IndexOut,
+        api::BuildJobOut,
+        api::BuildJobStatus,
+        api::BuildJobError
     ))
 )]
 pub struct ApiDoc;
@@ -100,10 +107,15 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/extract", post(routes::extract))
         .route("/v1/admin/stats", get(admin::stats))
         .route("/v1/admin/index/reload", post(admin::reload))
+        .route("/v1/admin/index/builds", get(admin::list_builds))
+        .route("/v1/admin/index/builds/{job_id}", get(admin::get_build).delete(admin::cancel_build))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
-        // Index builds may take minutes: not under the request timeout, but still counted.
+        // Builds are jobs with their own deadline (limits.index_build_timeout_s); a caller may
+        // wait for one (`"wait": true`) past the request timeout.
         .route("/v1/admin/index/build", post(admin::build))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::shed));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::shed))
+        // Outside the shed: a request takes a max_concurrent slot only once its body is in.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::read_body));
     let ops = Router::new()
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))

@@ -179,8 +179,80 @@ pub async fn envelope(
     resp
 }
 
+/// Read the whole request body before the request goes on (and so before [`shed`] gives it a
+/// `max_concurrent` slot): a slow upload holds a connection, never a slot. The body must arrive
+/// within `limits.body_timeout_ms`, and, after `limits.body_grace_ms`, at no less than
+/// `limits.body_min_bytes_per_s` on average since the head; otherwise 408 `request_timeout`
+/// and the connection is closed. Over `limits.body_bytes`: 413 at once (from Content-Length)
+/// or as soon as it is exceeded.
+pub async fn read_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
+    use http_body_util::BodyExt;
+    let (parts, mut body) = req.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let l = &state.config.limits;
+    let close = |e: ApiError| {
+        let mut r = e.into_response();
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let too_large =
+        || ApiError::new(ErrorCode::BodyTooLarge, "the request body exceeds the configured limit");
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > l.body_bytes as u64) {
+        return close(too_large());
+    }
+    let start = tokio::time::Instant::now();
+    let total = start + Duration::from_millis(l.body_timeout_ms);
+    let grace = Duration::from_millis(l.body_grace_ms);
+    let rate = l.body_min_bytes_per_s;
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(l.body_bytes as u64) as usize);
+    loop {
+        // The moment the body falls below the minimum rate if nothing more arrives.
+        let deadline = if rate == 0 {
+            total
+        } else {
+            let at_rate = Duration::from_secs_f64(buf.len() as f64 / rate as f64);
+            total.min(start + grace.max(at_rate))
+        };
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                let why = if deadline >= total {
+                    format!("the request body did not arrive within {} ms", l.body_timeout_ms)
+                } else {
+                    format!(
+                        "the request body arrived slower than {} bytes/s",
+                        l.body_min_bytes_per_s
+                    )
+                };
+                return close(ApiError::new(ErrorCode::RequestTimeout, why));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return close(ApiError::bad_request("the request body could not be read"))
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > l.body_bytes {
+                        return close(too_large());
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(buf))).await
+}
+
 /// Shed load instead of queueing without bound: at most `max_concurrent` requests are in
-/// flight; the next one is answered 503 with Retry-After at once.
+/// flight; the next one is answered 503 with Retry-After at once. Requests reach it with their
+/// body read ([`read_body`]).
 pub async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     match state.limiter.clone().try_acquire_owned() {
         Ok(permit) => {

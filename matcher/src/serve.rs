@@ -1,5 +1,6 @@
 //! `biomatch serve`: bind, load the gallery in the background (readiness follows), serve until
-//! SIGTERM/Ctrl-C, then finish the requests in flight before exiting.
+//! SIGTERM/Ctrl-C, then cancel index builds, finish the requests in flight and exit. The
+//! connections themselves (limits, header/idle timeouts, graceful drain) are `crate::conn`.
 
 use crate::audit::AuditLog;
 use crate::config::Config;
@@ -196,6 +197,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "biomatch serving (not ready until the gallery is loaded)"
     );
     let (fatal_tx, fatal_rx) = watch::channel(None);
+    let fatal_rx_for_signal = fatal_rx.clone();
     let st = state.clone();
     tokio::task::spawn_blocking(move || match load_engine(&st) {
         Ok(e) => {
@@ -210,7 +212,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     let app = crate::app(state.clone());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(fatal_rx.clone())).await?;
+    let limits = crate::conn::ConnLimits::from_config(&state.config.limits);
+    let st = state.clone();
+    let shutdown = async move {
+        shutdown_signal(fatal_rx_for_signal).await;
+        // Builds are cancelled first: a caller waiting on one gets its answer, so the drain
+        // does not wait for a build to finish.
+        st.builds.cancel_all();
+    };
+    crate::conn::serve_connections(listener, app, limits, shutdown).await?;
+    // A build still inside a FAISS call (training) stops at its next check; the process does not
+    // wait for it beyond a moment: nothing of it is published, its temporary files are removed
+    // by the next build.
+    if !state.builds.wait_idle(std::time::Duration::from_secs(2)) {
+        tracing::warn!("an index build is still stopping; exiting without it (nothing published)");
+    }
     if let Some(e) = fatal_rx.borrow().clone() {
         anyhow::bail!(e);
     }

@@ -78,6 +78,8 @@ pub struct AppState {
     /// Minutiae fingerprints: calibration (their search is part of the engine), extractor.
     pub finger_calibration: Option<CalibrationTable>,
     pub finger_extractor: Option<Arc<FingerExtractor>>,
+    /// Index build jobs (`POST /v1/admin/index/build`).
+    pub builds: crate::admin::BuildJobs,
 }
 
 /// The MCC calibration table built into the binary (synthetic prints, see the file's basis).
@@ -300,6 +302,7 @@ impl AppState {
             audit,
             metrics: Metrics::new(),
             idempotency: Mutex::new(IdempotencyCache::default()),
+            builds: Default::default(),
             face: None,
             finger_calibration: None,
             finger_extractor: None,

@@ -191,6 +191,81 @@ impl FaissIndex {
         !unsafe { sys::faiss_IndexIVF_cast(self.ptr.as_ptr()) }.is_null()
     }
 
+    /// Whether the index keeps the ids given to `add_with_ids` (and so answers with our row
+    /// ids): an `IDMap`/`IDMap2` wrapper, an IVF index, or a pre-transform (PCA, OPQ, …) over
+    /// one of those. Flat, PQ, HNSW, LSH, refine and fast-scan indexes without an `IDMap` do not
+    /// implement `add_with_ids`.
+    pub fn keeps_ids(&self) -> bool {
+        // SAFETY: a valid index pointer, owned by `self` for the duration of the call.
+        unsafe { keeps_ids(self.ptr.as_ptr()) }
+    }
+
+    /// Whether a pre-transform (PCA, OPQ, ITQ, random rotation, …) sits at the top or under an
+    /// `IDMap`/`IDMap2` wrapper.
+    pub fn has_pretransform(&self) -> bool {
+        // SAFETY: casts of a valid pointer owned by `self`; sub-indexes are owned by it.
+        unsafe {
+            let mut p = self.ptr.as_ptr();
+            loop {
+                if !sys::faiss_IndexPreTransform_cast(p).is_null() {
+                    return true;
+                }
+                let m = sys::faiss_IndexIDMap_cast(p);
+                let m2 = sys::faiss_IndexIDMap2_cast(p);
+                p = if !m.is_null() {
+                    sys::faiss_IndexIDMap_sub_index(m)
+                } else if !m2.is_null() {
+                    sys::faiss_IndexIDMap2_sub_index(m2)
+                } else {
+                    return false;
+                };
+                if p.is_null() {
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The coarse quantizer of the IVF index found under `IDMap`/pre-transform wrappers, when it
+    /// is an empty flat index: its dimension and number of lists. Only for the factory dry run
+    /// ([`FaissIndex::fill_coarse_quantizer`]).
+    pub fn flat_coarse_quantizer(&self) -> Option<(usize, usize)> {
+        // SAFETY: valid pointers obtained from FAISS accessors on an index owned by `self`; the
+        // casts are `dynamic_cast`s that return null on a type mismatch.
+        unsafe {
+            let ivf = find_ivf(self.ptr.as_ptr())?;
+            let q = sys::faiss_IndexIVF_quantizer(ivf);
+            if q.is_null()
+                || sys::faiss_IndexFlat_cast(q).is_null()
+                || sys::faiss_Index_ntotal(q) != 0
+            {
+                return None;
+            }
+            let d = sys::faiss_Index_d(q);
+            (d > 0).then(|| (d as usize, sys::faiss_IndexIVF_nlist(ivf)))
+        }
+    }
+
+    /// Put `x` (`nlist × qdim` floats, see [`FaissIndex::flat_coarse_quantizer`]) into the empty
+    /// flat coarse quantizer as its centroids, so that training skips the k-means of the lists.
+    /// Used by the factory dry run only, where a tiny sample cannot train thousands of lists.
+    pub fn fill_coarse_quantizer(&mut self, x: &[f32]) -> Result<()> {
+        self.writable("fill quantizer")?;
+        let Some((qd, nlist)) = self.flat_coarse_quantizer() else {
+            return Err(bad("fill quantizer: no empty flat coarse quantizer"));
+        };
+        if x.len() != qd * nlist || x.iter().any(|v| !v.is_finite()) {
+            return Err(bad("fill quantizer: need nlist × d finite floats"));
+        }
+        // SAFETY: `q` is the flat quantizer found above (valid while `self` lives); `x` holds
+        // exactly `nlist × qd` floats, matching the quantizer's dimension.
+        unsafe {
+            let ivf = find_ivf(self.ptr.as_ptr()).ok_or_else(|| bad("fill quantizer: no IVF"))?;
+            let q = sys::faiss_IndexIVF_quantizer(ivf);
+            check(sys::faiss_Index_add(q, nlist as i64, x.as_ptr()), "fill quantizer")
+        }
+    }
+
     /// Number of inverted lists of an IVF index.
     pub fn nlist(&self) -> Option<usize> {
         // SAFETY: as in `is_ivf`; the accessor is const on a valid IVF pointer.
@@ -295,6 +370,58 @@ impl FaissIndex {
         // SAFETY: `c` is a valid C string; `p` is an out-pointer.
         check(unsafe { sys::faiss_read_index_fname(c.as_ptr(), flags, &mut p) }, "read_index")?;
         Self::from_raw(p, mmap, "read_index")
+    }
+}
+
+/// See [`FaissIndex::keeps_ids`].
+///
+/// # Safety
+/// `p` must be a valid FAISS index pointer.
+unsafe fn keeps_ids(p: *mut sys::FaissIndex) -> bool {
+    // SAFETY: the casts are `dynamic_cast`s on a valid pointer (null on mismatch); the
+    // pre-transform's sub-index is owned by it and valid as long as `p` is.
+    unsafe {
+        if !sys::faiss_IndexIDMap_cast(p).is_null()
+            || !sys::faiss_IndexIDMap2_cast(p).is_null()
+            || !sys::faiss_IndexIVF_cast(p).is_null()
+        {
+            return true;
+        }
+        let pt = sys::faiss_IndexPreTransform_cast(p);
+        if pt.is_null() {
+            return false;
+        }
+        let sub = sys::faiss_IndexPreTransform_index(pt);
+        !sub.is_null() && keeps_ids(sub)
+    }
+}
+
+/// The IVF index at `p` or under its `IDMap`/`IDMap2`/pre-transform wrappers.
+///
+/// # Safety
+/// `p` must be a valid FAISS index pointer.
+unsafe fn find_ivf(p: *mut sys::FaissIndex) -> Option<*mut sys::FaissIndexIVF> {
+    // SAFETY: as in `keeps_ids`: casts of a valid pointer and sub-indexes owned by it.
+    unsafe {
+        let ivf = sys::faiss_IndexIVF_cast(p);
+        if !ivf.is_null() {
+            return Some(ivf);
+        }
+        let idmap = sys::faiss_IndexIDMap_cast(p);
+        let sub = if !idmap.is_null() {
+            sys::faiss_IndexIDMap_sub_index(idmap)
+        } else if !sys::faiss_IndexIDMap2_cast(p).is_null() {
+            sys::faiss_IndexIDMap2_sub_index(sys::faiss_IndexIDMap2_cast(p))
+        } else if !sys::faiss_IndexPreTransform_cast(p).is_null() {
+            sys::faiss_IndexPreTransform_index(sys::faiss_IndexPreTransform_cast(p))
+        } else {
+            return None;
+        };
+        if sub.is_null() {
+            None
+        } else {
+            find_ivf(sub)
+        }
     }
 }
 

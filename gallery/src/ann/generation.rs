@@ -26,7 +26,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 const CURRENT_MAGIC: &[u8; 8] = b"BMCUR\0\0\x01";
 const INDEX_MAGIC: &[u8; 8] = b"BMIDX\0\0\x01";
@@ -190,10 +191,146 @@ pub(crate) fn file_crc(path: &Path) -> Result<(u64, u32)> {
     Ok((len, h.finalize()))
 }
 
+/// Where a build is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildStage {
+    /// Waiting for another build of the same model (the per-model build lock) to finish.
+    Waiting,
+    /// Copying the store's rows out.
+    Snapshot,
+    /// Training on the sample (one FAISS call: not interrupted by a cancel).
+    Train,
+    /// Adding vectors to the shards and writing their files.
+    Add,
+    /// Writing the manifest and swapping `CURRENT`.
+    Publish,
+    /// Finished (built, failed or cancelled).
+    Done,
+}
+
+impl BuildStage {
+    fn from_u8(v: u8) -> BuildStage {
+        use BuildStage as S;
+        [S::Waiting, S::Snapshot, S::Train, S::Add, S::Publish, S::Done][usize::from(v.min(5))]
+    }
+}
+
+/// Vectors given to FAISS in one `add_with_ids` call: a cancel is noticed between batches.
+const ADD_BATCH: usize = 32_768;
+
+type StageHook = Box<dyn Fn(&BuildControl, BuildStage) + Send + Sync>;
+
+/// Cooperative control of a running build, shared with whoever may cancel it: a flag checked
+/// between the build's steps (before and after training, between batches of added vectors,
+/// before publishing), and the progress. A cancelled build removes its temporary directory and
+/// publishes nothing: `CURRENT` keeps naming the generation being served. Training is a single
+/// FAISS call: a cancel during it takes effect when it returns.
+#[derive(Default)]
+pub struct BuildControl {
+    cancelled: AtomicBool,
+    stage: AtomicU8,
+    added: AtomicU64,
+    total: AtomicU64,
+    /// Wait (checking for a cancel) while another build of the model holds its build lock,
+    /// instead of failing at once.
+    pub wait_for_lock: bool,
+    on_stage: Option<StageHook>,
+}
+
+impl std::fmt::Debug for BuildControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (stage, progress) = self.progress();
+        f.debug_struct("BuildControl")
+            .field("cancelled", &self.is_cancelled())
+            .field("stage", &stage)
+            .field("progress", &progress)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BuildControl {
+    pub fn new(wait_for_lock: bool) -> Self {
+        Self { wait_for_lock, ..Self::default() }
+    }
+
+    /// Call `f` at every stage change, on the building thread (tests cancel at a chosen point).
+    pub fn on_stage(
+        mut self,
+        f: impl Fn(&BuildControl, BuildStage) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_stage = Some(Box::new(f));
+        self
+    }
+
+    /// Ask the build to stop at its next check.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// The stage, and the share of the work done (0..=1; training counts for 30 %, adding 55 %).
+    pub fn progress(&self) -> (BuildStage, f64) {
+        let stage = BuildStage::from_u8(self.stage.load(Ordering::Relaxed));
+        let added = self.added.load(Ordering::Relaxed) as f64;
+        let total = self.total.load(Ordering::Relaxed).max(1) as f64;
+        let p = match stage {
+            BuildStage::Waiting => 0.0,
+            BuildStage::Snapshot => 0.05,
+            BuildStage::Train => 0.1,
+            BuildStage::Add => 0.4 + 0.55 * (added / total).min(1.0),
+            BuildStage::Publish => 0.95,
+            BuildStage::Done => 1.0,
+        };
+        (stage, p)
+    }
+
+    fn enter(&self, stage: BuildStage) -> Result<()> {
+        self.stage.store(stage as u8, Ordering::Relaxed);
+        if let Some(f) = &self.on_stage {
+            f(self, stage);
+        }
+        self.check()
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(GalleryError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Build a new generation of the index of `model` from a snapshot of the store, and make it
 /// current. The store keeps serving reads and writes meanwhile (the snapshot holds its read lock
 /// only while rows are copied out). Returns the new generation's manifest.
 pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<BuildReport> {
+    build_with(store, model, params, &BuildControl::default())
+}
+
+/// [`build`] under a [`BuildControl`]: cancellable, with progress. An explicit factory string is
+/// checked first ([`super::validate_factory`]), before any row is read.
+pub fn build_with(
+    store: &Store,
+    model: &ModelId,
+    params: &BuildParams,
+    ctl: &BuildControl,
+) -> Result<BuildReport> {
+    let r = build_inner(store, model, params, ctl);
+    ctl.stage.store(BuildStage::Done as u8, Ordering::Relaxed);
+    r
+}
+
+fn build_inner(
+    store: &Store,
+    model: &ModelId,
+    params: &BuildParams,
+    ctl: &BuildControl,
+) -> Result<BuildReport> {
     let start = Instant::now();
     if params.shards == 0 || params.shards > 1024 {
         return Err(GalleryError::BadIndexParams(format!(
@@ -208,27 +345,57 @@ pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<Bui
         .find(|c| &c.model == model)
         .map(|c| c.dim)
         .ok_or_else(|| GalleryError::ModelMismatch { got: model.clone(), gallery: None })?;
+    if let Some(f) = &params.factory {
+        super::validate_factory(dim, f)?;
+    }
+
+    // One build at a time per model, across processes (the service's admin build and the
+    // offline builder): they would race for the same generation number.
+    let dir = index_dir(store, model);
+    std::fs::create_dir_all(&dir).map_err(GalleryError::io(&dir))?;
+    ctl.enter(BuildStage::Waiting)?;
+    let _build_lock = loop {
+        match fsutil::try_lock_exclusive(&dir.join("BUILD.lock"))? {
+            Some(l) => break l,
+            None if ctl.wait_for_lock => {
+                ctl.check()?;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None => {
+                return Err(GalleryError::BadIndexParams(format!(
+                    "another index build of {model} is running"
+                )))
+            }
+        }
+    };
 
     // 1. Snapshot: route every live row to its shard, as f32.
+    ctl.enter(BuildStage::Snapshot)?;
     let s = params.shards;
     let mut vecs: Vec<Vec<f32>> = vec![Vec::new(); s];
     let mut ids: Vec<Vec<i64>> = vec![Vec::new(); s];
     let summary = store.scan(model, 65_536, |b| {
+        if ctl.is_cancelled() {
+            return;
+        }
         for &row in b.rows() {
             let sh = shard_of(&b.subject(row), s);
             vecs[sh].extend(b.vector(row).iter().map(|h| h.to_f32()));
             ids[sh].push(row as i64);
         }
     })?;
+    ctl.check()?;
     let total: usize = ids.iter().map(Vec::len).sum();
     if total == 0 {
         return Err(GalleryError::BadIndexParams(format!(
             "the gallery holds no templates of {model} to index"
         )));
     }
+    ctl.total.store(total as u64, Ordering::Relaxed);
     let factory = params.factory.clone().unwrap_or_else(|| default_factory(total as u64));
 
     // 2. Train once on a seeded sample; every shard starts as a clone of the trained index.
+    ctl.enter(BuildStage::Train)?;
     let t = Instant::now();
     let mut template = FaissIndex::factory(dim, &factory)?;
     let mut train_n = 0;
@@ -249,15 +416,7 @@ pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<Bui
     let train_seconds = t.elapsed().as_secs_f64();
 
     // 3. Fill and write the shards in parallel, into a temporary generation directory.
-    let dir = index_dir(store, model);
-    std::fs::create_dir_all(&dir).map_err(GalleryError::io(&dir))?;
-    // One build at a time per model, across processes (the service's admin build and the
-    // offline builder): they would race for the same generation number.
-    let Some(_build_lock) = fsutil::try_lock_exclusive(&dir.join("BUILD.lock"))? else {
-        return Err(GalleryError::BadIndexParams(format!(
-            "another index build of {model} is running"
-        )));
-    };
+    ctl.enter(BuildStage::Add)?;
     let generation = read_current(&dir)?.unwrap_or(0) + 1;
     let tmp = dir.join(format!("{}.tmp", gen_name(generation)));
     if tmp.exists() {
@@ -265,14 +424,18 @@ pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<Bui
     }
     std::fs::create_dir_all(&tmp).map_err(GalleryError::io(&tmp))?;
     let t = Instant::now();
-    let shards: Vec<ShardFile> = (0..s)
+    let written = (0..s)
         .into_par_iter()
         .map(|sh| -> Result<ShardFile> {
             set_omp_threads(1);
             let mut idx = template.try_clone()?;
-            if !ids[sh].is_empty() {
-                idx.add_with_ids(&vecs[sh], &ids[sh])?;
+            let d = dim;
+            for (x, i) in vecs[sh].chunks(ADD_BATCH * d).zip(ids[sh].chunks(ADD_BATCH)) {
+                ctl.check()?;
+                idx.add_with_ids(x, i)?;
+                ctl.added.fetch_add(i.len() as u64, Ordering::Relaxed);
             }
+            ctl.check()?;
             let file = format!("shard-{sh:03}.faiss");
             let path = tmp.join(&file);
             idx.write(&path)?;
@@ -282,7 +445,16 @@ pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<Bui
             let (bytes, crc32) = file_crc(&path)?;
             Ok(ShardFile { file, bytes, crc32, vectors: ids[sh].len() as u64 })
         })
-        .collect::<Result<_>>()?;
+        .collect::<Result<Vec<_>>>()
+        .and_then(|shards| ctl.enter(BuildStage::Publish).map(|()| shards));
+    let shards = match written {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing of a failed or cancelled build stays behind.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
     let add_seconds = t.elapsed().as_secs_f64();
     drop(vecs);
 
@@ -300,6 +472,11 @@ pub fn build(store: &Store, model: &ModelId, params: &BuildParams) -> Result<Bui
     };
     write_manifest(&tmp, &manifest)?;
     fsutil::sync_dir(&tmp)?;
+    // The last point a cancel is honoured: after this the generation is published.
+    if let Err(e) = ctl.check() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
 
     // 4. Publish: rename the directory into place, then swap CURRENT (the commit point).
     let final_dir = dir.join(gen_name(generation));

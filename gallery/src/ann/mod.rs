@@ -1,9 +1,11 @@
 //! Approximate search: a sharded FAISS index over the store's columns.
 
+pub mod factory;
 pub mod ffi;
 pub mod generation;
 
+pub use factory::validate_factory;
 pub use generation::{
-    build, default_factory, load, BuildParams, BuildReport, IndexManifest, LoadOptions,
-    ShardedIndex,
+    build, build_with, default_factory, load, BuildControl, BuildParams, BuildReport, BuildStage,
+    IndexManifest, LoadOptions, ShardedIndex,
 };

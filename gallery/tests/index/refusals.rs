@@ -1,7 +1,7 @@
 //! Bad parameters, damaged files and budgets: typed errors, the serving generation untouched.
 
 use crate::common::*;
-use biomatch_gallery::ann::{self, BuildParams, LoadOptions};
+use biomatch_gallery::ann::{self, BuildControl, BuildParams, BuildStage, LoadOptions};
 use biomatch_gallery::{AnnParams, Gallery, GalleryError, IdentifyOptions, SearchMode, Store};
 use std::sync::Arc;
 
@@ -43,7 +43,13 @@ fn refusals_keep_the_serving_generation() {
     // Bad build parameters.
     let bad_factory =
         BuildParams { factory: Some("IVF-nonsense".into()), ..BuildParams::default() };
-    assert!(matches!(ann::build(g.store(), &model(), &bad_factory), Err(GalleryError::Faiss(_))));
+    assert!(matches!(
+        ann::build(g.store(), &model(), &bad_factory),
+        Err(GalleryError::BadFactory(_))
+    ));
+    // A layout that cannot keep row ids is refused before any training.
+    let no_ids = BuildParams { factory: Some("PQ32x4fs".into()), ..BuildParams::default() };
+    assert!(matches!(ann::build(g.store(), &model(), &no_ids), Err(GalleryError::BadFactory(_))));
     let zero = BuildParams { shards: 0, ..BuildParams::default() };
     assert!(matches!(ann::build(g.store(), &model(), &zero), Err(GalleryError::BadIndexParams(_))));
     let other = biomatch_core::ModelId::new("other", "1").unwrap();
@@ -104,6 +110,66 @@ fn refusals_keep_the_serving_generation() {
         g.load_index(&model(), &LoadOptions::default()),
         Err(GalleryError::Corrupt { .. })
     ));
+}
+
+/// A cancelled build publishes nothing and leaves nothing behind, at whatever step it is
+/// cancelled; the generation being served stays current; a later build takes the next number.
+#[test]
+fn cancelled_builds_leave_the_serving_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = filled(dir.path(), &population(3_000, 6, None));
+    let params = BuildParams { shards: 2, ..BuildParams::default() };
+    ann::build(g.store(), &model(), &params).unwrap();
+    g.load_index(&model(), &LoadOptions::default()).unwrap().unwrap();
+    let idx_dir = dir.path().join("index").join(model().to_string());
+    let entries = || {
+        let mut v: Vec<String> = std::fs::read_dir(&idx_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = entries();
+    for at in [BuildStage::Snapshot, BuildStage::Train, BuildStage::Add, BuildStage::Publish] {
+        let ctl = BuildControl::default().on_stage(move |c, s| {
+            if s == at {
+                c.cancel();
+            }
+        });
+        match ann::build_with(g.store(), &model(), &params, &ctl) {
+            Err(GalleryError::Cancelled) => {}
+            other => panic!("cancelled at {at:?}: {other:?}"),
+        }
+        assert_eq!(ctl.progress().0, BuildStage::Done);
+        assert_eq!(entries(), before, "cancelled at {at:?}");
+        let current = g.load_index(&model(), &LoadOptions::default()).unwrap().unwrap();
+        assert_eq!(current.manifest.generation, 1);
+    }
+    // Waiting for another build's lock: a cancel ends the wait.
+    let lock = std::fs::File::options().write(true).open(idx_dir.join("BUILD.lock")).unwrap();
+    lock.try_lock().unwrap();
+    assert!(matches!(
+        ann::build(g.store(), &model(), &params),
+        Err(GalleryError::BadIndexParams(m)) if m.contains("another index build")
+    ));
+    let ctl = Arc::new(BuildControl::new(true));
+    let c = ctl.clone();
+    let canceller = std::thread::spawn(move || {
+        while c.progress().0 != BuildStage::Waiting {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        c.cancel();
+    });
+    assert!(matches!(
+        ann::build_with(g.store(), &model(), &params, &ctl),
+        Err(GalleryError::Cancelled)
+    ));
+    canceller.join().unwrap();
+    drop(lock);
+    let r = ann::build_with(g.store(), &model(), &params, &BuildControl::new(true)).unwrap();
+    assert_eq!(r.manifest.generation, 2);
 }
 
 #[test]

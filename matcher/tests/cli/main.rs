@@ -541,3 +541,50 @@ fn assert_close(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
         _ => assert_eq!(a, b, "{at}"),
     }
 }
+
+/// SIGTERM while an index build runs (here: waiting for the build lock another builder holds,
+/// so the build is surely in progress) cancels it: the caller waiting on it gets 409
+/// `cancelled`, the process exits at once with status 0, and no generation is published.
+#[test]
+fn sigterm_during_an_index_build_exits_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let d = data.to_str().unwrap();
+    assert!(biomatch(&["enroll-synthetic", "--data", d, "--subjects", "300"]).status.success());
+    let cfg = dir.path().join("biomatch.toml");
+    std::fs::write(
+        &cfg,
+        "[extractors.face]\nenabled = false\n[[models]]\nid = \"synthetic-face@1\"\ndim = 128\nmodality = \"face\"\ncalibration = \"calibration/synthetic-face@1.json\"\n",
+    )
+    .unwrap();
+    let index = data.join("index").join("synthetic-face@1");
+    std::fs::create_dir_all(&index).unwrap();
+    let lock = std::fs::File::create(index.join("BUILD.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let mut server = Server::start(&["--config", cfg.to_str().unwrap(), "--data", d], &[]);
+    server.wait_ready(Duration::from_secs(60));
+    let port = server.port;
+    let waiter = std::thread::spawn(move || {
+        http(port, "POST", "/v1/admin/index/build", Some(&serde_json::json!({ "wait": true })))
+    });
+    let t0 = Instant::now();
+    loop {
+        // (`http` parses the body's outermost object: the one job of the list.)
+        let (s, v) = http(port, "GET", "/v1/admin/index/builds", None).unwrap();
+        assert_eq!(s, 200, "{v}");
+        if v["stage"] == "waiting" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the build never started: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t0 = Instant::now();
+    let (status, log) = server.stop();
+    let took = t0.elapsed();
+    assert!(status.success(), "{log}");
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}: {log}");
+    let (s, v) = waiter.join().unwrap().expect("answered");
+    assert_eq!((s, v["code"].as_str()), (409, Some("cancelled")), "{v}");
+    assert!(!index.join("CURRENT").exists());
+    drop(lock);
+}

@@ -132,7 +132,7 @@ async fn identify_options() {
     let c = v["candidates"].as_array().unwrap();
     assert!(c.windows(2).all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()));
     // Index build through the admin API, then the index path answers the same.
-    let (s, v) = app.post("/v1/admin/index/build", OPS, json!({})).await;
+    let (s, v) = app.post("/v1/admin/index/build", OPS, json!({ "wait": true })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v[0]["generation"], 1);
     let (_, v) = app.post("/v1/identify", ISSUER, json!({ "face": p, "search": "index" })).await;

@@ -1,7 +1,9 @@
 //! HTTP tests of every route: `app(state)` driven with `tower::ServiceExt::oneshot`, no socket.
 
 mod audit;
+mod builds;
 mod common;
+mod conns;
 mod errors;
 mod faces;
 mod fingers;

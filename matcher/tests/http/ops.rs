@@ -47,10 +47,13 @@ async fn metrics_and_openapi() {
         "/v1/identify",
         "/v1/extract",
         "/v1/admin/index/build",
+        "/v1/admin/index/builds",
+        "/v1/admin/index/builds/{job_id}",
     ] {
         assert!(v["paths"].get(p).is_some(), "openapi lacks {p}");
     }
     assert!(v["components"]["schemas"].get("IdentifyRequest").is_some());
+    assert!(v["components"]["schemas"].get("BuildJobOut").is_some());
     let (s, v) = app.get("/v1/admin/stats", OPS).await;
     assert_eq!((s, v["store"]["subjects"].as_u64()), (StatusCode::OK, Some(1)));
 }
