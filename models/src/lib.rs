@@ -48,6 +48,8 @@ pub enum ExtractError {
     Undecodable(String),
     #[error("the image is {width}x{height} pixels; the limit is {max}x{max}")]
     TooLarge { width: u64, height: u64, max: u32 },
+    #[error("the image is {width}x{height} pixels; the limit is {max_pixels} pixels")]
+    TooManyPixels { width: u32, height: u32, max_pixels: u64 },
     #[error("no face was found in the image")]
     NoFace,
     #[error("{0} faces were found and the policy requires exactly one")]
