@@ -3,6 +3,7 @@
 //! start-up so a bad value stops the service with a clear message instead of failing later.
 
 use biomatch_core::ModelId;
+use biomatch_models::imageio::ImageLimits;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -68,10 +69,21 @@ pub struct Limits {
     /// Most enrollments in one `POST /v1/subjects/batch` (bounded further by `body_bytes`).
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Memory all image decodes in flight may hold together (MiB). Each image's cost is read from
+    /// its header and reserved before decoding; requests wait (until their timeout) for budget.
+    /// Must hold the costliest accepted image (`max_image_pixels` × 20 bytes + workspace).
+    /// Worst-case memory of the service ≈ resident base + `decode_memory_mb` +
+    /// `max_concurrent` × 2 × `body_bytes` (docs/memory.md).
+    #[serde(default = "default_decode_memory_mb")]
+    pub decode_memory_mb: u64,
 }
 
 fn default_max_batch() -> usize {
     1000
+}
+
+fn default_decode_memory_mb() -> u64 {
+    512
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,6 +121,39 @@ pub struct FaceExtractorConfig {
     pub min_inter_eye_px: f32,
     pub max_image_bytes: usize,
     pub max_image_side: u32,
+    /// Largest width × height accepted, checked from the header (default 24 MP, 6000 × 4000).
+    #[serde(default = "default_face_max_pixels")]
+    pub max_image_pixels: u64,
+}
+
+fn default_face_max_pixels() -> u64 {
+    biomatch_models::imageio::DEFAULT_MAX_PIXELS
+}
+
+fn default_finger_max_pixels() -> u64 {
+    2000 * 2000
+}
+
+impl FaceExtractorConfig {
+    /// The decoder's limits for face images.
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_bytes: self.max_image_bytes,
+            max_side: self.max_image_side,
+            max_pixels: self.max_image_pixels,
+        }
+    }
+}
+
+impl FingerprintConfig {
+    /// The decoder's limits for finger images.
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_bytes: self.max_image_bytes,
+            max_side: self.max_image_side,
+            max_pixels: self.max_image_pixels,
+        }
+    }
 }
 
 impl Default for FaceExtractorConfig {
@@ -124,6 +169,7 @@ impl Default for FaceExtractorConfig {
             min_inter_eye_px: 20.0,
             max_image_bytes: 10 << 20,
             max_image_side: 6000,
+            max_image_pixels: default_face_max_pixels(),
         }
     }
 }
@@ -153,6 +199,9 @@ pub struct FingerprintConfig {
     pub min_minutiae: usize,
     pub max_image_bytes: usize,
     pub max_image_side: u32,
+    /// Largest width × height accepted, checked from the header.
+    #[serde(default = "default_finger_max_pixels")]
+    pub max_image_pixels: u64,
 }
 
 impl Default for FingerprintConfig {
@@ -166,6 +215,7 @@ impl Default for FingerprintConfig {
             min_minutiae: 8,
             max_image_bytes: 10 << 20,
             max_image_side: 2000,
+            max_image_pixels: default_finger_max_pixels(),
         }
     }
 }
@@ -198,6 +248,7 @@ impl Default for Config {
                 retry_after_s: 1,
                 max_gallery_subset: 100_000,
                 max_batch: default_max_batch(),
+                decode_memory_mb: default_decode_memory_mb(),
             },
             search: SearchConfig {
                 default_max_results: 10,
@@ -308,6 +359,23 @@ impl Config {
                 "fingerprints: max_image_side >= 150 and max_image_bytes >= 1 are required".into(),
             );
         }
+        if f.max_image_pixels == 0 || fp.max_image_pixels == 0 {
+            return Err("max_image_pixels must be >= 1".into());
+        }
+        let budget = self.decode_budget_bytes();
+        for (what, cost) in [
+            ("extractors.face", crate::samples::face_cost_bound(&f.image_limits())),
+            ("fingerprints", crate::samples::finger_cost_bound(&fp.image_limits())),
+        ] {
+            if cost > budget {
+                return Err(format!(
+                    "limits.decode_memory_mb = {} cannot hold the largest image {what} accepts \
+                     ({} MiB to decode): raise it or lower {what}.max_image_pixels",
+                    l.decode_memory_mb,
+                    cost.div_ceil(1 << 20)
+                ));
+            }
+        }
         let mut ids = std::collections::HashSet::new();
         for k in &self.api_keys {
             if k.id.is_empty() || !ids.insert(&k.id) {
@@ -328,6 +396,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The decode-memory budget in bytes.
+    pub fn decode_budget_bytes(&self) -> u64 {
+        self.limits.decode_memory_mb.saturating_mul(1 << 20)
     }
 
     pub fn audit_dir(&self) -> PathBuf {
@@ -385,6 +458,12 @@ mod tests {
         let mut c = Config::default();
         c.models[0].id = "no-version".into();
         assert!(c.validate().is_err());
+        // A decode budget that cannot hold the largest accepted face image.
+        let mut c = Config::default();
+        c.limits.decode_memory_mb = 300;
+        assert!(c.validate().unwrap_err().contains("decode_memory_mb"));
+        c.extractors.face.max_image_pixels = 12_000_000;
+        c.validate().unwrap();
     }
 
     #[test]

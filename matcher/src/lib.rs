@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod calibrate;
 pub mod config;
+pub mod decode_budget;
 pub mod error;
 pub mod import;
 pub mod metrics;

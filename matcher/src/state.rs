@@ -3,6 +3,7 @@
 
 use crate::audit::AuditLog;
 use crate::config::{Config, ModalityKind, Role};
+use crate::decode_budget::DecodeBudget;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use biomatch_core::{CalibrationTable, Modality, ModelId};
@@ -70,6 +71,8 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     pub metrics: Metrics,
     pub limiter: Arc<Semaphore>,
+    /// Memory image decodes in flight may hold together (`limits.decode_memory_mb`).
+    pub decode_budget: Arc<DecodeBudget>,
     pub idempotency: Mutex<IdempotencyCache>,
     /// The face extractor, when images are accepted.
     pub face: Option<Arc<dyn Extractor>>,
@@ -241,10 +244,7 @@ impl AppState {
                 load_calibration(&mcc, None, &path, required, &state.config.data)?;
             log_calibration(&mcc, &table, &source);
             let limits = biomatch_models::finger::FingerLimits {
-                image: biomatch_models::imageio::ImageLimits {
-                    max_bytes: fp.max_image_bytes,
-                    max_side: fp.max_image_side,
-                },
+                image: fp.image_limits(),
                 min_minutiae: fp.min_minutiae,
                 ..Default::default()
             };
@@ -272,6 +272,7 @@ impl AppState {
             .collect();
         AppState {
             limiter: Arc::new(Semaphore::new(config.limits.max_concurrent)),
+            decode_budget: DecodeBudget::new(config.decode_budget_bytes()),
             config,
             engine: OnceLock::new(),
             models,
