@@ -5,9 +5,12 @@
 //! library are prepared by `scripts/fetch-models.sh` from PyPI packages and never committed;
 //! `models/manifest.json` lists them with their checksums.
 
+#[cfg(feature = "extractors")]
 pub mod face;
+#[cfg(feature = "extractors")]
 pub mod finger;
 pub mod imageio;
+#[cfg(feature = "extractors")]
 pub mod runtime;
 
 use biomatch_core::{Modality, ModelId, Template};
@@ -73,6 +76,7 @@ impl ExtractError {
     }
 }
 
+#[cfg(feature = "extractors")]
 impl From<ort::Error> for ExtractError {
     fn from(e: ort::Error) -> Self {
         ExtractError::Runtime(e.to_string())

@@ -391,15 +391,15 @@ impl Scan {
             if self.ss > 0 && al[i][0].is_none() {
                 return Err("an AC scan before the component's DC scan".into());
             }
-            for k in usize::from(self.ss)..=usize::from(self.se) {
-                let ok = match al[i][k] {
+            for a in &mut al[i][usize::from(self.ss)..=usize::from(self.se)] {
+                let ok = match *a {
                     None => self.ah == 0,
                     Some(prev) => self.ah == prev && self.al + 1 == self.ah,
                 };
                 if !ok {
                     return Err("bad successive approximation sequence".into());
                 }
-                al[i][k] = Some(self.al);
+                *a = Some(self.al);
             }
         }
         Ok(())
@@ -568,7 +568,7 @@ fn walk(
                     }
                 } else {
                     let h = tables[1][ac].as_ref().expect("checked in sos");
-                    let nz = &mut nonzero[i][u];
+                    let nz = nonzero[i].get_mut(u).expect("one history per block of the scan");
                     if scan.ah == 0 {
                         ac_first(&mut r, h, scan, &mut eobrun, nz)?;
                     } else {
