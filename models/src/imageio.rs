@@ -124,7 +124,8 @@ fn jpeg_header(bytes: &[u8]) -> Result<ImageHeader, ExtractError> {
         })
         .sum();
     let coefficients = if f.progressive { 2 * planes } else { 0 };
-    // The structural check's non-zero history (progressive), freed before decoding.
+    // The structural check's non-zero history (progressive: 8 bytes a block, an eighth of the
+    // planes) is freed before the decoder starts, so the decode's peak covers it.
     let output = px * f.components.len().max(2) as u64;
     let cost = planes + coefficients + output + 4 * px + DECODE_OVERHEAD;
     Ok(ImageHeader {
