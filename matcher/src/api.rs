@@ -4,45 +4,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// A template computed by the client's own extractor.
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateIn {
-    /// `name@version` of the extractor; must be a model the gallery accepts.
-    pub model: String,
-    pub vector: Vec<f32>,
-}
-
-/// One biometric sample: exactly one of `image` (base64 JPEG/PNG) or `template`.
-#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SampleIn {
-    pub image: Option<String>,
-    pub template: Option<TemplateIn>,
-}
-
-/// A finger sample with its ISO/ANSI finger position (1 = right thumb … 10 = left little):
-/// exactly one of `image` (base64 PNG/JPEG, 500 dpi: minutiae by NIST mindtct), `minutiae`
-/// (base64 ISO/IEC 19794-2:2005 or ANSI/INCITS 378-2004 finger minutiae record from the client's
-/// own extractor; its first view is used) or `template` (a fixed-length vector of a configured
-/// finger model). Minutiae fingers are compared by the MCC matcher (`mcc@1`).
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FingerIn {
-    pub position: u8,
-    pub image: Option<String>,
-    pub minutiae: Option<String>,
-    pub template: Option<TemplateIn>,
-}
-
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    pub subject_id: String,
-    pub face: Option<SampleIn>,
-    #[serde(default)]
-    pub fingers: Vec<FingerIn>,
-}
+mod requests;
+pub use requests::*;
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct TemplateInfoOut {
@@ -57,14 +20,6 @@ pub struct SubjectOut {
     /// Sequence number of the enrollment in the store.
     pub seq: u64,
     pub templates: Vec<TemplateInfoOut>,
-}
-
-/// `POST /v1/subjects/batch`: many enrollments in one request, stored with one fsync. Each
-/// item is answered on its own (an invalid item does not affect the others).
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BatchEnrollRequest {
-    pub subjects: Vec<EnrollRequest>,
 }
 
 /// One item's answer in a batch: `status` is what the single-subject endpoint would have
@@ -105,17 +60,6 @@ pub struct DeleteOut {
     pub seq: u64,
 }
 
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyRequest {
-    pub subject_id: String,
-    pub face: Option<SampleIn>,
-    #[serde(default)]
-    pub fingers: Vec<FingerIn>,
-    /// Decide at this false-match rate (default from the configuration, e.g. 1e-4).
-    pub target_fmr: Option<f64>,
-}
-
 /// One modality's comparison.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct ModalityScoreOut {
@@ -144,35 +88,6 @@ pub struct VerifyResponse {
     pub target_fmr: f64,
     pub threshold: f32,
     pub scores: Vec<ModalityScoreOut>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, ToSchema, PartialEq)]
-#[serde(rename_all = "snake_case")]
-pub enum SearchKindIn {
-    /// The index when one is loaded, else exact.
-    #[default]
-    Auto,
-    Exact,
-    Index,
-}
-
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IdentifyRequest {
-    pub face: Option<SampleIn>,
-    #[serde(default)]
-    pub fingers: Vec<FingerIn>,
-    pub max_results: Option<usize>,
-    /// Raw score threshold (single-modality probes only). Excludes `target_fpir`.
-    pub threshold: Option<f32>,
-    /// Target false-positive identification rate (FPIR ≈ N·FMR).
-    pub target_fpir: Option<f64>,
-    /// The same in MOSIP's encoding, round(−10·log10 FPIR): 30 = 1/1000.
-    pub mosip_target_fpir: Option<u32>,
-    /// Search only these subjects.
-    pub gallery: Option<Vec<String>>,
-    #[serde(default)]
-    pub search: SearchKindIn,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -209,15 +124,6 @@ pub struct FingerSearchOut {
     pub compared: usize,
     /// Whether the pre-selection index chose them (else every finger was compared).
     pub preselected: bool,
-}
-
-#[derive(Clone, Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExtractRequest {
-    /// Base64 JPEG or PNG.
-    pub image: String,
-    /// `face` (default) or `finger`.
-    pub modality: Option<String>,
 }
 
 /// Quality signals of an extraction.
@@ -266,22 +172,6 @@ pub struct ErrorBody {
     pub code: biomatch_engine::ErrorCode,
     pub message: String,
     pub request_id: String,
-}
-
-#[derive(Clone, Debug, Deserialize, ToSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct IndexRequest {
-    /// `name@version`; default: every configured model.
-    pub model: Option<String>,
-    /// FAISS factory string for a build (default chosen by gallery size). Checked before the
-    /// build is queued: a string FAISS cannot build at the model's dimension, or a layout that
-    /// does not keep ids (wrap it as `IDMap,…`), is 422 `invalid_factory`.
-    pub factory: Option<String>,
-    pub shards: Option<usize>,
-    /// Build only: answer when the build is over (200 with the generations, as before jobs)
-    /// instead of 202 with the job at once. The job runs on if the caller goes away.
-    #[serde(default)]
-    pub wait: bool,
 }
 
 /// Where an index build job is.

@@ -3,6 +3,7 @@
 //! start-up so a bad value stops the service with a clear message instead of failing later.
 
 use biomatch_core::ModelId;
+use biomatch_models::imageio::ImageLimits;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,13 @@ pub struct Limits {
     /// runs as a job, not under `request_timeout_ms`).
     #[serde(default = "default_index_build_timeout_s")]
     pub index_build_timeout_s: u64,
+    /// Memory all image decodes in flight may hold together (MiB). Each image's cost is read from
+    /// its header and reserved before decoding; requests wait (until their timeout) for budget.
+    /// Must hold the costliest accepted image (`max_image_pixels` × 20 bytes + workspace).
+    /// Worst-case memory of the service ≈ resident base + `decode_memory_mb` +
+    /// `max_concurrent` × 2 × `body_bytes` (docs/memory.md).
+    #[serde(default = "default_decode_memory_mb")]
+    pub decode_memory_mb: u64,
 }
 
 fn default_max_batch() -> usize {
@@ -128,6 +136,10 @@ fn default_body_grace_ms() -> u64 {
 }
 fn default_index_build_timeout_s() -> u64 {
     4 * 3600
+}
+
+fn default_decode_memory_mb() -> u64 {
+    512
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,6 +177,39 @@ pub struct FaceExtractorConfig {
     pub min_inter_eye_px: f32,
     pub max_image_bytes: usize,
     pub max_image_side: u32,
+    /// Largest width × height accepted, checked from the header (default 24 MP, 6000 × 4000).
+    #[serde(default = "default_face_max_pixels")]
+    pub max_image_pixels: u64,
+}
+
+fn default_face_max_pixels() -> u64 {
+    biomatch_models::imageio::DEFAULT_MAX_PIXELS
+}
+
+fn default_finger_max_pixels() -> u64 {
+    2000 * 2000
+}
+
+impl FaceExtractorConfig {
+    /// The decoder's limits for face images.
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_bytes: self.max_image_bytes,
+            max_side: self.max_image_side,
+            max_pixels: self.max_image_pixels,
+        }
+    }
+}
+
+impl FingerprintConfig {
+    /// The decoder's limits for finger images.
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_bytes: self.max_image_bytes,
+            max_side: self.max_image_side,
+            max_pixels: self.max_image_pixels,
+        }
+    }
 }
 
 impl Default for FaceExtractorConfig {
@@ -180,6 +225,7 @@ impl Default for FaceExtractorConfig {
             min_inter_eye_px: 20.0,
             max_image_bytes: 10 << 20,
             max_image_side: 6000,
+            max_image_pixels: default_face_max_pixels(),
         }
     }
 }
@@ -209,6 +255,9 @@ pub struct FingerprintConfig {
     pub min_minutiae: usize,
     pub max_image_bytes: usize,
     pub max_image_side: u32,
+    /// Largest width × height accepted, checked from the header.
+    #[serde(default = "default_finger_max_pixels")]
+    pub max_image_pixels: u64,
 }
 
 impl Default for FingerprintConfig {
@@ -222,6 +271,7 @@ impl Default for FingerprintConfig {
             min_minutiae: 8,
             max_image_bytes: 10 << 20,
             max_image_side: 2000,
+            max_image_pixels: default_finger_max_pixels(),
         }
     }
 }
@@ -269,6 +319,7 @@ impl Default for Config {
                 body_min_bytes_per_s: default_body_min_bytes_per_s(),
                 body_grace_ms: default_body_grace_ms(),
                 index_build_timeout_s: default_index_build_timeout_s(),
+                decode_memory_mb: default_decode_memory_mb(),
             },
             search: SearchConfig {
                 default_max_results: 10,
@@ -410,6 +461,23 @@ impl Config {
                 "fingerprints: max_image_side >= 150 and max_image_bytes >= 1 are required".into(),
             );
         }
+        if f.max_image_pixels == 0 || fp.max_image_pixels == 0 {
+            return Err("max_image_pixels must be >= 1".into());
+        }
+        let budget = self.decode_budget_bytes();
+        for (what, cost) in [
+            ("extractors.face", crate::samples::face_cost_bound(&f.image_limits())),
+            ("fingerprints", crate::samples::finger_cost_bound(&fp.image_limits())),
+        ] {
+            if cost > budget {
+                return Err(format!(
+                    "limits.decode_memory_mb = {} cannot hold the largest image {what} accepts \
+                     ({} MiB to decode): raise it or lower {what}.max_image_pixels",
+                    l.decode_memory_mb,
+                    cost.div_ceil(1 << 20)
+                ));
+            }
+        }
         let mut ids = std::collections::HashSet::new();
         for k in &self.api_keys {
             if k.id.is_empty() || !ids.insert(&k.id) {
@@ -430,6 +498,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The decode-memory budget in bytes.
+    pub fn decode_budget_bytes(&self) -> u64 {
+        self.limits.decode_memory_mb.saturating_mul(1 << 20)
     }
 
     pub fn audit_dir(&self) -> PathBuf {
@@ -500,6 +573,12 @@ mod tests {
         let mut c = Config::default();
         c.limits.max_connections = 0;
         assert!(c.validate().unwrap_err().contains("max_connections"));
+        // A decode budget that cannot hold the largest accepted face image.
+        let mut c = Config::default();
+        c.limits.decode_memory_mb = 300;
+        assert!(c.validate().unwrap_err().contains("decode_memory_mb"));
+        c.extractors.face.max_image_pixels = 12_000_000;
+        c.validate().unwrap();
     }
 
     #[test]

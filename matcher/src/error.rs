@@ -234,7 +234,9 @@ impl From<biomatch_models::ExtractError> for ApiError {
         use biomatch_models::ExtractError as X;
         let code = match e {
             X::Empty => ErrorCode::BadRequest,
-            X::TooManyBytes { .. } | X::TooLarge { .. } => ErrorCode::ImageTooLarge,
+            X::TooManyBytes { .. } | X::TooLarge { .. } | X::TooManyPixels { .. } => {
+                ErrorCode::ImageTooLarge
+            }
             X::Undecodable(_) => ErrorCode::UndecodableImage,
             X::NoFace => ErrorCode::NoFace,
             X::SeveralFaces(_) => ErrorCode::SeveralFaces,

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod calibrate;
 pub mod config;
 pub mod conn;
+pub mod decode_budget;
 pub mod error;
 pub mod import;
 pub mod metrics;

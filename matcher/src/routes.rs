@@ -8,7 +8,10 @@ use crate::api::*;
 use crate::config::Role;
 use crate::error::{ApiError, ErrorCode};
 use crate::middleware::{blocking, ApiJson, Caller};
-use crate::samples::{base64_field, extractor_unavailable, fingerprint, samples};
+use crate::samples::{
+    base64_field, extract_face_image, extract_finger_image, extractor_unavailable, fingerprint,
+    samples,
+};
 use crate::state::{mcc_model, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -297,13 +300,10 @@ async fn identify_inner(
 ) -> Result<IdentifyResponse, ApiError> {
     let cfg = &state.config;
     let samples = samples(state, &req.face, &req.fingers).await?;
-    let target_fpir = match (req.target_fpir, req.mosip_target_fpir) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give target_fpir or mosip_target_fpir, not both"))
-        }
-        (Some(f), None) => Some(f),
-        (None, Some(m)) => Some(fpir_from_mosip(m)),
-        (None, None) => req.threshold.is_none().then_some(cfg.search.default_target_fpir),
+    let target_fpir = match req.fpir_choice().map_err(ApiError::bad_request)? {
+        Some(FpirIn::Rate(f)) => Some(f),
+        Some(FpirIn::Mosip(m)) => Some(fpir_from_mosip(m)),
+        None => req.threshold.is_none().then_some(cfg.search.default_target_fpir),
     };
     let subset = match req.gallery {
         None => None,
@@ -370,14 +370,8 @@ pub async fn extract(
     ApiJson(req): ApiJson<ExtractRequest>,
 ) -> Result<Json<ExtractResponse>, ApiError> {
     caller.require_any(&[Role::Verify, Role::Enroll, Role::Identify])?;
-    match req.modality.as_deref().unwrap_or("face") {
-        "face" => {}
-        "finger" => return extract_finger(&state, &req.image).await.map(Json),
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "unknown modality {other:?}; use face or finger"
-            )))
-        }
+    if req.modality().map_err(ApiError::bad_request)? == ExtractModality::Finger {
+        return extract_finger(&state, &req.image).await.map(Json);
     }
     let modality = Modality::Face;
     state.gallery()?;
@@ -385,7 +379,7 @@ pub async fn extract(
     let Some(x) = state.extractor_for(modality).cloned() else {
         return Err(extractor_unavailable("this server has no face extractor; send templates"));
     };
-    let e = blocking(move || Ok(x.extract(&bytes, modality)?)).await?;
+    let e = extract_face_image(&state, x, bytes).await?;
     Ok(Json(ExtractResponse {
         modality: e.modality.to_string(),
         model: e.template.model().to_string(),
@@ -410,7 +404,7 @@ async fn extract_finger(state: &Arc<AppState>, image: &str) -> Result<ExtractRes
     let Some(x) = state.finger_extractor.clone() else {
         return Err(extractor_unavailable("this server has no fingerprint extractor"));
     };
-    let e = blocking(move || Ok(x.extract(&bytes, None)?)).await?;
+    let e = extract_finger_image(state, x, bytes, None).await?;
     Ok(ExtractResponse {
         modality: "finger".into(),
         model: mcc_model().to_string(),

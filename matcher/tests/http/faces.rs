@@ -99,9 +99,24 @@ async fn bad_images_get_clear_4xx() {
     let huge = enc(&|o| {
         GrayImage::new(10_000, 10_000).write_to(&mut Cursor::new(o), ImageFormat::Png).unwrap()
     });
+    // The attack test's item 7: half a JPEG with an end-of-image marker appended.
+    let mut half = jpeg[..jpeg.len() / 2].to_vec();
+    half.extend_from_slice(&[0xFF, 0xD9]);
+    let testdata =
+        |n: &str| fixtures::read(&fixtures::workspace_root().join("models/testdata").join(n));
     let cases = [
         (String::new(), StatusCode::BAD_REQUEST, "bad_request"),
         (b64(&jpeg[..jpeg.len() / 2]), StatusCode::UNPROCESSABLE_ENTITY, "undecodable_image"),
+        (b64(&half), StatusCode::UNPROCESSABLE_ENTITY, "undecodable_image"),
+        // Image bombs: headers declaring 5999 x 5999 pixels (36 MP, over the 24 MP limit).
+        (b64(&png_bomb(5999, 5999)), StatusCode::UNPROCESSABLE_ENTITY, "image_too_large"),
+        (b64(&jpeg_bomb(&jpeg, 5999, 5999)), StatusCode::UNPROCESSABLE_ENTITY, "image_too_large"),
+        (
+            b64(&jpeg_bomb(&testdata("progressive-444.jpg"), 5999, 5999)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "image_too_large",
+        ),
+        (b64(&png_bomb(60_000, 60_000)), StatusCode::UNPROCESSABLE_ENTITY, "image_too_large"),
         (b64(b"not an image at all"), StatusCode::UNPROCESSABLE_ENTITY, "undecodable_image"),
         (blank, StatusCode::UNPROCESSABLE_ENTITY, "no_face"),
         (huge, StatusCode::UNPROCESSABLE_ENTITY, "image_too_large"),
@@ -115,4 +130,37 @@ async fn bad_images_get_clear_4xx() {
         assert_error(&got, status, code);
     }
     assert_eq!(app.state.gallery().unwrap().store().len(), 0);
+    // Nothing is left reserved from the decode budget.
+    assert_eq!(app.state.decode_budget.in_use(), 0);
+}
+
+/// A 1x1 RGBA PNG whose header declares `w` x `h` (the IHDR CRC fixed): what a 140 KB PNG of
+/// 5999 x 5999 flat pixels looks like to a header check.
+fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut p = Vec::new();
+    image::RgbaImage::new(1, 1)
+        .write_to(&mut std::io::Cursor::new(&mut p), image::ImageFormat::Png)
+        .unwrap();
+    p[16..20].copy_from_slice(&w.to_be_bytes());
+    p[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32fast::hash(&p[12..29]);
+    p[29..33].copy_from_slice(&crc.to_be_bytes());
+    p
+}
+
+/// `jpeg` with its frame header (SOF0/1/2) rewritten to declare `w` x `h`.
+fn jpeg_bomb(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
+    let mut b = jpeg.to_vec();
+    let mut p = 2;
+    loop {
+        assert_eq!(b[p], 0xFF, "a marker at {p}");
+        let m = b[p + 1];
+        let len = usize::from(u16::from_be_bytes([b[p + 2], b[p + 3]]));
+        if matches!(m, 0xC0..=0xC2) {
+            b[p + 5..p + 7].copy_from_slice(&h.to_be_bytes());
+            b[p + 7..p + 9].copy_from_slice(&w.to_be_bytes());
+            return b;
+        }
+        p += 2 + len;
+    }
 }

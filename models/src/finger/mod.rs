@@ -35,7 +35,7 @@ pub struct FingerLimits {
 impl Default for FingerLimits {
     fn default() -> Self {
         Self {
-            image: ImageLimits { max_bytes: 10 << 20, max_side: 2000 },
+            image: ImageLimits { max_bytes: 10 << 20, max_side: 2000, max_pixels: 2000 * 2000 },
             min_side: 150,
             min_minutiae: 8,
             min_contrast: 8.0,
