@@ -11,5 +11,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo check -p biomatch-models --features cuda --locked
 cargo test --workspace --locked
 # Bounded fuzzing of the untrusted-input parsers (ISO/ANSI records, images, JSON bodies):
-# 45 s a target; FUZZ_SECONDS=0 skips it.
-[ "${FUZZ_SECONDS:-45}" = 0 ] || FUZZ_SECONDS=${FUZZ_SECONDS:-45} scripts/fuzz.sh
+# 30 s a target; FUZZ_SECONDS=0 skips it.
+[ "${FUZZ_SECONDS:-30}" = 0 ] || FUZZ_SECONDS=${FUZZ_SECONDS:-30} scripts/fuzz.sh
