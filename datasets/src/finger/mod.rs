@@ -35,6 +35,7 @@
 //! A master takes tens of milliseconds and an impression a few milliseconds (release build, one
 //! core); parallelise over fingers (rayon), never inside one.
 
+pub mod fast;
 mod field;
 mod grow;
 mod impression;
