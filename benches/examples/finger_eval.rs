@@ -227,7 +227,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let results = json!({
-        "machine": machine(),
+        "machine": biomatch_benches::machine(),
         "synthetic": {"fingers": n, "impressions": a.impressions, "seed": a.seed,
             "failures_to_extract": fte, "genuine_pairs_lost_to_fte": fte_genuine,
             "mean_minutiae": minutiae.iter().sum::<usize>() as f64 / minutiae.len().max(1) as f64,
@@ -241,18 +241,6 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(a.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
     println!("{}", serde_json::to_string_pretty(&results)?);
     Ok(())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    format!("{cpu}, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn preselection(

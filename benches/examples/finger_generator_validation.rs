@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
     let ks_quality = ks(&img.quality, &fst.quality);
     let ks_nn = ks(&img.nn, &fst.nn);
     let ks_bif = ks(&img.bif, &fst.bif);
-    let machine = machine();
+    let machine = biomatch_benches::machine();
     println!("| | images + mindtct | minutiae-level | KS distance |");
     println!("|---|---|---|---|");
     let row = |name: &str, x: &[f32], y: &[f32], k: f64| {
@@ -443,18 +443,6 @@ fn image_throughput(synth: &FingerSynthConfig, fingers: u64) -> f64 {
     let s = t0.elapsed().as_secs_f64();
     eprintln!("image pipeline: {fingers} fingers ({ok} templates) in {s:.1} s");
     fingers as f64 / s
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    format!("{cpu}, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 // ---- image template cache (the format of finger_eval's) ------------------------------------

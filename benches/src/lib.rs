@@ -95,3 +95,16 @@ pub fn naive_top_k(rows: &[f32], dim: usize, probe: &[f32], k: usize) -> Vec<(f3
     }
     best
 }
+
+/// The machine a measurement ran on, for reports: CPU model and hardware threads.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cpu}, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

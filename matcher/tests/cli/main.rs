@@ -229,20 +229,26 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn serve_starts_ready_and_stops_on_sigterm() {
+/// A store of 300 synthetic subjects and a configuration file serving it with templates only
+/// (the face extractor has its own tests): (temp dir, store dir, configuration file).
+fn synthetic_store() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
     let d = data.to_str().unwrap();
     assert!(biomatch(&["enroll-synthetic", "--data", d, "--subjects", "300"]).status.success());
-    // Templates only (the face extractor has its own tests): a configuration file.
     let cfg = dir.path().join("biomatch.toml");
     std::fs::write(
         &cfg,
         "[extractors.face]\nenabled = false\n[[models]]\nid = \"synthetic-face@1\"\ndim = 128\nmodality = \"face\"\ncalibration = \"calibration/synthetic-face@1.json\"\n",
     )
     .unwrap();
-    let c = cfg.to_str().unwrap();
+    (dir, data, cfg)
+}
+
+#[test]
+fn serve_starts_ready_and_stops_on_sigterm() {
+    let (_dir, data, cfg) = synthetic_store();
+    let (d, c) = (data.to_str().unwrap(), cfg.to_str().unwrap());
     // A table written into the data directory overrides the built-in one.
     assert!(biomatch(&["calibrate-synthetic", "--data", d, "--scores", "100000"]).status.success());
     // No keys and a public address: refused — from the flag and from the environment.
@@ -547,16 +553,8 @@ fn assert_close(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
 /// `cancelled`, the process exits at once with status 0, and no generation is published.
 #[test]
 fn sigterm_during_an_index_build_exits_promptly() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("store");
+    let (_dir, data, cfg) = synthetic_store();
     let d = data.to_str().unwrap();
-    assert!(biomatch(&["enroll-synthetic", "--data", d, "--subjects", "300"]).status.success());
-    let cfg = dir.path().join("biomatch.toml");
-    std::fs::write(
-        &cfg,
-        "[extractors.face]\nenabled = false\n[[models]]\nid = \"synthetic-face@1\"\ndim = 128\nmodality = \"face\"\ncalibration = \"calibration/synthetic-face@1.json\"\n",
-    )
-    .unwrap();
     let index = data.join("index").join("synthetic-face@1");
     std::fs::create_dir_all(&index).unwrap();
     let lock = std::fs::File::create(index.join("BUILD.lock")).unwrap();
