@@ -16,21 +16,19 @@
 //! ```
 //! Results: `<out>/results.json`, `<out>/det.png`, `<out>/preselection.json`.
 
-use biomatch_core::finger::FingerTemplate;
 use biomatch_core::metrics::{det_curve, eer, fnmr_at_fmr};
 use biomatch_core::{CalibrationTable, ModelId};
 use biomatch_datasets::det_plot::{det_png, DetCurve};
-use biomatch_datasets::finger::{impression, master, FingerSynthConfig};
+use biomatch_datasets::finger::FingerSynthConfig;
 use biomatch_fingerprint::index::{FingerIndex, IndexParams};
-use biomatch_fingerprint::iso;
 use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate};
-use biomatch_models::finger::{BozorthTemplate, FingerExtractor};
+use biomatch_models::finger::BozorthTemplate;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::json;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -73,7 +71,6 @@ struct Args {
     only_preselection: bool,
 }
 
-type Templates = Vec<Vec<Option<FingerTemplate>>>;
 /// (finger, impression) of each side of a comparison.
 type Pair = ((usize, usize), (usize, usize));
 
@@ -83,7 +80,13 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let cfg = FingerSynthConfig { seed: a.seed, ..FingerSynthConfig::default() };
     let t0 = Instant::now();
-    let templates = load_or_make(&a, &cfg)?;
+    let (templates, _) = biomatch_benches::finger_cache::image_templates(
+        &cfg,
+        a.seed,
+        a.fingers,
+        a.impressions,
+        &a.out,
+    )?;
     let gen_s = t0.elapsed().as_secs_f64();
     let n = templates.len();
     let fte = templates.iter().flatten().filter(|t| t.is_none()).count();
@@ -337,83 +340,5 @@ fn preselection(
     });
     eprintln!("{out}");
     std::fs::write(a.out.join("preselection.json"), serde_json::to_string_pretty(&out)?)?;
-    Ok(out)
-}
-
-// ---- template cache ----------------------------------------------------------------------------
-// File: "BMFEVAL1" | fingers u64 | impressions u32 | seed u64, then per (finger, impression):
-// record length u32 (0 = failed to extract) | ISO/IEC 19794-2 record.
-
-fn cache_path(a: &Args) -> PathBuf {
-    a.out.join(format!("templates-s{}-f{}-i{}.bin", a.seed, a.fingers, a.impressions))
-}
-
-fn load_or_make(a: &Args, cfg: &FingerSynthConfig) -> anyhow::Result<Templates> {
-    let path = cache_path(a);
-    if let Ok(t) = load(&path, a) {
-        eprintln!("templates from {}", path.display());
-        return Ok(t);
-    }
-    let x = FingerExtractor::default();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let t0 = Instant::now();
-    let templates: Templates = (0..a.fingers)
-        .into_par_iter()
-        .map(|f| {
-            let m = master(cfg, f);
-            let out = (0..a.impressions)
-                .map(|i| {
-                    let img = impression(cfg, &m, f, i);
-                    x.extract_gray(img.width, img.height, &img.pixels, None)
-                        .ok()
-                        .map(|e| e.template)
-                })
-                .collect();
-            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if d.is_multiple_of(500) {
-                eprintln!("  {d} fingers in {:.0} s", t0.elapsed().as_secs_f64());
-            }
-            out
-        })
-        .collect();
-    save(&path, a, &templates)?;
-    Ok(templates)
-}
-
-fn save(path: &Path, a: &Args, t: &Templates) -> anyhow::Result<()> {
-    let mut b = Vec::new();
-    b.extend_from_slice(b"BMFEVAL1");
-    b.extend_from_slice(&a.fingers.to_le_bytes());
-    b.extend_from_slice(&a.impressions.to_le_bytes());
-    b.extend_from_slice(&a.seed.to_le_bytes());
-    for t in t.iter().flatten() {
-        let r = t.as_ref().map(iso::to_iso).unwrap_or_default();
-        b.extend_from_slice(&(r.len() as u32).to_le_bytes());
-        b.extend_from_slice(&r);
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &b)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-fn load(path: &Path, a: &Args) -> anyhow::Result<Templates> {
-    let b = std::fs::read(path)?;
-    anyhow::ensure!(b.len() >= 28 && &b[..8] == b"BMFEVAL1", "not a template cache");
-    let mut pos = 28;
-    let mut out = Vec::with_capacity(a.fingers as usize);
-    for _ in 0..a.fingers {
-        let mut f = Vec::new();
-        for _ in 0..a.impressions {
-            let len = u32::from_le_bytes(
-                b.get(pos..pos + 4).ok_or_else(|| anyhow::anyhow!("short"))?.try_into()?,
-            ) as usize;
-            pos += 4;
-            let rec = b.get(pos..pos + len).ok_or_else(|| anyhow::anyhow!("short"))?;
-            pos += len;
-            f.push(if len == 0 { None } else { Some(iso::parse_iso(rec)?) });
-        }
-        out.push(f);
-    }
     Ok(out)
 }

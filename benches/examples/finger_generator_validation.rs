@@ -21,14 +21,13 @@ use biomatch_core::metrics::{det_curve, eer, fnmr_at_fmr};
 use biomatch_datasets::det_plot::{det_png, DetCurve};
 use biomatch_datasets::finger::fast::{fast_impression, fast_master, FastFingerConfig};
 use biomatch_datasets::finger::{impression, master, FingerSynthConfig};
-use biomatch_fingerprint::iso;
 use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate};
 use biomatch_models::finger::FingerExtractor;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -61,7 +60,7 @@ struct Args {
 }
 
 /// Templates per finger (2 impressions); `None`: failure to extract.
-type Templates = Vec<Vec<Option<FingerTemplate>>>;
+type Templates = biomatch_benches::finger_cache::FingerTemplates;
 
 /// The extractor refuses fewer minutiae than this (`FingerLimits::min_minutiae`).
 const MIN_MINUTIAE: usize = 8;
@@ -78,7 +77,8 @@ fn main() -> anyhow::Result<()> {
     let threads = rayon::current_num_threads();
 
     // ---- (a) image pipeline ---------------------------------------------------------------
-    let (image, image_fps) = load_or_make_images(&a, &synth)?;
+    let (image, image_fps) =
+        biomatch_benches::finger_cache::image_templates(&synth, a.seed, a.fingers, 2, &a.out)?;
     let n = image.len();
 
     // ---- (b) minutiae-level pipeline ------------------------------------------------------
@@ -443,83 +443,4 @@ fn image_throughput(synth: &FingerSynthConfig, fingers: u64) -> f64 {
     let s = t0.elapsed().as_secs_f64();
     eprintln!("image pipeline: {fingers} fingers ({ok} templates) in {s:.1} s");
     fingers as f64 / s
-}
-
-// ---- image template cache (the format of finger_eval's) ------------------------------------
-// "BMFEVAL1" | fingers u64 | impressions u32 | seed u64, then per (finger, impression): record
-// length u32 (0 = failed to extract) | ISO/IEC 19794-2 record.
-
-/// The image pipeline's templates, from the cache or made (and then also its throughput).
-fn load_or_make_images(
-    a: &Args,
-    synth: &FingerSynthConfig,
-) -> anyhow::Result<(Templates, Option<f64>)> {
-    let path = a.out.join(format!("templates-s{}-f{}-i2.bin", a.seed, a.fingers));
-    if let Ok(t) = load(&path, a.fingers) {
-        eprintln!("image templates from {}", path.display());
-        return Ok((t, None));
-    }
-    let x = FingerExtractor::default();
-    let t0 = Instant::now();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let t: Templates = (0..a.fingers)
-        .into_par_iter()
-        .map(|f| {
-            let m = master(synth, f);
-            let out = (0..2)
-                .map(|i| {
-                    let img = impression(synth, &m, f, i);
-                    x.extract_gray(img.width, img.height, &img.pixels, None)
-                        .ok()
-                        .map(|e| e.template)
-                })
-                .collect();
-            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if d.is_multiple_of(200) {
-                eprintln!("  {d} image fingers in {:.0} s", t0.elapsed().as_secs_f64());
-            }
-            out
-        })
-        .collect();
-    let fps = a.fingers as f64 / t0.elapsed().as_secs_f64();
-    save(&path, a, &t)?;
-    Ok((t, Some(fps)))
-}
-
-fn save(path: &Path, a: &Args, t: &Templates) -> anyhow::Result<()> {
-    let mut b = Vec::new();
-    b.extend_from_slice(b"BMFEVAL1");
-    b.extend_from_slice(&a.fingers.to_le_bytes());
-    b.extend_from_slice(&2u32.to_le_bytes());
-    b.extend_from_slice(&a.seed.to_le_bytes());
-    for t in t.iter().flatten() {
-        let r = t.as_ref().map(iso::to_iso).unwrap_or_default();
-        b.extend_from_slice(&(r.len() as u32).to_le_bytes());
-        b.extend_from_slice(&r);
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &b)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-fn load(path: &Path, fingers: u64) -> anyhow::Result<Templates> {
-    let b = std::fs::read(path)?;
-    anyhow::ensure!(b.len() >= 28 && &b[..8] == b"BMFEVAL1", "not a template cache");
-    let mut pos = 28;
-    let mut out = Vec::with_capacity(fingers as usize);
-    for _ in 0..fingers {
-        let mut f = Vec::new();
-        for _ in 0..2 {
-            let len = u32::from_le_bytes(
-                b.get(pos..pos + 4).ok_or_else(|| anyhow::anyhow!("short"))?.try_into()?,
-            ) as usize;
-            pos += 4;
-            let rec = b.get(pos..pos + len).ok_or_else(|| anyhow::anyhow!("short"))?;
-            pos += len;
-            f.push(if len == 0 { None } else { Some(iso::parse_iso(rec)?) });
-        }
-        out.push(f);
-    }
-    Ok(out)
 }

@@ -1,5 +1,7 @@
 //! Shared fixtures for the benchmarks: seeded synthetic galleries built through the real store.
 
+pub mod finger_cache;
+
 use biomatch_core::{Modality, ModelId, Template};
 use biomatch_datasets::{subject_id, Population, PopulationConfig};
 use biomatch_gallery::{Enrollment, ModelSpec, Probe, Store, StoreOptions};
