@@ -44,6 +44,7 @@
 //! other templates.
 
 use super::field::{layout, normal, uniform, Area, OrientationModel, SmoothNoise};
+use super::impression::{Distortion, Placement};
 use super::{FingerClass, FingerSynthConfig, DOMAIN_FIELDS, DOMAIN_LAYOUT};
 use crate::rng::StreamKey;
 use biomatch_core::finger::{
@@ -307,42 +308,9 @@ struct Capture {
 impl Capture {
     fn draw(cfg: &FingerSynthConfig, m: &FastMaster, rng: &mut impl RngCore) -> Self {
         let area = m.area;
-        let rot = normal(rng, 0.0, f64::from(cfg.max_rotation_deg) / 2.0)
-            .clamp(-f64::from(cfg.max_rotation_deg), f64::from(cfg.max_rotation_deg))
-            .to_radians() as f32;
-        let tmax = f64::from(cfg.max_translation_px);
-        let tx = uniform(rng, -tmax, tmax) as f32;
-        let ty = uniform(rng, -tmax, tmax) as f32;
-        let (fx, fy) = if m.cores.is_empty() {
-            (area.cx, area.cy - 20.0)
-        } else {
-            let n = m.cores.len() as f32;
-            (
-                m.cores.iter().map(|c| c.0).sum::<f32>() / n,
-                m.cores.iter().map(|c| c.1).sum::<f32>() / n + 30.0,
-            )
-        };
-        let focus = ((fx + area.cx) / 2.0, (fy + area.cy) / 2.0);
-        let partial = uniform(rng, 0.0, 1.0) < f64::from(cfg.partial_probability);
-        let (mut crx, mut cry) =
-            (uniform(rng, 125.0, 175.0) as f32, uniform(rng, 150.0, 215.0) as f32);
-        let mut ccx = focus.0 + normal(rng, 0.0, 12.0) as f32;
-        let mut ccy = focus.1 + normal(rng, 0.0, 15.0) as f32;
-        if partial {
-            let f = uniform(rng, 0.6, 0.85) as f32;
-            crx *= f;
-            cry *= f;
-            let a = uniform(rng, 0.0, TAU);
-            let d = uniform(rng, 25.0, 60.0) as f32;
-            ccx += d * libm::cos(a) as f32;
-            ccy += d * libm::sin(a) as f32;
-        }
-        let dist = f64::from(cfg.distortion);
-        let inner = uniform(rng, 0.25, 0.5) as f32;
-        let brake_k = uniform(rng, 0.35, 0.7) as f32;
-        let psi = (normal(rng, 0.0, 2.5 * dist).clamp(-6.0 * dist, 6.0 * dist)).to_radians() as f32;
-        let scale = 1.0 + normal(rng, 0.0, 0.02 * dist).clamp(-0.05 * dist, 0.05 * dist) as f32;
-        let shift = (normal(rng, 0.0, 5.0 * dist) as f32, normal(rng, 0.0, 5.0 * dist) as f32);
+        let Placement { rot, tx, ty, ccx, ccy, crx, cry } =
+            Placement::draw(cfg, &m.cores, area, rng);
+        let Distortion { inner, brake_k, psi, scale, shift } = Distortion::draw(cfg, rng);
         Self {
             cos: libm::cosf(rot),
             sin: libm::sinf(rot),

@@ -11,9 +11,10 @@
 //! thick, merging ridges), faded by the pressure over an irregular elliptic contact region, then
 //! blurred and given sensor noise.
 
-use super::field::{normal, uniform, SmoothNoise};
+use super::field::{normal, uniform, Area, SmoothNoise};
 use super::{FingerSynthConfig, GrayImage, MasterPrint};
 use crate::rng::Ziggurat;
+use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
 
 /// Smoothstep of `x` over `[0, 1]`.
@@ -40,55 +41,96 @@ fn bilinear(img: &[f32], w: usize, h: usize, x: f32, y: f32) -> f32 {
     top + (bot - top) * fy
 }
 
+/// Where a capture puts the finger: rotation (radians), translation (px) and the contact
+/// ellipse (centre and radii, master coordinates: around the cores, or the area centre). Drawn
+/// in this order by both the image renderer and the minutiae-level generator (`fast.rs`).
+pub(crate) struct Placement {
+    pub rot: f32,
+    pub tx: f32,
+    pub ty: f32,
+    pub ccx: f32,
+    pub ccy: f32,
+    pub crx: f32,
+    pub cry: f32,
+}
+
+impl Placement {
+    pub(crate) fn draw(
+        cfg: &FingerSynthConfig,
+        cores: &[(f32, f32)],
+        area: Area,
+        rng: &mut impl RngCore,
+    ) -> Self {
+        let rot = normal(rng, 0.0, f64::from(cfg.max_rotation_deg) / 2.0)
+            .clamp(-f64::from(cfg.max_rotation_deg), f64::from(cfg.max_rotation_deg))
+            .to_radians() as f32;
+        let tmax = f64::from(cfg.max_translation_px);
+        let tx = uniform(rng, -tmax, tmax) as f32;
+        let ty = uniform(rng, -tmax, tmax) as f32;
+        let (fx, fy) = if cores.is_empty() {
+            (area.cx, area.cy - 20.0)
+        } else {
+            let n = cores.len() as f32;
+            (
+                cores.iter().map(|c| c.0).sum::<f32>() / n,
+                cores.iter().map(|c| c.1).sum::<f32>() / n + 30.0,
+            )
+        };
+        let focus = ((fx + area.cx) / 2.0, (fy + area.cy) / 2.0);
+        let partial = uniform(rng, 0.0, 1.0) < f64::from(cfg.partial_probability);
+        let (mut crx, mut cry) =
+            (uniform(rng, 125.0, 175.0) as f32, uniform(rng, 150.0, 215.0) as f32);
+        let mut ccx = focus.0 + normal(rng, 0.0, 12.0) as f32;
+        let mut ccy = focus.1 + normal(rng, 0.0, 15.0) as f32;
+        if partial {
+            let f = uniform(rng, 0.6, 0.85) as f32;
+            crx *= f;
+            cry *= f;
+            let a = uniform(rng, 0.0, std::f64::consts::TAU);
+            let d = uniform(rng, 25.0, 60.0) as f32;
+            ccx += d * libm::cos(a) as f32;
+            ccy += d * libm::sin(a) as f32;
+        }
+        Placement { rot, tx, ty, ccx, ccy, crx, cry }
+    }
+}
+
+/// A capture's elastic distortion (Cappelli, Maio & Maltoni 2001): the close-contact fraction of
+/// the ellipse, the brake scale, the rotation `psi` (radians), scale and shift of the outer part.
+pub(crate) struct Distortion {
+    pub inner: f32,
+    pub brake_k: f32,
+    pub psi: f32,
+    pub scale: f32,
+    pub shift: (f32, f32),
+}
+
+impl Distortion {
+    pub(crate) fn draw(cfg: &FingerSynthConfig, rng: &mut impl RngCore) -> Self {
+        let dist = f64::from(cfg.distortion);
+        let inner = uniform(rng, 0.25, 0.5) as f32;
+        let brake_k = uniform(rng, 0.35, 0.7) as f32;
+        let psi = (normal(rng, 0.0, 2.5 * dist).clamp(-6.0 * dist, 6.0 * dist)).to_radians() as f32;
+        let scale = 1.0 + normal(rng, 0.0, 0.02 * dist).clamp(-0.05 * dist, 0.05 * dist) as f32;
+        let shift = (normal(rng, 0.0, 5.0 * dist) as f32, normal(rng, 0.0, 5.0 * dist) as f32);
+        Distortion { inner, brake_k, psi, scale, shift }
+    }
+}
+
 pub(crate) fn render(cfg: &FingerSynthConfig, m: &MasterPrint, rng: &mut ChaCha8Rng) -> GrayImage {
     let (w, h) = (cfg.width as usize, cfg.height as usize);
     let (mw, mh) = (m.width as usize, m.height as usize);
     let area = m.area;
 
-    // Placement.
-    let rot = normal(rng, 0.0, f64::from(cfg.max_rotation_deg) / 2.0)
-        .clamp(-f64::from(cfg.max_rotation_deg), f64::from(cfg.max_rotation_deg))
-        .to_radians() as f32;
-    let tmax = f64::from(cfg.max_translation_px);
-    let tx = uniform(rng, -tmax, tmax) as f32;
-    let ty = uniform(rng, -tmax, tmax) as f32;
+    // Placement and contact region.
+    let Placement { rot, tx, ty, ccx, ccy, crx, cry } = Placement::draw(cfg, &m.cores, area, rng);
     let (rs, rc) = (libm::sinf(-rot), libm::cosf(-rot));
     let (ox, oy) = (w as f32 / 2.0 + tx, h as f32 / 2.0 + ty);
-
-    // Contact region, in master coordinates: around the cores (or the area centre).
-    let (fx, fy) = if m.cores.is_empty() {
-        (area.cx, area.cy - 20.0)
-    } else {
-        let n = m.cores.len() as f32;
-        (
-            m.cores.iter().map(|c| c.0).sum::<f32>() / n,
-            m.cores.iter().map(|c| c.1).sum::<f32>() / n + 30.0,
-        )
-    };
-    let focus = ((fx + area.cx) / 2.0, (fy + area.cy) / 2.0);
-    let partial = uniform(rng, 0.0, 1.0) < f64::from(cfg.partial_probability);
-    let (mut crx, mut cry) = (uniform(rng, 125.0, 175.0) as f32, uniform(rng, 150.0, 215.0) as f32);
-    let mut ccx = focus.0 + normal(rng, 0.0, 12.0) as f32;
-    let mut ccy = focus.1 + normal(rng, 0.0, 15.0) as f32;
-    if partial {
-        let f = uniform(rng, 0.6, 0.85) as f32;
-        crx *= f;
-        cry *= f;
-        let a = uniform(rng, 0.0, std::f64::consts::TAU);
-        let d = uniform(rng, 25.0, 60.0) as f32;
-        ccx += d * libm::cos(a) as f32;
-        ccy += d * libm::sin(a) as f32;
-    }
     let contact_edge = uniform(rng, 0.06, 0.16) as f32;
     let contact_noise = SmoothNoise::new(rng, m.width, m.height, 36.0);
 
     // Elastic distortion (inverse map): close-contact ellipse and the displacement outside it.
-    let dist = f64::from(cfg.distortion);
-    let inner = uniform(rng, 0.25, 0.5) as f32;
-    let brake_k = uniform(rng, 0.35, 0.7) as f32;
-    let psi = (normal(rng, 0.0, 2.5 * dist).clamp(-6.0 * dist, 6.0 * dist)).to_radians() as f32;
-    let scale = 1.0 + normal(rng, 0.0, 0.02 * dist).clamp(-0.05 * dist, 0.05 * dist) as f32;
-    let shift = (normal(rng, 0.0, 5.0 * dist) as f32, normal(rng, 0.0, 5.0 * dist) as f32);
+    let Distortion { inner, brake_k, psi, scale, shift } = Distortion::draw(cfg, rng);
     let (ps, pc) = (libm::sinf(psi) * scale, libm::cosf(psi) * scale);
 
     // Skin condition: threshold on the master's ridge value (> 0 dry, < 0 wet).
