@@ -53,22 +53,11 @@ async fn every_request_and_refusal_has_exactly_one_audit_record() {
             expect.push($want);
         }};
     }
-    case!(
-        StatusCode::CREATED,
-        "POST",
-        "/v1/subjects",
-        Some(ISSUER),
-        enroll("A-1", 1),
-        &[("idempotency-key", "k1")]
-    );
-    case!(
-        StatusCode::CREATED,
-        "POST",
-        "/v1/subjects",
-        Some(ISSUER),
-        enroll("A-1", 1),
-        &[("idempotency-key", "k1")]
-    );
+    // Stored, then the same request again: a replay.
+    for _ in 0..2 {
+        let k1 = [("idempotency-key", "k1")];
+        case!(StatusCode::CREATED, "POST", "/v1/subjects", Some(ISSUER), enroll("A-1", 1), &k1);
+    }
     case!(StatusCode::CONFLICT, "POST", "/v1/subjects", Some(ISSUER), enroll("A-1", 1), &[]);
     case!(StatusCode::OK, "POST", "/v1/verify", Some(BANK), verify("A-1", 1), &[]);
     case!(StatusCode::NOT_FOUND, "POST", "/v1/verify", Some(BANK), verify("NOBODY", 1), &[]);
