@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+. scripts/lib.sh
 export OPENBLAS_NUM_THREADS=1
 
 profile=${BIOMATCH_PROFILE:-release}
@@ -60,15 +61,10 @@ for f in sorted(os.listdir(out)):
 EOF
 
 data=$(mktemp -d)
-port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 server_pid=""
 cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 300); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  stop_pid image-bomb "$server_pid"
   rm -rf "$data"
 }
 trap cleanup EXIT

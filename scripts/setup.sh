@@ -3,21 +3,11 @@
 # missing, so running it again is quick. Called by scripts/run.sh and scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 # System packages: C/C++ toolchain and BLAS for the bundled FAISS build (sharded ANN index),
 # cmake to drive it, pkg-config for -sys crates.
-apt_packages=(cmake g++ libopenblas-dev pkg-config fonts-dejavu-core)
-missing=()
-for p in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_ensure setup cmake g++ libopenblas-dev pkg-config fonts-dejavu-core
 
 command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "setup: python3 is required (model preparation)" >&2; exit 1; }
