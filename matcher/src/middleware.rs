@@ -100,7 +100,8 @@ pub async fn envelope(
     let path = req.uri().path();
     let audited = path == "/v1" || path.starts_with("/v1/");
     // For the audit record of a request to no route: the path asked for (bounded).
-    let asked: String = path.chars().take(200).collect();
+    let asked: Option<String> =
+        (audited && route == "unmatched").then(|| path.chars().take(200).collect());
     let slot: AuditSlot = Arc::default();
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(ClientRequestId(client_id.clone()));
@@ -120,12 +121,7 @@ pub async fn envelope(
                 ..crate::audit::AuditRecord::now(
                     note.key_id.unwrap_or_default(),
                     note.operation.or_else(|| operation_of(&method, &route)).map_or_else(
-                        || {
-                            format!(
-                                "{method} {}",
-                                if route == "unmatched" { &asked } else { &route }
-                            )
-                        },
+                        || format!("{method} {}", asked.as_deref().unwrap_or(&route)),
                         str::to_owned,
                     ),
                     &id,

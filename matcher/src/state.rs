@@ -265,7 +265,10 @@ impl AppState {
         let burst = self.config.limits.per_key_burst.unwrap_or(rps).max(1.0);
         let now = std::time::Instant::now();
         let mut rates = self.key_rates.lock();
-        let (tokens, last) = rates.entry(key_id.to_owned()).or_insert((burst, now));
+        if !rates.contains_key(key_id) {
+            rates.insert(key_id.to_owned(), (burst, now));
+        }
+        let (tokens, last) = rates.get_mut(key_id).expect("inserted above");
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rps).min(burst);
         *last = now;
         if *tokens >= 1.0 {
