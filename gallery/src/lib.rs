@@ -30,6 +30,7 @@ mod wal;
 
 pub use error::{is_no_space, GalleryError, Result};
 pub use finger_gallery::{FingerGallery, FingerSearchInfo, FingerSearchParams, PreparedFinger};
+pub use fsutil::atomic_write;
 pub use gallery::{AnnParams, Gallery, SearchMode, SearchPath};
 pub use minutiae::MAX_FINGERS;
 pub use search::{IdentifyOptions, Probe, MAX_RESULTS_LIMIT};

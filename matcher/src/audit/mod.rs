@@ -159,12 +159,6 @@ impl AuditRecord {
         }
     }
 
-    /// With the HTTP status answered.
-    pub fn with_status(mut self, status: u16) -> Self {
-        self.status = Some(status);
-        self
-    }
-
     /// Whether the log writes this record itself (file start, checkpoint), not for a request.
     pub fn is_internal(&self) -> bool {
         self.operation == OP_OPEN || self.operation == OP_CHECKPOINT
@@ -730,12 +724,11 @@ pub struct Head {
 }
 
 fn write_head(dir: &Path, h: &Head) -> io::Result<()> {
-    let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
-    let mut f = File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(h).expect("Head serialises"))?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, dir.join(HEAD_FILE))?;
-    sync_dir(dir)
+    let bytes = serde_json::to_vec(h).expect("Head serialises");
+    biomatch_gallery::atomic_write(&dir.join(HEAD_FILE), &bytes).map_err(|e| match e {
+        biomatch_gallery::GalleryError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    })
 }
 
 /// The head file of `dir`, if there is one.
