@@ -321,6 +321,7 @@ pub struct Engine {
     models: Vec<EngineModel>,
     finger_calibration: Option<CalibrationTable>,
     settings: Settings,
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl Engine {
@@ -338,13 +339,17 @@ impl Engine {
             Some((f, c)) => (Some(f), Some(c)),
             None => (None, None),
         };
-        gallery.store().set_commit_hook(Arc::new(Hook { fingers: fingers.clone(), journal }));
-        Self { gallery, fingers, models, finger_calibration, settings }
+        gallery
+            .store()
+            .set_commit_hook(Arc::new(Hook { fingers: fingers.clone(), journal: journal.clone() }));
+        Self { gallery, fingers, models, finger_calibration, settings, journal }
     }
 
-    /// Hand the journal records found in the store's log at open to `journal` (see
-    /// [`Journal::recover`]). Call once after [`new`](Self::new), before serving writes.
-    pub fn recover_journal(&self, journal: &dyn Journal) -> Result<()> {
+    /// Hand the journal records found in the store's log at open to the engine's journal (see
+    /// [`Journal::recover`]). Call once after [`new`](Self::new), before serving writes; without
+    /// a journal the store keeps them.
+    pub fn recover_journal(&self) -> Result<()> {
+        let Some(journal) = &self.journal else { return Ok(()) };
         Ok(self.store().recover_journal(|logged| journal.recover(logged))?)
     }
 

@@ -81,7 +81,7 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
     let engine = Engine::new(Arc::new(g), fingers, state.engine_models(), settings, Some(journal));
     // Audit records of writes a crash kept out of the audit files (they are in the store's log).
     engine
-        .recover_journal(state.audit.as_ref())
+        .recover_journal()
         .map_err(|e| format!("cannot recover the audit records of the store's log: {e}"))?;
     Ok(engine)
 }
