@@ -279,6 +279,9 @@ pub struct IdentifyParams {
     /// Search only these subjects.
     pub subset: Option<Vec<SubjectId>>,
     pub mode: SearchKind,
+    /// Return the finger pre-selection's subject shortlist in
+    /// [`FingerShortlist::shortlisted`] (evaluation tools; costs a copy of every id).
+    pub keep_shortlist: bool,
 }
 
 /// Which vector search to run.
@@ -311,6 +314,23 @@ pub struct Identification {
     pub search: String,
     pub index_generation: Option<u64>,
     pub finger_search: Vec<(Modality, FingerSearchInfo)>,
+    /// The subject-level finger pre-selection, when the probe has fingers.
+    pub finger_shortlist: Option<FingerShortlist>,
+}
+
+/// What the subject-level finger pre-selection of a 1:N search did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FingerShortlist {
+    /// Subjects holding fingers (the pre-selection's gallery).
+    pub gallery_subjects: usize,
+    /// Subjects whose fingers the MCC matcher compared.
+    pub subjects: usize,
+    /// Whether the fixed-length finger codes chose them (false: every subject was compared).
+    pub preselected: bool,
+    /// MCC comparisons run for the search.
+    pub mcc_comparisons: usize,
+    /// The shortlisted subjects, when [`IdentifyParams::keep_shortlist`] asked for them.
+    pub shortlisted: Vec<SubjectId>,
 }
 
 /// The matching engine. `Send + Sync`: share it behind an `Arc`.
@@ -627,6 +647,7 @@ impl Engine {
         let mut per_subject: BTreeMap<SubjectId, Vec<ModalityScore>> = BTreeMap::new();
         let mut path: Option<(String, Option<u64>)> = None;
         let mut finger_search = Vec::new();
+        let mut shortlist: Option<FingerShortlist> = None;
         for (modality, template) in &probe.vectors {
             let cal = self.calibration(template.model())?;
             let opts = IdentifyOptions {
@@ -652,6 +673,16 @@ impl Engine {
             let modality = Modality::Finger(f.position);
             let (cands, info) = fg.identify(f, k, raw_threshold(cal)?, p.subset.as_deref())?;
             finger_search.push((modality, info));
+            let sl = shortlist.get_or_insert_with(|| FingerShortlist {
+                gallery_subjects: fg.len(),
+                preselected: true,
+                ..FingerShortlist::default()
+            });
+            sl.preselected &= info.preselected;
+            sl.mcc_comparisons += info.compared;
+            if p.keep_shortlist {
+                sl.shortlisted.extend(cands.iter().map(|(s, _)| s.clone()));
+            }
             path.get_or_insert_with(|| {
                 ((if info.preselected { "index" } else { "exact" }).to_owned(), None)
             });
@@ -696,6 +727,12 @@ impl Engine {
             search,
             index_generation,
             finger_search,
+            finger_shortlist: shortlist.map(|mut s| {
+                s.shortlisted.sort();
+                s.shortlisted.dedup();
+                s.subjects = s.shortlisted.len();
+                s
+            }),
         })
     }
 
@@ -740,6 +777,12 @@ impl Engine {
             return Ok(false);
         }
         Ok(store.checkpoint_if_due()?)
+    }
+
+    /// Heap bytes the finger search holds per live finger (its structures, apart from the
+    /// store's mapped segments); 0 without fingers.
+    pub fn finger_resident_bytes_per_finger(&self) -> f64 {
+        self.fingers.as_ref().map_or(0.0, |f| f.resident_bytes() as f64 / f.fingers().max(1) as f64)
     }
 
     /// Finger positions a subject holds.

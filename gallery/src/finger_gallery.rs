@@ -61,6 +61,9 @@ pub struct PreparedFinger {
     mcc: MccTemplate,
 }
 
+/// Bytes of one cylinder: its bits, its validity mask and its minutia.
+const CYLINDER_BYTES: usize = 8 * (biomatch_fingerprint::mcc::WORDS_PER_CYLINDER + 1) + 16;
+
 #[derive(Debug)]
 struct Entry {
     subject: SubjectId,
@@ -152,6 +155,20 @@ impl FingerGallery {
     /// Live fingers of every position together.
     pub fn fingers(&self) -> usize {
         self.inner.read().live.iter().sum()
+    }
+
+    /// Heap bytes of the search structures (MCC templates, pre-selection postings), estimated
+    /// from their sizes.
+    pub fn resident_bytes(&self) -> u64 {
+        let inner = self.inner.read();
+        let mcc: usize = inner
+            .fingers
+            .iter()
+            .flatten()
+            .map(|e| e.finger.mcc.cylinder_count() * CYLINDER_BYTES + 64)
+            .sum();
+        let index: usize = inner.indexes.iter().map(|i| i.memory_bytes()).sum();
+        (mcc + index + inner.fingers.capacity() * std::mem::size_of::<Option<Entry>>()) as u64
     }
 
     pub fn contains(&self, subject: &SubjectId) -> bool {

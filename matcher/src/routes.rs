@@ -327,6 +327,7 @@ async fn identify_inner(
             SearchKindIn::Exact => SearchKind::Exact,
             SearchKindIn::Index => SearchKind::Index,
         },
+        keep_shortlist: false,
     };
     let engine = state.engine()?.clone();
     let r = blocking(move || {

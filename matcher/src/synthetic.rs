@@ -304,6 +304,7 @@ fn engine_identify(
         target_fpir: None,
         subset: opts.subset.clone(),
         mode,
+        keep_shortlist: false,
     };
     Ok(engine
         .identify(&probe, &params)?
