@@ -12,6 +12,7 @@
 //! async runtime. The gallery keeps fingers in memory with these structures, the service parses
 //! records with [`iso`], and the benches and examples measure them.
 
+pub mod code;
 pub mod index;
 pub mod iso;
 pub mod mcc;
