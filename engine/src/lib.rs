@@ -26,6 +26,7 @@ use biomatch_core::fusion::{fuse_fmr, score_of_fmr};
 use biomatch_core::{CalibrationTable, FingerPosition, Modality, ModelId, SubjectId, Template};
 use biomatch_gallery::{
     AnnParams, CommitHook, Committed, Enrollment, FingerGallery, FingerSearchInfo, Gallery,
+    SubjectFingerScores,
     GalleryError, IdentifyOptions, Note, PreparedFinger, Probe, SearchMode, Store, WriteOp,
     MAX_RESULTS_LIMIT,
 };
@@ -119,14 +120,12 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
 /// What the engine attaches to each store write.
 struct WriteNote {
     audit: Option<AuditContext>,
-    /// The enrollment's fingers, prepared for the finger search (empty for deletes).
-    fingers: Vec<PreparedFinger>,
 }
 
-/// The store's commit hook: journal first, finger search after.
+/// The store's commit hook: the journal sees each group before it is logged. (The finger
+/// search needs no hook: its codes and minutiae are in the store's own records.)
 #[derive(Debug)]
 struct Hook {
-    fingers: Option<Arc<FingerGallery>>,
     journal: Option<Arc<dyn Journal>>,
 }
 
@@ -165,24 +164,9 @@ impl CommitHook for Hook {
     }
 
     fn applied(&self, group: &[Committed<'_>], journal: Option<&[u8]>) {
+        let _ = group;
         if let (Some(j), Some(bytes)) = (&self.journal, journal) {
             j.committed(bytes);
-        }
-        let Some(fg) = &self.fingers else { return };
-        for c in group {
-            match c.op {
-                WriteOp::Enroll(e) if !e.fingers.is_empty() => {
-                    let prepared = match note_of(c) {
-                        Some(n) if n.fingers.len() == e.fingers.len() => n.fingers.clone(),
-                        _ => fg.prepare_all(&e.fingers),
-                    };
-                    if let Err(err) = fg.insert(&e.subject, prepared) {
-                        tracing::error!(error = %err, "finger search could not take an enrollment");
-                    }
-                }
-                WriteOp::Enroll(_) => {}
-                WriteOp::Delete(s) => fg.remove(s),
-            }
         }
     }
 
@@ -361,7 +345,7 @@ impl Engine {
         };
         gallery
             .store()
-            .set_commit_hook(Arc::new(Hook { fingers: fingers.clone(), journal: journal.clone() }));
+            .set_commit_hook(Arc::new(Hook { journal: journal.clone() }));
         Self { gallery, fingers, models, finger_calibration, settings, journal }
     }
 
@@ -436,12 +420,8 @@ impl Engine {
         retry: bool,
         audit: Option<AuditContext>,
     ) -> Result<Enrolled> {
-        let note = self.write_note(&samples, audit)?;
-        let e = Enrollment {
-            subject: subject.clone(),
-            templates: samples.vectors,
-            fingers: samples.fingers,
-        };
+        let note = self.write_note(audit);
+        let e = self.enrollment(subject.clone(), samples)?;
         // Only a retry needs the samples again after the store took them.
         let retried = retry.then(|| e.clone());
         match self.store().write(WriteOp::Enroll(e), Some(note)) {
@@ -465,14 +445,9 @@ impl Engine {
         let mut ops = Vec::with_capacity(items.len());
         let mut refused = Vec::with_capacity(items.len());
         for (subject, samples) in items {
-            match self.write_note(&samples, audit.clone()) {
-                Ok(note) => {
-                    let e = Enrollment {
-                        subject,
-                        templates: samples.vectors,
-                        fingers: samples.fingers,
-                    };
-                    ops.push((WriteOp::Enroll(e), Some(note)));
+            match self.enrollment(subject, samples) {
+                Ok(e) => {
+                    ops.push((WriteOp::Enroll(e), Some(self.write_note(audit.clone()))));
                     refused.push(None);
                 }
                 Err(err) => refused.push(Some(err)),
@@ -488,9 +463,28 @@ impl Engine {
             .collect())
     }
 
-    fn write_note(&self, samples: &Samples, audit: Option<AuditContext>) -> Result<Note> {
-        let fingers = self.prepare_fingers(&samples.fingers)?;
-        Ok(Box::new(WriteNote { audit, fingers }))
+    fn write_note(&self, audit: Option<AuditContext>) -> Note {
+        Box::new(WriteNote { audit })
+    }
+
+    /// The store record of an enrollment: the samples plus, for each minutiae finger, its
+    /// pre-selection code as a vector template at the finger's position.
+    fn enrollment(&self, subject: SubjectId, samples: Samples) -> Result<Enrollment> {
+        let mut templates = samples.vectors;
+        if !samples.fingers.is_empty() {
+            let fg = self.finger_search()?;
+            for t in &samples.fingers {
+                let (m, code) = fg.code_template(t)?;
+                if templates.iter().any(|(have, _)| *have == m) {
+                    return Err(EngineError::invalid(
+                        ErrorCode::BadRequest,
+                        format!("{m} is given twice (a template and minutiae)"),
+                    ));
+                }
+                templates.push((m, code));
+            }
+        }
+        Ok(Enrollment { subject, templates, fingers: samples.fingers })
     }
 
     /// The fingers' MCC templates, or `fingerprints_unavailable` when there are fingers and
@@ -522,15 +516,21 @@ impl Engine {
 
     /// Delete a subject (every later search honours it).
     pub fn delete(&self, subject: &SubjectId, audit: Option<AuditContext>) -> Result<u64> {
-        let note: Note = Box::new(WriteNote { audit, fingers: Vec::new() });
+        let note: Note = Box::new(WriteNote { audit });
         Ok(self.store().write(WriteOp::Delete(subject.clone()), Some(note))?)
     }
 
     /// What is enrolled for a subject.
     pub fn subject(&self, subject: &SubjectId) -> Result<SubjectView> {
         let info = self.store().get(subject)?;
-        let mut templates: Vec<(Modality, ModelId)> =
-            info.templates.into_iter().map(|t| (t.modality, t.model)).collect();
+        // The fingers' pre-selection codes are derived data, not samples: not listed.
+        let code = self.fingers.as_ref().map(|f| f.code_model().clone());
+        let mut templates: Vec<(Modality, ModelId)> = info
+            .templates
+            .into_iter()
+            .filter(|t| Some(&t.model) != code.as_ref())
+            .map(|t| (t.modality, t.model))
+            .collect();
         templates.extend(info.fingers.into_iter().map(|p| (Modality::Finger(p), mcc_model())));
         Ok(SubjectView { subject: info.subject_id, seq: info.seq, templates })
     }
@@ -552,7 +552,7 @@ impl Engine {
         }
         for f in &probe.fingers {
             let modality = Modality::Finger(f.position);
-            let score = match self.finger_search()?.verify(subject, f) {
+            let score = match self.finger_search()?.verify(&self.gallery, subject, f) {
                 // Enrolled without fingers: this modality is what it lacks.
                 Err(GalleryError::UnknownSubject(_)) if store.contains(subject) => {
                     Err(GalleryError::NoTemplate { subject: subject.clone(), modality })
@@ -620,7 +620,7 @@ impl Engine {
             check_rate("target_fpir", f)?;
         }
         let store = self.store();
-        let nf = self.fingers.as_ref().map_or(0, |f| f.len());
+        let nf = store.finger_counts().0;
         let n = match &p.subset {
             Some(s) => s.len(),
             None if probe.vectors.is_empty() => nf,
@@ -647,7 +647,6 @@ impl Engine {
         let mut per_subject: BTreeMap<SubjectId, Vec<ModalityScore>> = BTreeMap::new();
         let mut path: Option<(String, Option<u64>)> = None;
         let mut finger_search = Vec::new();
-        let mut shortlist: Option<FingerShortlist> = None;
         for (modality, template) in &probe.vectors {
             let cal = self.calibration(template.model())?;
             let opts = IdentifyOptions {
@@ -667,33 +666,45 @@ impl Engine {
                 });
             }
         }
-        for f in &probe.fingers {
+        let mut shortlist: Option<FingerShortlist> = None;
+        if !probe.fingers.is_empty() {
             let fg = self.finger_search()?;
             let cal = self.calibration(&mcc_model())?;
-            let modality = Modality::Finger(f.position);
-            let (cands, info) = fg.identify(f, k, raw_threshold(cal)?, p.subset.as_deref())?;
-            finger_search.push((modality, info));
-            let sl = shortlist.get_or_insert_with(|| FingerShortlist {
-                gallery_subjects: fg.len(),
-                preselected: true,
-                ..FingerShortlist::default()
-            });
-            sl.preselected &= info.preselected;
-            sl.mcc_comparisons += info.compared;
-            if p.keep_shortlist {
-                sl.shortlisted.extend(cands.iter().map(|(s, _)| s.clone()));
+            let floor = raw_threshold(cal)?;
+            let (scored, infos, sl) =
+                fg.identify(&self.gallery, &probe.fingers, p.subset.as_deref(), mode)?;
+            for (f, info) in probe.fingers.iter().zip(infos) {
+                finger_search.push((Modality::Finger(f.position), info));
             }
             path.get_or_insert_with(|| {
-                ((if info.preselected { "index" } else { "exact" }).to_owned(), None)
+                ((if sl.preselected { "index" } else { "exact" }).to_owned(), None)
             });
-            for (subject, score) in cands {
-                per_subject.entry(subject).or_default().push(ModalityScore {
-                    modality,
-                    score,
-                    fmr: cal.fmr_at(score),
-                    threshold: None,
-                });
+            // The best `k` subjects by their fused finger FMR go on to fusion with the face.
+            let mut ranked: Vec<(f64, SubjectFingerScores)> = scored
+                .into_iter()
+                .filter(|s| floor.is_none_or(|t| s.scores.iter().any(|x| x.1 >= t)))
+                .map(|s| (fuse_fmr(s.scores.iter().map(|x| cal.fmr_at(x.1))), s))
+                .collect();
+            ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.subject.cmp(&b.1.subject)));
+            ranked.truncate(k);
+            for (_, s) in ranked {
+                let e = per_subject.entry(s.subject).or_default();
+                for (position, score) in s.scores {
+                    e.push(ModalityScore {
+                        modality: Modality::Finger(position),
+                        score,
+                        fmr: cal.fmr_at(score),
+                        threshold: None,
+                    });
+                }
             }
+            shortlist = Some(FingerShortlist {
+                gallery_subjects: sl.gallery_subjects,
+                subjects: sl.subjects.len(),
+                preselected: sl.preselected,
+                mcc_comparisons: sl.mcc_comparisons,
+                shortlisted: if p.keep_shortlist { sl.subjects } else { Vec::new() },
+            });
         }
         // Fill in the modalities a candidate was not returned for, then fuse and cut.
         let mut candidates = Vec::with_capacity(per_subject.len());
@@ -727,12 +738,7 @@ impl Engine {
             search,
             index_generation,
             finger_search,
-            finger_shortlist: shortlist.map(|mut s| {
-                s.shortlisted.sort();
-                s.shortlisted.dedup();
-                s.subjects = s.shortlisted.len();
-                s
-            }),
+            finger_shortlist: shortlist,
         })
     }
 
@@ -759,7 +765,9 @@ impl Engine {
             if has(scores, modality) {
                 continue;
             }
-            if let Some(score) = absent_is_none(self.finger_search()?.verify(subject, f))? {
+            if let Some(score) =
+                absent_is_none(self.finger_search()?.verify(&self.gallery, subject, f))?
+            {
                 scores.push(self.scored(modality, &mcc_model(), score, None)?);
             }
         }
@@ -781,8 +789,22 @@ impl Engine {
 
     /// Heap bytes the finger search holds per live finger (its structures, apart from the
     /// store's mapped segments); 0 without fingers.
+    ///
+    /// Per finger: the code's share of the loaded index generation's resident memory (codes,
+    /// ids, centroids), its row's owner and state in the store's column (5 bytes), and the
+    /// finger record's live flag (1 byte per subject, shared by its fingers). MCC templates
+    /// and minutiae are not resident: they are decoded from the mapped segments per search.
     pub fn finger_resident_bytes_per_finger(&self) -> f64 {
-        self.fingers.as_ref().map_or(0.0, |f| f.resident_bytes() as f64 / f.fingers().max(1) as f64)
+        let Some(fg) = &self.fingers else { return 0.0 };
+        let (subjects, fingers) = self.store().finger_counts();
+        if fingers == 0 {
+            return 0.0;
+        }
+        let index = self
+            .gallery
+            .index(fg.code_model())
+            .map_or(0.0, |i| i.resident_bytes_per_template());
+        index + 5.0 + subjects as f64 / fingers as f64
     }
 
     /// Finger positions a subject holds.

@@ -191,9 +191,14 @@ fn gaussians(seed: u64, n: usize) -> Vec<f32> {
 /// The shipped code model, `mpc@1` (trained with `benches/examples/finger_code_sweep.rs
 /// --write-model` on 4 000 synthetic fingers disjoint from any evaluation).
 pub fn shipped() -> CodeModel {
-    let spec: CodeModelSpec =
-        serde_json::from_str(include_str!("../models/mpc@1.json")).expect("the shipped model parses");
-    CodeModel::new(spec).expect("the shipped model is valid")
+    static SHIPPED: std::sync::OnceLock<CodeModel> = std::sync::OnceLock::new();
+    SHIPPED
+        .get_or_init(|| {
+            let spec: CodeModelSpec = serde_json::from_str(include_str!("../models/mpc@1.json"))
+                .expect("the shipped model parses");
+            CodeModel::new(spec).expect("the shipped model is valid")
+        })
+        .clone()
 }
 
 impl CodeModel {

@@ -1,296 +1,300 @@
-//! Fingerprint 1:1 and 1:N search over the minutiae fingers of the [`Store`]: MCC templates of
-//! every enrolled finger held in memory, and a pre-selection index (MCC-cylinder LSH,
-//! `biomatch_fingerprint::index`) per finger position so that a 1:N search runs the MCC matcher only on a
-//! short candidate list.
+//! Fingerprint 1:1 and 1:N over the store's minutiae fingers, with nothing per finger in RAM.
 //!
-//! Search path: a probe finger with a known position is compared with gallery fingers of the same
-//! position only. Below `exhaustive_below` fingers of that position (or for a subject subset) every
-//! finger is compared; above it, the index returns the best `max(min_candidates, penetration · n)`
-//! fingers and only those are compared. Scores are MCC similarities in [0, 1]; a subject's score is
-//! its best finger of that position (one per position, so that is its only one).
+//! Every enrolled finger has two forms in the one subject store: its minutiae (the finger
+//! segments, memory-mapped) and a fixed-length **pre-selection code**
+//! (`biomatch_fingerprint::code`, model [`FingerGallery::code_model`]), a vector template at the
+//! finger's position in an fp16 column like faces — so the codes are searched by the same
+//! machinery (exact scan of fresh rows, sharded FAISS generations built by the index builder,
+//! exact re-rank) and persist like faces.
 //!
-//! This is a search structure only: the fingers are durable in the [`Store`]. It is built from the
-//! store at start ([`FingerGallery::build`]) and follows its commits: the store's commit hook
-//! calls [`FingerGallery::insert`] / [`FingerGallery::remove`] in sequence order, after a group
-//! is durable and before its writers are answered, so a search that starts after an enrollment
-//! was acknowledged sees it. Probes and new fingers are prepared ([`PreparedFinger`]: the MCC
-//! template) once, outside any lock, and compared many times.
+//! 1:N ([`FingerGallery::identify`]) for a probe of K fingers:
+//! 1. **Per-finger code lists**: each probe finger's code is searched among the codes of its
+//!    position, `list_factor ×` the subject shortlist long.
+//! 2. **Subject shortlist**: the per-finger code scores are summed per subject (a finger a
+//!    subject was not listed for counts as that list's lowest score, so one missing or badly
+//!    captured finger does not drop the subject), and the best `max(penetration · N,
+//!    min_candidates)` subjects are kept (N: subjects holding fingers).
+//! 3. **MCC** scores only the shortlisted subjects' fingers: their minutiae are decoded from
+//!    the store's segments and their cylinders built on the fly, then compared with the
+//!    probe's (prepared once). A subject's score per probe finger is the MCC similarity with its
+//!    finger of the same position.
+//!
+//! Below `exhaustive_below` subjects (or for a subject subset) every subject is compared.
+//! Scores are MCC similarities in `[0, 1]`; the engine reads them against the `mcc@1`
+//! calibration and fuses them with the face.
 
 use crate::error::{GalleryError, Result};
-use crate::store::Store;
+use crate::gallery::{Gallery, SearchMode};
+use crate::search::{IdentifyOptions, Probe, MAX_SHORTLIST};
 use biomatch_core::finger::FingerTemplate;
-use biomatch_core::{FingerPosition, Modality, SubjectId};
-use biomatch_fingerprint::index::{FingerIndex, IndexParams};
-use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate, BITS_PER_CYLINDER};
-use parking_lot::RwLock;
+use biomatch_core::{FingerPosition, Modality, ModelId, SubjectId, Template};
+use biomatch_fingerprint::code::CodeModel;
+use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// How 1:N finger searches choose their candidates.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FingerSearchParams {
-    /// Share of a position's fingers the index hands to the matcher.
+    /// Share of the subjects holding fingers that the code pre-selection hands to MCC.
     pub penetration: f64,
-    /// At least this many candidates (small galleries).
+    /// At least this many subjects (small galleries).
     pub min_candidates: usize,
-    /// Compare every finger when a position holds fewer than this.
+    /// Each probe finger's code list holds this many times as many fingers as the subject
+    /// shortlist has subjects (fusion across fingers reorders).
+    pub list_factor: f64,
+    /// Compare every subject when fewer than this hold fingers.
     pub exhaustive_below: usize,
 }
 
 impl Default for FingerSearchParams {
     fn default() -> Self {
-        Self { penetration: 0.05, min_candidates: 200, exhaustive_below: 2000 }
+        Self { penetration: 0.005, min_candidates: 200, list_factor: 2.0, exhaustive_below: 2000 }
     }
 }
 
-/// How a finger search was run (for the response and for metrics).
+/// How one probe finger's search was run (for the response and for metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FingerSearchInfo {
     /// Gallery fingers of the probe's position.
     pub gallery_fingers: usize,
     /// Fingers the MCC matcher compared.
     pub compared: usize,
-    /// Whether the pre-selection index chose them.
+    /// Whether the pre-selection codes chose them.
     pub preselected: bool,
 }
 
-/// A finger ready to be compared: its position and MCC template, built once.
+/// What the subject-level pre-selection of one search did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShortlistInfo {
+    /// Subjects holding fingers.
+    pub gallery_subjects: usize,
+    /// The subjects MCC compared, best code score first.
+    pub subjects: Vec<SubjectId>,
+    pub preselected: bool,
+    /// MCC comparisons run.
+    pub mcc_comparisons: usize,
+}
+
+/// A finger ready to be compared: its position, MCC template and pre-selection code, built once.
 #[derive(Debug, Clone)]
 pub struct PreparedFinger {
     pub position: FingerPosition,
     mcc: MccTemplate,
+    code: Vec<f32>,
 }
 
-/// Bytes of one cylinder: its bits, its validity mask and its minutia.
-const CYLINDER_BYTES: usize = 8 * (biomatch_fingerprint::mcc::WORDS_PER_CYLINDER + 1) + 16;
-
-#[derive(Debug)]
-struct Entry {
-    subject: SubjectId,
-    finger: PreparedFinger,
+/// One subject's MCC scores, one per probe finger it holds the position of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubjectFingerScores {
+    pub subject: SubjectId,
+    pub scores: Vec<(FingerPosition, f32)>,
 }
 
-#[derive(Debug)]
-struct Inner {
-    /// Dense finger id → entry; `None` once deleted (ids are not reused until a rebuild).
-    fingers: Vec<Option<Entry>>,
-    by_subject: HashMap<SubjectId, Vec<u32>>,
-    /// One index per finger position (index 0 = position 1).
-    indexes: Vec<FingerIndex>,
-    /// Live fingers per position.
-    live: [usize; 10],
-}
-
-/// Finger search over the store's minutiae fingers. `Send + Sync`.
+/// Finger search over the store's minutiae fingers and their codes. `Send + Sync`; it holds
+/// parameters only (start-up costs nothing per finger).
 #[derive(Debug)]
 pub struct FingerGallery {
     mcc: MccParams,
+    code: CodeModel,
+    code_model: ModelId,
     search: FingerSearchParams,
-    inner: RwLock<Inner>,
 }
 
 fn position_of(t: &FingerTemplate, index: usize) -> Result<FingerPosition> {
     t.position.ok_or(GalleryError::MissingFingerPosition { index })
 }
 
+/// The store column of the shipped finger code model (`mpc@1`): a store that takes minutiae
+/// fingers must be opened with it.
+pub fn finger_code_spec() -> crate::store::ModelSpec {
+    let code = biomatch_fingerprint::code::shipped();
+    let spec = code.spec();
+    crate::store::ModelSpec {
+        model: ModelId::new(&spec.name, &spec.version).expect("the shipped code model id is valid"),
+        dim: code.dim(),
+    }
+}
+
 impl FingerGallery {
-    /// An empty finger search.
-    pub fn new(mcc: MccParams, search: FingerSearchParams) -> Result<Self> {
-        let inner = Inner {
-            fingers: Vec::new(),
-            by_subject: HashMap::new(),
-            indexes: (0..10)
-                .map(|_| FingerIndex::new(IndexParams::new(BITS_PER_CYLINDER)))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| GalleryError::BadIndexParams(e.to_string()))?,
-            live: [0; 10],
-        };
-        Ok(Self { mcc, search, inner: RwLock::new(inner) })
+    /// The finger search with the default MCC parameters and the shipped code model.
+    pub fn shipped(search: FingerSearchParams) -> Result<Self> {
+        Self::new(MccParams::default(), biomatch_fingerprint::code::shipped(), search)
     }
 
-    /// Build the search structures from the store's fingers (MCC templates in parallel).
-    pub fn build(store: &Store, mcc: MccParams, search: FingerSearchParams) -> Result<Self> {
-        let g = Self::new(mcc, search)?;
-        let mut all = Vec::new();
-        store.for_each_fingers(|s, _, f| all.push((s.clone(), f)))?;
-        let prepared: Vec<(SubjectId, Vec<PreparedFinger>)> =
-            all.into_par_iter().map(|(s, f)| (s, g.prepare_all(&f))).collect();
-        let mut inner = g.inner.write();
-        for (s, fingers) in prepared {
-            for f in fingers {
-                inner.add(Entry { subject: s.clone(), finger: f })?;
-            }
-        }
-        for ix in &mut inner.indexes {
-            ix.compact();
-        }
-        drop(inner);
-        Ok(g)
+    /// The finger search with these matcher and code models.
+    pub fn new(mcc: MccParams, code: CodeModel, search: FingerSearchParams) -> Result<Self> {
+        let code_model = ModelId::new(&code.spec().name, &code.spec().version)
+            .map_err(|e| GalleryError::Config(format!("finger code model id: {e}")))?;
+        Ok(Self { mcc, code, code_model, search })
     }
 
     pub fn mcc_params(&self) -> &MccParams {
         &self.mcc
     }
 
+    pub fn search_params(&self) -> &FingerSearchParams {
+        &self.search
+    }
+
+    /// The model id the fingers' pre-selection codes are stored under.
+    pub fn code_model(&self) -> &ModelId {
+        &self.code_model
+    }
+
+    /// The length of the codes.
+    pub fn code_dim(&self) -> usize {
+        self.code.dim()
+    }
+
+    /// A finger's pre-selection code as the vector template the store keeps at its position.
+    pub fn code_template(&self, t: &FingerTemplate) -> Result<(Modality, Template)> {
+        let position = position_of(t, 0)?;
+        let v = self.code.encode(t);
+        let template = Template::new(self.code_model.clone(), v.len(), v)
+            .map_err(|e| GalleryError::Config(format!("finger code: {e}")))?;
+        Ok((Modality::Finger(position), template))
+    }
+
     /// The comparable form of one finger (its position must be set).
     pub fn prepare(&self, t: &FingerTemplate) -> Result<PreparedFinger> {
-        Ok(PreparedFinger { position: position_of(t, 0)?, mcc: MccTemplate::new(t, &self.mcc) })
+        Ok(PreparedFinger {
+            position: position_of(t, 0)?,
+            mcc: MccTemplate::new(t, &self.mcc),
+            code: self.code.encode(t),
+        })
     }
 
-    /// The comparable form of a subject's checked fingers (each with its position; fingers
-    /// without one are skipped: the store refuses them).
-    pub fn prepare_all(&self, fingers: &[FingerTemplate]) -> Vec<PreparedFinger> {
-        fingers.iter().filter_map(|t| self.prepare(t).ok()).collect()
-    }
-
-    /// Subjects holding fingers.
-    pub fn len(&self) -> usize {
-        self.inner.read().by_subject.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Live fingers of every position together.
-    pub fn fingers(&self) -> usize {
-        self.inner.read().live.iter().sum()
-    }
-
-    /// Heap bytes of the search structures (MCC templates, pre-selection postings), estimated
-    /// from their sizes.
-    pub fn resident_bytes(&self) -> u64 {
-        let inner = self.inner.read();
-        let mcc: usize = inner
-            .fingers
-            .iter()
-            .flatten()
-            .map(|e| e.finger.mcc.cylinder_count() * CYLINDER_BYTES + 64)
-            .sum();
-        let index: usize = inner.indexes.iter().map(|i| i.memory_bytes()).sum();
-        (mcc + index + inner.fingers.capacity() * std::mem::size_of::<Option<Entry>>()) as u64
-    }
-
-    pub fn contains(&self, subject: &SubjectId) -> bool {
-        self.inner.read().by_subject.contains_key(subject)
-    }
-
-    /// Make a subject's (durably stored) fingers searchable.
-    pub fn insert(&self, subject: &SubjectId, fingers: Vec<PreparedFinger>) -> Result<()> {
-        let mut inner = self.inner.write();
-        for f in fingers {
-            inner.add(Entry { subject: subject.clone(), finger: f })?;
-        }
-        Ok(())
-    }
-
-    /// Forget a subject's fingers (after its delete is durable).
-    pub fn remove(&self, subject: &SubjectId) {
-        let mut inner = self.inner.write();
-        if let Some(ids) = inner.by_subject.remove(subject) {
-            for id in ids {
-                if let Some(e) = inner.fingers[id as usize].take() {
-                    let p = usize::from(e.finger.position.code() - 1);
-                    inner.indexes[p].remove(id);
-                    inner.live[p] -= 1;
-                }
-            }
-        }
-    }
-
-    /// MCC similarity of a prepared probe with the subject's finger of the same position.
-    pub fn verify(&self, subject: &SubjectId, probe: &PreparedFinger) -> Result<f32> {
-        let inner = self.inner.read();
-        let ids = inner
-            .by_subject
-            .get(subject)
-            .ok_or_else(|| GalleryError::UnknownSubject(subject.clone()))?;
-        let e = ids
-            .iter()
-            .filter_map(|&i| inner.entry(i))
-            .find(|e| e.finger.position == probe.position)
-            .ok_or_else(|| GalleryError::NoTemplate {
+    /// MCC similarity of a prepared probe with the subject's finger of the same position,
+    /// decoded from the store.
+    pub fn verify(&self, g: &Gallery, subject: &SubjectId, probe: &PreparedFinger) -> Result<f32> {
+        let fingers = g.store().fingers(subject)?;
+        let t = fingers.iter().find(|t| t.position == Some(probe.position)).ok_or_else(|| {
+            GalleryError::NoTemplate {
                 subject: subject.clone(),
                 modality: Modality::Finger(probe.position),
-            })?;
-        Ok(Matcher::new(&self.mcc).similarity(&probe.mcc, &e.finger.mcc))
+            }
+        })?;
+        Ok(Matcher::new(&self.mcc).similarity(&probe.mcc, &MccTemplate::new(t, &self.mcc)))
     }
 
-    /// The best `max_results` subjects for a prepared probe (same finger position), best first,
-    /// with scores at or above `threshold`; optionally only among `subset`.
+    /// 1:N for a probe of one or more fingers (distinct positions): the shortlisted subjects
+    /// with their MCC scores (unsorted), per-finger search info, and the shortlist.
     pub fn identify(
         &self,
-        probe: &PreparedFinger,
-        max_results: usize,
-        threshold: Option<f32>,
+        g: &Gallery,
+        probe: &[PreparedFinger],
         subset: Option<&[SubjectId]>,
-    ) -> Result<(Vec<(SubjectId, f32)>, FingerSearchInfo)> {
-        if max_results == 0 || max_results > crate::MAX_RESULTS_LIMIT {
-            return Err(GalleryError::BadMaxResults {
-                got: max_results,
-                max: crate::MAX_RESULTS_LIMIT,
-            });
-        }
-        let (position, p) = (probe.position, &probe.mcc);
-        let inner = self.inner.read();
-        let pi = usize::from(position.code() - 1);
-        let n = inner.live[pi];
-        let (ids, preselected): (Vec<u32>, bool) = match subset {
-            Some(s) => (
-                s.iter().filter_map(|s| inner.by_subject.get(s)).flatten().copied().collect(),
-                false,
-            ),
-            None if n < self.search.exhaustive_below || p.cylinder_count() == 0 => {
-                ((0..inner.fingers.len() as u32).collect(), false)
+        mode: SearchMode,
+    ) -> Result<(Vec<SubjectFingerScores>, Vec<FingerSearchInfo>, ShortlistInfo)> {
+        let store = g.store();
+        let (n_subjects, n_fingers) = store.finger_counts();
+        let want = ((self.search.penetration * n_subjects as f64).ceil() as usize)
+            .max(self.search.min_candidates);
+        let exhaustive = n_subjects < self.search.exhaustive_below || want >= n_subjects;
+        let (subjects, preselected) = match subset {
+            Some(s) => {
+                let mut s = s.to_vec();
+                s.sort();
+                s.dedup();
+                (s, false)
             }
-            None => {
-                let k = ((self.search.penetration * n as f64).ceil() as usize)
-                    .max(self.search.min_candidates);
-                let hits = inner.indexes[pi]
-                    .search(&p.cylinder_vectors(), k)
-                    .map_err(|e| GalleryError::BadIndexParams(e.to_string()))?;
-                (hits.into_iter().map(|(id, _)| id).collect(), true)
-            }
+            None => (self.preselect(g, probe, if exhaustive { n_subjects } else { want }, mode)?, !exhaustive),
         };
-        let mut scored: Vec<(u32, f32)> = ids
+        // MCC on the shortlist: minutiae from the store's segments, cylinders built here.
+        let scored: Vec<Result<Option<SubjectFingerScores>>> = subjects
             .par_iter()
-            .filter(|&&id| inner.entry(id).is_some_and(|e| e.finger.position == position))
             .map_init(
                 || Matcher::new(&self.mcc),
-                |m, &id| (id, m.similarity(p, &inner.entry(id).expect("filtered").finger.mcc)),
+                |m, s| {
+                    let fingers = match store.fingers(s) {
+                        Ok(f) => f,
+                        Err(GalleryError::UnknownSubject(_)) => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    let scores: Vec<(FingerPosition, f32)> = probe
+                        .iter()
+                        .filter_map(|p| {
+                            let t = fingers.iter().find(|t| t.position == Some(p.position))?;
+                            let g = MccTemplate::new(t, &self.mcc);
+                            Some((p.position, m.similarity(&p.mcc, &g)))
+                        })
+                        .collect();
+                    Ok((!scores.is_empty())
+                        .then(|| SubjectFingerScores { subject: s.clone(), scores }))
+                },
             )
             .collect();
-        let compared = scored.len();
-        if let Some(t) = threshold {
-            scored.retain(|s| s.1 >= t);
-        }
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored.truncate(max_results);
-        let out = scored
-            .into_iter()
-            .map(|(id, s)| (inner.entry(id).expect("live").subject.clone(), s))
+        let scored: Vec<SubjectFingerScores> =
+            scored.into_iter().filter_map(Result::transpose).collect::<Result<_>>()?;
+        let per_position = |p: FingerPosition| {
+            scored.iter().filter(|s| s.scores.iter().any(|(q, _)| *q == p)).count()
+        };
+        let fingers_per_subject = n_fingers as f64 / n_subjects.max(1) as f64;
+        let info = probe
+            .iter()
+            .map(|p| FingerSearchInfo {
+                // Estimated from the mean fingers per subject (the store counts fingers, not
+                // fingers per position).
+                gallery_fingers: (n_fingers as f64 / fingers_per_subject.max(1.0)).round()
+                    as usize,
+                compared: per_position(p.position),
+                preselected,
+            })
             .collect();
-        Ok((out, FingerSearchInfo { gallery_fingers: n, compared, preselected }))
+        let mcc_comparisons = scored.iter().map(|s| s.scores.len()).sum();
+        Ok((
+            scored,
+            info,
+            ShortlistInfo { gallery_subjects: n_subjects, subjects, preselected, mcc_comparisons },
+        ))
     }
-}
 
-impl Inner {
-    fn entry(&self, id: u32) -> Option<&Entry> {
-        self.fingers.get(id as usize).and_then(Option::as_ref)
-    }
-
-    fn add(&mut self, e: Entry) -> Result<()> {
-        let id = u32::try_from(self.fingers.len())
-            .map_err(|_| GalleryError::Config("more than 2^32 fingers in one gallery".into()))?;
-        let p = usize::from(e.finger.position.code() - 1);
-        if e.finger.mcc.cylinder_count() > 0 {
-            self.indexes[p]
-                .insert(id, &e.finger.mcc.cylinder_vectors())
-                .map_err(|err| GalleryError::BadIndexParams(err.to_string()))?;
+    /// The best `want` subjects by summed code scores over the probe's fingers.
+    fn preselect(
+        &self,
+        g: &Gallery,
+        probe: &[PreparedFinger],
+        want: usize,
+        mode: SearchMode,
+    ) -> Result<Vec<SubjectId>> {
+        let store = g.store();
+        let (n_subjects, _) = store.finger_counts();
+        if n_subjects == 0 || want == 0 {
+            return Ok(Vec::new());
         }
-        self.by_subject.entry(e.subject.clone()).or_default().push(id);
-        self.live[p] += 1;
-        self.fingers.push(Some(e));
-        Ok(())
+        // The code column holds every position: a list of `k` fingers of one position takes
+        // about `k × codes per subject` rows of the column.
+        let per_subject =
+            store.live_rows(&self.code_model) as f64 / n_subjects.max(1) as f64;
+        let k = ((want as f64 * self.search.list_factor * per_subject.max(1.0)).ceil() as usize)
+            .clamp(1, MAX_SHORTLIST);
+        let lists: Vec<Vec<(SubjectId, f32)>> = probe
+            .par_iter()
+            .map(|p| {
+                let q = Probe {
+                    modality: Modality::Finger(p.position),
+                    template: Template::new(self.code_model.clone(), p.code.len(), p.code.clone())
+                        .map_err(|e| GalleryError::Config(format!("finger code: {e}")))?,
+                };
+                let opts = IdentifyOptions { max_results: k, threshold: None, subset: None };
+                let (cands, _) = g.shortlist(&q, &opts, mode)?;
+                Ok(cands.into_iter().map(|c| (c.subject_id, c.score)).collect())
+            })
+            .collect::<Result<_>>()?;
+        // Sum per subject; a finger a subject was not listed for counts as the list's floor.
+        let floors: Vec<f32> =
+            lists.iter().map(|l| l.iter().map(|x| x.1).fold(f32::INFINITY, f32::min)).collect();
+        let floor_sum: f32 = floors.iter().filter(|f| f.is_finite()).sum();
+        let mut fused: HashMap<SubjectId, f32> = HashMap::new();
+        for (l, floor) in lists.into_iter().zip(&floors) {
+            for (s, score) in l {
+                *fused.entry(s).or_insert(floor_sum) += score - floor;
+            }
+        }
+        let mut ranked: Vec<(SubjectId, f32)> = fused.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        ranked.truncate(want);
+        Ok(ranked.into_iter().map(|(s, _)| s).collect())
     }
 }

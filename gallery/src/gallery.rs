@@ -14,7 +14,7 @@ use crate::ann::ffi::{set_omp_threads, MAX_K};
 use crate::ann::{self, LoadOptions, ShardedIndex};
 use crate::error::{GalleryError, Result};
 use crate::kernel::dot_f32_f16;
-use crate::search::{self, Hit, IdentifyOptions, Probe, TopK};
+use crate::search::{self, Hit, IdentifyOptions, Probe, TopK, MAX_RESULTS_LIMIT, MAX_SHORTLIST};
 use crate::state::State;
 use crate::store::Store;
 use biomatch_core::{Candidate, ModelId};
@@ -111,6 +111,29 @@ impl Gallery {
         opts: &IdentifyOptions,
         mode: SearchMode,
     ) -> Result<(Vec<Vec<Candidate>>, SearchPath)> {
+        self.identify_limited(probes, opts, mode, MAX_RESULTS_LIMIT)
+    }
+
+    /// An internal pre-selection: like [`identify`](Self::identify), with candidate lists of
+    /// up to [`MAX_SHORTLIST`] (a share of a large gallery, for a matcher to re-score).
+    pub fn shortlist(
+        &self,
+        probe: &Probe,
+        opts: &IdentifyOptions,
+        mode: SearchMode,
+    ) -> Result<(Vec<Candidate>, SearchPath)> {
+        let (mut r, path) =
+            self.identify_limited(std::slice::from_ref(probe), opts, mode, MAX_SHORTLIST)?;
+        Ok((r.pop().unwrap_or_default(), path))
+    }
+
+    fn identify_limited(
+        &self,
+        probes: &[Probe],
+        opts: &IdentifyOptions,
+        mode: SearchMode,
+        limit: usize,
+    ) -> Result<(Vec<Vec<Candidate>>, SearchPath)> {
         let index = probes.first().and_then(|p| self.index(p.template.model()));
         let (params, index) = match (mode, index) {
             (SearchMode::Exact, _) | (SearchMode::Auto(_), None) => (None, None),
@@ -124,7 +147,7 @@ impl Gallery {
             }
         };
         let st = self.store.read();
-        let Some(c) = search::check_probes(&st, probes, opts)? else {
+        let Some(c) = search::check_probes(&st, probes, opts, limit)? else {
             return Ok((Vec::new(), SearchPath { kind: "exact", generation: None }));
         };
         let (tops, path) = match (params, index) {

@@ -29,11 +29,14 @@ mod subjects;
 mod wal;
 
 pub use error::{is_no_space, GalleryError, Result};
-pub use finger_gallery::{FingerGallery, FingerSearchInfo, FingerSearchParams, PreparedFinger};
+pub use finger_gallery::{
+    finger_code_spec, FingerGallery, FingerSearchInfo, FingerSearchParams, PreparedFinger, ShortlistInfo,
+    SubjectFingerScores,
+};
 pub use fsutil::atomic_write;
 pub use gallery::{AnnParams, Gallery, SearchMode, SearchPath};
 pub use minutiae::MAX_FINGERS;
-pub use search::{IdentifyOptions, Probe, MAX_RESULTS_LIMIT};
+pub use search::{IdentifyOptions, Probe, MAX_RESULTS_LIMIT, MAX_SHORTLIST};
 pub use segment::RowMeta;
 pub use store::{
     ColumnStats, CommitHook, Committed, Enrollment, FingerStats, ModelSpec, Note, Recovery,

@@ -21,6 +21,9 @@ use std::collections::BinaryHeap;
 
 /// Largest accepted `max_results`.
 pub const MAX_RESULTS_LIMIT: usize = 1000;
+/// Largest candidate list of an internal pre-selection ([`crate::Gallery::shortlist`]): the
+/// finger codes' per-finger lists, a share of a large gallery.
+pub const MAX_SHORTLIST: usize = 1 << 17;
 /// Rows per parallel work item: 4096 × 128 × 2 bytes = 1 MiB, a comfortable L2-sized block.
 const ROWS_PER_TASK: usize = 4096;
 
@@ -78,7 +81,7 @@ pub(crate) struct TopK {
 
 impl TopK {
     pub fn new(k: usize) -> Self {
-        Self { k, heap: BinaryHeap::with_capacity(k + 1) }
+        Self { k, heap: BinaryHeap::with_capacity((k + 1).min(1024)) }
     }
 
     #[inline]
@@ -100,9 +103,9 @@ impl TopK {
     }
 }
 
-pub(crate) fn check_max_results(n: usize) -> Result<()> {
-    if n == 0 || n > MAX_RESULTS_LIMIT {
-        return Err(GalleryError::BadMaxResults { got: n, max: MAX_RESULTS_LIMIT });
+pub(crate) fn check_max_results(n: usize, limit: usize) -> Result<()> {
+    if n == 0 || n > limit {
+        return Err(GalleryError::BadMaxResults { got: n, max: limit });
     }
     Ok(())
 }
@@ -138,7 +141,7 @@ impl Store {
         opts: &IdentifyOptions,
     ) -> Result<Vec<Vec<Candidate>>> {
         let st = self.read();
-        let Some(c) = check_probes(&st, probes, opts)? else {
+        let Some(c) = check_probes(&st, probes, opts, MAX_RESULTS_LIMIT)? else {
             return Ok(Vec::new());
         };
         let tops = exact_tops(&st, c, probes, opts, 0);
@@ -151,8 +154,9 @@ pub(crate) fn check_probes(
     st: &State,
     probes: &[Probe],
     opts: &IdentifyOptions,
+    limit: usize,
 ) -> Result<Option<u16>> {
-    check_max_results(opts.max_results)?;
+    check_max_results(opts.max_results, limit)?;
     let Some(first) = probes.first() else {
         return Ok(None);
     };

@@ -611,13 +611,10 @@ impl Store {
         if e.templates.is_empty() && e.fingers.is_empty() {
             return Err(GalleryError::EmptyEnrollment);
         }
+        // A vector template at a finger position the minutiae also hold is allowed: it is the
+        // finger's fixed-length pre-selection code (the engine derives one per finger).
         if !e.fingers.is_empty() {
             minutiae::check_fingers(&e.fingers)?;
-            if let Some((m, _)) = e.templates.iter().find(|(m, _)| {
-                matches!(m, Modality::Finger(p) if e.fingers.iter().any(|f| f.position == Some(*p)))
-            }) {
-                return Err(GalleryError::DuplicateModality(*m));
-            }
         }
         let mut seen = HashSet::new();
         let mut templates = Vec::with_capacity(e.templates.len());
@@ -976,6 +973,18 @@ impl Store {
                 })
                 .unwrap_or_default(),
         })
+    }
+
+    /// Subjects holding minutiae fingers, and their live fingers.
+    pub fn finger_counts(&self) -> (usize, usize) {
+        let st = self.state.read();
+        (st.fingers.live_count, st.fingers.live_fingers)
+    }
+
+    /// Live rows (templates) of `model`'s column; 0 for a model the store does not hold.
+    pub fn live_rows(&self, model: &ModelId) -> usize {
+        let st = self.state.read();
+        st.column_of(model).map_or(0, |c| st.columns[c as usize].live)
     }
 
     /// The minutiae fingers of a subject (empty if it has none).

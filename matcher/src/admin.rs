@@ -121,9 +121,16 @@ pub async fn stats(State(state): St, caller: Caller) -> Result<Json<serde_json::
         s.columns.iter().filter_map(|c| g.index(&c.model)).map(|i| i.index_bytes).sum();
     let mapped: u64 = s.columns.iter().map(|c| c.rows * c.dim as u64 * 2).sum();
     let per = |b: u64| if rows == 0 { 0.0 } else { b as f64 / rows as f64 };
-    let fingers = state.engine()?.fingers().map(
-        |f| serde_json::json!({ "subjects": f.len(), "fingers": f.fingers(), "store": s.fingers }),
-    );
+    let engine = state.engine()?;
+    let fingers = engine.fingers().map(|f| {
+        serde_json::json!({
+            "subjects": s.fingers.subjects,
+            "fingers": s.fingers.fingers,
+            "code_model": f.code_model().to_string(),
+            "resident_bytes_per_finger": engine.finger_resident_bytes_per_finger(),
+            "store": s.fingers,
+        })
+    });
     Ok(Json(serde_json::json!({
         "store": s,
         "indexes": indexes,

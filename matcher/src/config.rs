@@ -245,11 +245,16 @@ pub struct FingerprintConfig {
     /// named here must exist. Default: `<data>/calibration/mcc@1.json` when it is there, else the
     /// table built into the binary (`matcher/calibration/mcc@1.json`, from synthetic prints).
     pub calibration: Option<PathBuf>,
-    /// 1:N: share of a finger position's gallery the index hands to the matcher.
+    /// 1:N: share of the subjects holding fingers that the fingers' pre-selection codes hand
+    /// to the MCC matcher.
     pub penetration: f64,
-    /// 1:N: at least this many candidates per probe finger.
+    /// 1:N: at least this many subjects.
     pub min_candidates: usize,
-    /// 1:N: compare every finger when a position holds fewer than this.
+    /// 1:N: each probe finger's code list holds this many times as many fingers as the subject
+    /// shortlist has subjects.
+    #[serde(default = "default_list_factor")]
+    pub list_factor: f64,
+    /// 1:N: compare every subject when fewer than this hold fingers.
     pub exhaustive_below: usize,
     /// Images with fewer minutiae are refused (422 too_few_minutiae).
     pub min_minutiae: usize,
@@ -260,13 +265,18 @@ pub struct FingerprintConfig {
     pub max_image_pixels: u64,
 }
 
+fn default_list_factor() -> f64 {
+    2.0
+}
+
 impl Default for FingerprintConfig {
     fn default() -> Self {
         Self {
             enabled: true,
             calibration: None,
-            penetration: 0.05,
+            penetration: 0.005,
             min_candidates: 200,
+            list_factor: default_list_factor(),
             exhaustive_below: 2000,
             min_minutiae: 8,
             max_image_bytes: 10 << 20,
@@ -454,6 +464,12 @@ impl Config {
             return Err(format!(
                 "fingerprints: penetration = {} must be in (0, 1] and min_candidates >= 1",
                 fp.penetration
+            ));
+        }
+        if !(fp.list_factor >= 1.0 && fp.list_factor <= 100.0) {
+            return Err(format!(
+                "fingerprints: list_factor = {} must be in [1, 100]",
+                fp.list_factor
             ));
         }
         if fp.max_image_side < 150 || fp.max_image_bytes == 0 {

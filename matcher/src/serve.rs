@@ -7,7 +7,9 @@ use crate::config::Config;
 use crate::state::AppState;
 use biomatch_engine::{Engine, Journal, Settings};
 use biomatch_gallery::ann::LoadOptions;
-use biomatch_gallery::{legacy, FingerGallery, FingerSearchParams, Gallery, Store, StoreOptions};
+use biomatch_gallery::{
+    legacy, FingerGallery, FingerSearchParams, Gallery, Store, StoreOptions,
+};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -42,15 +44,15 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
             memory_budget: cfg.search.memory_budget_mb.map(|m| m << 20),
             ..LoadOptions::default()
         };
-        for m in &state.models {
-            match g.load_index(&m.id, &opts) {
+        for m in state.model_specs() {
+            match g.load_index(&m.model, &opts) {
                 Ok(Some(i)) => {
-                    tracing::info!(model = %m.id, generation = i.manifest.generation, "index loaded")
+                    tracing::info!(model = %m.model, generation = i.manifest.generation, "index loaded")
                 }
-                Ok(None) => tracing::info!(model = %m.id, "no index generation yet: exact search"),
+                Ok(None) => tracing::info!(model = %m.model, "no index generation yet: exact search"),
                 // Serving exact is slower but correct; the operator sees why.
                 Err(e) => {
-                    tracing::error!(model = %m.id, error = %e, "index generation not loaded: exact search")
+                    tracing::error!(model = %m.model, error = %e, "index generation not loaded: exact search")
                 }
             }
         }
@@ -61,17 +63,14 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
             let params = FingerSearchParams {
                 penetration: fp.penetration,
                 min_candidates: fp.min_candidates,
+                list_factor: fp.list_factor,
                 exhaustive_below: fp.exhaustive_below,
             };
-            let t0 = std::time::Instant::now();
-            let f = FingerGallery::build(g.store(), Default::default(), params)
-                .map_err(|e| format!("cannot build the finger search: {e}"))?;
-            tracing::info!(
-                subjects = f.len(),
-                fingers = f.fingers(),
-                ms = t0.elapsed().as_millis() as u64,
-                "fingers loaded"
-            );
+            // Nothing to build: codes and minutiae are in the store (and its index generations).
+            let f = FingerGallery::shipped(params)
+                .map_err(|e| format!("cannot set up the finger search: {e}"))?;
+            let (subjects, fingers) = g.store().finger_counts();
+            tracing::info!(subjects, fingers, code_model = %f.code_model(), "fingers ready");
             Some((Arc::new(f), cal.clone()))
         }
         _ => None,

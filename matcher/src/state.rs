@@ -331,8 +331,14 @@ impl AppState {
     }
 
     /// The store specs for the configured models.
+    /// With fingerprints on, the column of the fingers' pre-selection codes too.
     pub fn model_specs(&self) -> Vec<ModelSpec> {
-        self.models.iter().map(|m| ModelSpec { model: m.id.clone(), dim: m.dim }).collect()
+        let mut specs: Vec<ModelSpec> =
+            self.models.iter().map(|m| ModelSpec { model: m.id.clone(), dim: m.dim }).collect();
+        if self.config.fingerprints.enabled {
+            specs.push(biomatch_gallery::finger_code_spec());
+        }
+        specs
     }
 
     /// The engine's view of the configured models.

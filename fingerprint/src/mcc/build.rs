@@ -279,7 +279,7 @@ pub(crate) fn hull_distance_sq(hull: &[(f32, f32)], p: (f32, f32)) -> f32 {
 }
 
 /// FNV-1a over everything the comparison reads.
-fn content_hash(t: &MccTemplate) -> u64 {
+pub(crate) fn content_hash(t: &MccTemplate) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |v: u64| {
         for b in v.to_le_bytes() {

@@ -258,6 +258,94 @@ impl MccTemplate {
     }
 }
 
+/// Bytes per cylinder in [`MccTemplate::to_bytes`].
+const CYLINDER_WIRE: usize = 8 * ND + 8 + 1 + 1 + 2 + 7 + 8;
+
+impl MccTemplate {
+    /// A compact binary form (for templates persisted next to an index, so a search reads
+    /// them instead of building cylinders): cylinder count u16 | then per cylinder the bit
+    /// words, validity mask, angle, valid cells, set bits, central minutia (x u16, y u16,
+    /// angle, kind, quality) and matching-frame position (2 × f32), little endian. The
+    /// parameters are not included: [`MccTemplate::from_bytes`] is given the ones it was built
+    /// with.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(2 + self.cylinders.len() * CYLINDER_WIRE);
+        b.extend_from_slice(&(self.cylinders.len() as u16).to_le_bytes());
+        for (i, c) in self.cylinders.iter().enumerate() {
+            c.bits.iter().for_each(|w| b.extend_from_slice(&w.to_le_bytes()));
+            b.extend_from_slice(&c.mask.to_le_bytes());
+            b.extend_from_slice(&[c.angle, c.valid]);
+            b.extend_from_slice(&c.ones.to_le_bytes());
+            let m = &self.minutiae[i];
+            b.extend_from_slice(&m.x.to_le_bytes());
+            b.extend_from_slice(&m.y.to_le_bytes());
+            b.extend_from_slice(&[m.angle, m.kind as u8, m.quality]);
+            b.extend_from_slice(&self.xs[i].to_le_bytes());
+            b.extend_from_slice(&self.ys[i].to_le_bytes());
+        }
+        b
+    }
+
+    /// The template [`MccTemplate::to_bytes`] wrote, built with `params`; `None` when the bytes
+    /// are not such a template (wrong length, inconsistent counts, non-finite positions).
+    pub fn from_bytes(bytes: &[u8], params: &MccParams) -> Option<MccTemplate> {
+        let n = usize::from(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?));
+        if n > MAX_MCC_MINUTIAE || bytes.len() != 2 + n * CYLINDER_WIRE {
+            return None;
+        }
+        let mut t = MccTemplate {
+            params: *params,
+            cylinders: Vec::with_capacity(n),
+            masks: Vec::with_capacity(n),
+            minutiae: Vec::with_capacity(n),
+            xs: Vec::with_capacity(n),
+            ys: Vec::with_capacity(n),
+            hash: 0,
+        };
+        for c in bytes[2..].chunks_exact(CYLINDER_WIRE) {
+            let u64_at = |o: usize| u64::from_le_bytes(c[o..o + 8].try_into().expect("8 bytes"));
+            let mut bits = [0u64; ND];
+            for (k, w) in bits.iter_mut().enumerate() {
+                *w = u64_at(8 * k);
+            }
+            let o = 8 * ND;
+            let mask = u64_at(o);
+            let (angle, valid) = (c[o + 8], c[o + 9]);
+            let ones = u16::from_le_bytes([c[o + 10], c[o + 11]]);
+            if u32::from(valid) != mask.count_ones()
+                || u32::from(ones) != bits.iter().map(|w| w.count_ones()).sum::<u32>()
+            {
+                return None;
+            }
+            let kind = match c[o + 17] {
+                0 => biomatch_core::finger::MinutiaKind::Other,
+                1 => biomatch_core::finger::MinutiaKind::RidgeEnding,
+                2 => biomatch_core::finger::MinutiaKind::Bifurcation,
+                _ => return None,
+            };
+            let m = Minutia {
+                x: u16::from_le_bytes([c[o + 12], c[o + 13]]),
+                y: u16::from_le_bytes([c[o + 14], c[o + 15]]),
+                angle: c[o + 16],
+                kind,
+                quality: c[o + 18],
+            };
+            let x = f32::from_le_bytes(c[o + 19..o + 23].try_into().expect("4 bytes"));
+            let y = f32::from_le_bytes(c[o + 23..o + 27].try_into().expect("4 bytes"));
+            if !x.is_finite() || !y.is_finite() {
+                return None;
+            }
+            t.cylinders.push(Cylinder { bits, mask, angle, valid, ones });
+            t.masks.push([mask; ND]);
+            t.minutiae.push(m);
+            t.xs.push(x);
+            t.ys.push(y);
+        }
+        t.hash = build::content_hash(&t);
+        Some(t)
+    }
+}
+
 impl fmt::Debug for MccTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Cylinders are biometric data: counts only.

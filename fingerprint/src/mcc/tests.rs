@@ -565,3 +565,26 @@ fn every_instruction_set_gives_bit_identical_scores() {
         }
     }
 }
+
+#[test]
+fn templates_round_trip_through_bytes_and_refuse_damage() {
+    let mut rng = Rng::new(11);
+    let d = Distortion::realistic();
+    let params = MccParams::default();
+    for _ in 0..5 {
+        let m = master(&mut rng);
+        let a = prepare(&impression(&m, &d, &mut rng));
+        let b = prepare(&impression(&m, &d, &mut rng));
+        let bytes = a.to_bytes();
+        let back = MccTemplate::from_bytes(&bytes, &params).expect("round trip");
+        assert!(back == a, "the decoded template differs");
+        assert_eq!(similarity(&back, &b).to_bits(), similarity(&a, &b).to_bits());
+        assert!(MccTemplate::from_bytes(&bytes[..bytes.len() - 1], &params).is_none());
+        // A flipped cell bit breaks the stored set-bit count.
+        let mut bad = bytes.clone();
+        bad[2] ^= 1;
+        assert!(MccTemplate::from_bytes(&bad, &params).is_none());
+    }
+    let empty = prepare(&template(Vec::new()));
+    assert_eq!(MccTemplate::from_bytes(&empty.to_bytes(), &params), Some(empty));
+}

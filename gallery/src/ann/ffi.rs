@@ -21,8 +21,9 @@ use std::ptr::{self, NonNull};
 /// skip-storage flag, not this.)
 const IO_FLAG_MMAP: c_int = 0x646f_0008;
 
-/// Largest `k` we ask FAISS for in one search.
-pub const MAX_K: usize = 4096;
+/// Largest `k` we ask FAISS for in one search (finger-code pre-selection lists are a share of
+/// a large gallery; results take 12 bytes per (probe, k)).
+pub const MAX_K: usize = 1 << 17;
 
 /// An error reported by FAISS or caught by the wrapper before calling it.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

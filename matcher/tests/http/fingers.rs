@@ -230,7 +230,7 @@ async fn bad_finger_input_gets_typed_errors_and_changes_nothing() {
     assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, "finger_position_mismatch");
     let got = app.get("/v1/subjects/BAD-1", ISSUER).await;
     assert_error(&got, StatusCode::NOT_FOUND, "unknown_subject");
-    assert_eq!(app.state.engine().unwrap().fingers().unwrap().fingers(), 0);
+    assert_eq!(app.state.engine().unwrap().store().finger_counts().1, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
