@@ -5,24 +5,42 @@
 //! non-mated probe through the real search path one at a time (timed) and then in batches, and
 //! prints one JSON object as its last line. Nothing is cached between runs except the store
 //! itself when `--data` names one that already holds the same population.
+//!
+//! With `--fingers-per-subject K` (1, 2 or 10) every subject also gets K minutiae fingers from
+//! the minutiae-level generator (`biomatch_datasets::finger::fast`; finger id `identity · 10 +
+//! position − 1`, impression 0 enrolled, impression 1 probed), and `--no-face` leaves the face
+//! out. Such a population is enrolled through the matching engine (which prepares the fingers'
+//! search data), and every probe is searched by the engine once, without an FPIR cut: the
+//! engine's decision at the target FPIR (fused FMR ≤ target / N) and the empirical threshold are
+//! both read off the same candidate lists. Scores there are fused scores, −log10 of the fused FMR.
 
 use anyhow::{bail, Context, Result};
 use biomatch_core::calibration::{fpir_from_mosip, mosip_from_fpir};
-use biomatch_core::{metrics, CalibrationTable, Modality, ModelId, Template};
+use biomatch_core::finger::FingerTemplate;
+use biomatch_core::fusion::score_of_fmr;
+use biomatch_core::{metrics, CalibrationTable, FingerPosition, Modality, ModelId, Template};
+use biomatch_datasets::finger::fast::{
+    fast_impression, fast_master, FastFingerConfig, FAST_GENERATOR_VERSION,
+};
 use biomatch_datasets::{
     parse_subject_id, subject_id, ClusterConfig, Population, PopulationConfig,
 };
 use biomatch_engine::{
-    Engine, EngineModel, IdentifyParams, ModelKind, Samples, SearchKind as EngineSearch, Settings,
+    Engine, EngineModel, FingerShortlist, IdentifyParams, ModelKind, Samples,
+    SearchKind as EngineSearch, Settings,
 };
+use biomatch_fingerprint::mcc::MccParams;
 use biomatch_gallery::ann::{self, BuildParams, LoadOptions};
 use biomatch_gallery::{
-    AnnParams, Enrollment, Gallery, IdentifyOptions, ModelSpec, Probe, SearchMode, Store,
-    StoreOptions,
+    AnnParams, Enrollment, FingerGallery, FingerSearchParams, Gallery, IdentifyOptions, ModelSpec,
+    Probe, SearchMode, Store, StoreOptions,
 };
+use biomatch_matcher::state::{mcc_calibration, MCC_CALIBRATION};
 use indicatif::ProgressBar;
+use rayon::prelude::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 const SIDECAR: &str = "synthetic.json";
@@ -48,10 +66,84 @@ pub struct PopulationArgs {
     /// Clustered mode: expected cosine between identity centres of one family.
     #[arg(long, default_value_t = 0.35)]
     within_family_cosine: f64,
+    #[command(flatten)]
+    fingers: FingerArgs,
+}
+
+/// The subjects' minutiae fingers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FingerArgs {
+    /// Minutiae fingers per subject: 0 (none), 1 (right index: position 2), 2 (both index
+    /// fingers: positions 2 and 7) or 10 (positions 1 to 10).
+    #[arg(long, default_value_t = 0, value_parser = parse_fingers_per_subject)]
+    fingers_per_subject: u8,
+    /// Fingers only: no face template (needs --fingers-per-subject).
+    #[arg(long)]
+    no_face: bool,
+}
+
+fn parse_fingers_per_subject(s: &str) -> std::result::Result<u8, String> {
+    match s.parse::<u8>() {
+        Ok(k @ (0 | 1 | 2 | 10)) => Ok(k),
+        _ => Err(format!(
+            "fingers per subject must be 0 (none), 1 (right index), 2 (both index fingers) or 10; \
+             got {s}"
+        )),
+    }
+}
+
+impl FingerArgs {
+    /// The finger positions every subject has (ISO/IEC 19794-2 codes).
+    fn positions(&self) -> &'static [u8] {
+        match self.fingers_per_subject {
+            1 => &[2],
+            2 => &[2, 7],
+            10 => &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            _ => &[],
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.fingers_per_subject > 0
+    }
+
+    fn face(&self) -> bool {
+        !self.no_face
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.positions().len() != usize::from(self.fingers_per_subject) {
+            bail!("--fingers-per-subject must be 0, 1, 2 or 10; got {}", self.fingers_per_subject);
+        }
+        if self.no_face && !self.enabled() {
+            bail!("--no-face leaves no modality: give --fingers-per-subject 1, 2 or 10 as well");
+        }
+        Ok(())
+    }
+
+    /// The fingers of `identity`, each with its position: impression 0 is enrolled, 1 probed.
+    fn templates(
+        &self,
+        cfg: &FastFingerConfig,
+        identity: u64,
+        impression: u32,
+    ) -> Result<Vec<FingerTemplate>> {
+        self.positions()
+            .iter()
+            .map(|&p| {
+                let finger = identity * 10 + u64::from(p - 1);
+                let master = fast_master(cfg, finger);
+                let mut t = fast_impression(cfg, &master, finger, impression);
+                t.position = Some(FingerPosition::new(p)?);
+                Ok(t)
+            })
+            .collect()
+    }
 }
 
 impl PopulationArgs {
     fn population(&self) -> Result<Population> {
+        self.fingers.check()?;
         let config = PopulationConfig {
             identities: self.subjects,
             dim: self.dim,
@@ -185,18 +277,40 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     biomatch_matcher::progress_bar(len, what)
 }
 
+/// What `synthetic.json` records: the population's config, its fingers and whether it has faces.
+/// A store is reused only for an identical value.
+fn sidecar(pop: &Population, fingers: &FingerArgs) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(pop.config())?;
+    let o = v.as_object_mut().context("the population config is not a JSON object")?;
+    o.insert("fingers_per_subject".into(), json!(fingers.fingers_per_subject));
+    o.insert("no_face".into(), json!(fingers.no_face));
+    if fingers.enabled() {
+        o.insert("finger_generator_version".into(), json!(FAST_GENERATOR_VERSION));
+        o.insert("finger_config".into(), serde_json::to_value(FastFingerConfig::default())?);
+    }
+    // As read back from the file (an f32 widened to f64 here prints shorter there).
+    Ok(serde_json::from_slice(&serde_json::to_vec(&v)?)?)
+}
+
+/// A sidecar as read, with the fields of stores written before fingers existed (face only).
+fn sidecar_read(bytes: &[u8]) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.entry("fingers_per_subject").or_insert(json!(0));
+        o.entry("no_face").or_insert(json!(false));
+    }
+    v
+}
+
 /// Open the store and make sure it holds exactly this population, enrolling it if empty.
-fn fill(dir: &Path, pop: &Population) -> Result<(Store, f64)> {
-    let (m, spec) = model(pop.dim());
+fn fill(dir: &Path, pop: &Population, fingers: &FingerArgs) -> Result<(Arc<Store>, f64)> {
+    let (_, spec) = model(pop.dim());
     let store = Store::open(dir, StoreOptions::new(vec![spec]))
         .with_context(|| format!("opening store {}", dir.display()))?;
-    let want = serde_json::to_value(pop.config())?;
-    let sidecar = dir.join(SIDECAR);
+    let want = sidecar(pop, fingers)?;
+    let path = dir.join(SIDECAR);
     if !store.is_empty() {
-        let have: serde_json::Value = std::fs::read(&sidecar)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let have = std::fs::read(&path).map(|b| sidecar_read(&b)).unwrap_or_default();
         if have != want || store.len() as u64 != pop.identities() {
             bail!(
                 "store {} already holds {} subjects of another population; use an empty directory",
@@ -205,9 +319,24 @@ fn fill(dir: &Path, pop: &Population) -> Result<(Store, f64)> {
             );
         }
         tracing::info!(subjects = store.len(), "reusing the enrolled population");
-        return Ok((store, 0.0));
+        return Ok((Arc::new(store), 0.0));
     }
+    let store = Arc::new(store);
     let t = Instant::now();
+    if fingers.enabled() {
+        enroll_with_fingers(&store, pop, fingers)?;
+    } else {
+        enroll_faces(&store, pop)?;
+    }
+    store.checkpoint()?;
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::write(&path, serde_json::to_vec_pretty(&want)?)?;
+    Ok((store, secs))
+}
+
+/// Face templates only: straight into the store.
+fn enroll_faces(store: &Store, pop: &Population) -> Result<()> {
+    let (m, _) = model(pop.dim());
     let pb = bar(pop.identities(), "enroll");
     for batch in pop.enrolment_batches(10_000) {
         let enrollments = batch
@@ -225,16 +354,79 @@ fn fill(dir: &Path, pop: &Population) -> Result<(Store, f64)> {
         }
         pb.inc(enrollments.len() as u64);
     }
-    store.checkpoint()?;
     pb.finish_and_clear();
-    let secs = t.elapsed().as_secs_f64();
-    std::fs::write(&sidecar, serde_json::to_vec_pretty(&want)?)?;
-    Ok((store, secs))
+    Ok(())
+}
+
+/// The finger search over the store's fingers, as a service start makes it. The one place that
+/// constructs it.
+fn open_fingers(store: &Arc<Store>) -> Result<Arc<FingerGallery>> {
+    let f = FingerGallery::build(store, MccParams::default(), FingerSearchParams::default())
+        .context("building the finger search")?;
+    Ok(Arc::new(f))
+}
+
+/// The built-in `mcc@1` table fingers are scored with.
+fn finger_calibration() -> Result<CalibrationTable> {
+    mcc_calibration(MCC_CALIBRATION.as_bytes()).map_err(anyhow::Error::msg)
+}
+
+/// Subjects with fingers (and faces unless `--no-face`): through the matching engine, which
+/// prepares each finger's search data at enrollment. Fingers are generated in parallel, a batch
+/// of subjects at a time.
+fn enroll_with_fingers(store: &Arc<Store>, pop: &Population, fingers: &FingerArgs) -> Result<()> {
+    const BATCH: u64 = 10_000;
+    let (m, _) = model(pop.dim());
+    // Enrollment reads no calibration: the face model's table is not needed here.
+    let engine = Engine::new(
+        Arc::new(Gallery::new(store.clone())),
+        Some((open_fingers(store)?, finger_calibration()?)),
+        Vec::new(),
+        Settings::default(),
+        None,
+    );
+    let cfg = FastFingerConfig::default();
+    let n = pop.identities();
+    let mut faces = fingers.face().then(|| pop.enrolment_batches(BATCH as usize));
+    let pb = bar(n, "enroll");
+    for start in (0..n).step_by(BATCH as usize) {
+        let len = BATCH.min(n - start) as usize;
+        let mut prints: Vec<Vec<FingerTemplate>> = (0..len)
+            .into_par_iter()
+            .map(|k| fingers.templates(&cfg, start + k as u64, 0))
+            .collect::<Result<_>>()?;
+        let face: Vec<Option<Vec<f32>>> = match faces.as_mut() {
+            Some(it) => {
+                let batch = it.next().context("face batches end early")?;
+                debug_assert!(batch.first().is_none_or(|b| b.0 == start));
+                batch.into_iter().map(|(_, v)| Some(v)).collect()
+            }
+            None => vec![None; len],
+        };
+        let items = face
+            .into_iter()
+            .zip(prints.drain(..))
+            .enumerate()
+            .map(|(k, (v, f))| {
+                let vectors = match v {
+                    Some(v) => vec![(Modality::Face, Template::new(m.clone(), pop.dim(), v)?)],
+                    None => Vec::new(),
+                };
+                Ok((subject_id(start + k as u64), Samples { vectors, fingers: f }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for r in engine.enroll_batch(items, None)? {
+            r?;
+        }
+        pb.inc(len as u64);
+    }
+    pb.finish_and_clear();
+    Ok(())
 }
 
 pub fn enroll(args: &EnrollArgs) -> Result<()> {
     let pop = args.population.population()?;
-    let (store, secs) = fill(&args.data, &pop)?;
+    let (store, secs) = fill(&args.data, &pop, &args.population.fingers)?;
     println!(
         "{}",
         json!({
@@ -242,6 +434,8 @@ pub fn enroll(args: &EnrollArgs) -> Result<()> {
             "enroll_seconds": secs,
             "enroll_per_second": if secs > 0.0 { pop.identities() as f64 / secs } else { 0.0 },
             "data": args.data,
+            "fingers": store.stats().fingers.fingers,
+            "fingers_per_subject": args.population.fingers.fingers_per_subject,
         })
     );
     Ok(())
@@ -417,6 +611,14 @@ fn prepare_index(
     Ok((info, AnnParams { k_prime: a.k_prime, nprobe: a.nprobe }))
 }
 
+/// The synthetic face model's table, from impostor scores of identities disjoint from gallery
+/// and probes.
+fn face_calibration(pop: &Population, args: &EvalArgs) -> Result<CalibrationTable> {
+    let (m, _) = model(pop.dim());
+    let mut impostors = pop.impostor_scores(args.calibration_scores, args.population.seed ^ 0xCA1B);
+    Ok(CalibrationTable::from_impostor_scores(m, &mut impostors)?)
+}
+
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let pop = args.population.population()?;
     let target_fpir = args.mosip_fpir.map(fpir_from_mosip).unwrap_or(args.target_fpir);
@@ -431,15 +633,16 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             tmp.path().to_owned()
         }
     };
-    let (store, enroll_seconds) = fill(&dir, &pop)?;
+    if args.population.fingers.enabled() {
+        return eval_fingers(args, &pop, target_fpir, &dir);
+    }
+    let (store, enroll_seconds) = fill(&dir, &pop, &args.population.fingers)?;
     let (m, _) = model(pop.dim());
-    let g = Gallery::new(std::sync::Arc::new(store));
+    let g = Gallery::new(store);
 
     // Calibrate on identities disjoint from gallery and probes.
     let t = Instant::now();
-    let mut impostors = pop.impostor_scores(args.calibration_scores, args.population.seed ^ 0xCA1B);
-    let table = CalibrationTable::from_impostor_scores(m.clone(), &mut impostors)?;
-    drop(impostors);
+    let table = face_calibration(&pop, args)?;
     let threshold = table.threshold_for_fpir(target_fpir, pop.identities())?;
     let fmr = target_fpir / pop.identities() as f64;
     let extrapolated = fmr * (args.calibration_scores as f64) < 10.0;
@@ -466,7 +669,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     // Every search goes through the matching engine, as the service's do.
     let engine = Engine::new(
-        std::sync::Arc::new(g),
+        Arc::new(g),
         None,
         vec![EngineModel {
             id: m.clone(),
@@ -547,6 +750,238 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "families": args.population.families,
         "enroll_seconds": enroll_seconds,
         "calibration_seconds": calib_seconds,
+        "rss_bytes": rss_bytes(),
+        "machine": machine(),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// One search of the fingers eval, as the engine answered it without an FPIR cut.
+struct Searched {
+    /// Per candidate, best first: its identity (when a synthetic subject) and fused FMR.
+    candidates: Vec<(Option<u64>, f64)>,
+    /// N of the engine's cut (FMR ≤ target / N).
+    gallery_size: u64,
+    shortlist: FingerShortlist,
+    /// Share of the probe positions' gallery fingers the MCC matcher compared.
+    compared_share: f64,
+    ms: f64,
+}
+
+/// What the mated searches of the fingers eval found.
+#[derive(Default)]
+struct MatedStats {
+    /// Fused score (−log10 FMR) of the mate when it was returned.
+    mate_scores: Vec<Option<f32>>,
+    /// Whether the mate survives the engine's cut at the target FPIR.
+    hits: usize,
+    rank1: usize,
+    preselected_mates: usize,
+}
+
+/// A fused score a hair above `s`: the empirical threshold passes nothing at `s` itself.
+fn next_up(s: f32) -> f32 {
+    if s.is_finite() && s >= 0.0 {
+        f32::from_bits(s.to_bits() + 1)
+    } else {
+        s
+    }
+}
+
+/// The fused-score threshold at which the non-mated searches' top scores give an FPIR of at
+/// most `target` (a search is positive when its top score is at or above the threshold).
+fn empirical_threshold(nonmated_top: &[Option<f32>], target: f64) -> f32 {
+    let mut tops: Vec<f32> = nonmated_top.iter().flatten().copied().collect();
+    tops.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (target * nonmated_top.len() as f64).floor() as usize;
+    tops.get(allowed).map_or(0.0, |&s| next_up(s))
+}
+
+/// `eval-synthetic` with fingers (and faces unless `--no-face`): every probe through
+/// `Engine::prepare` + `Engine::identify`, timed, with the finger shortlist kept.
+fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path) -> Result<()> {
+    let fingers = &args.population.fingers;
+    if !fingers.face() && args.search == SearchKind::Index {
+        bail!("--search index searches the face index; --no-face has no face to search");
+    }
+    let (store, enroll_seconds) = fill(dir, pop, fingers)?;
+    // A service start: the store, the finger search, the engine. Timed from a closed store.
+    drop(store);
+
+    let (m, spec) = model(pop.dim());
+    let t = Instant::now();
+    let face = if fingers.face() { Some(face_calibration(pop, args)?) } else { None };
+    let calib_seconds = t.elapsed().as_secs_f64();
+    let mcc = finger_calibration()?;
+    let models: Vec<EngineModel> = face
+        .into_iter()
+        .map(|calibration| EngineModel {
+            id: m.clone(),
+            dim: pop.dim(),
+            kind: ModelKind::Face,
+            calibration,
+        })
+        .collect();
+    let t = Instant::now();
+    let store = Arc::new(
+        Store::open(dir, StoreOptions::new(vec![spec]))
+            .with_context(|| format!("opening store {}", dir.display()))?,
+    );
+    let t_fingers = Instant::now();
+    let finger_search = open_fingers(&store)?;
+    let open_fingers_seconds = t_fingers.elapsed().as_secs_f64();
+    let engine = Engine::new(
+        Arc::new(Gallery::new(store)),
+        Some((finger_search, mcc)),
+        models,
+        Settings { k_prime: args.index.k_prime, nprobe: args.index.nprobe },
+        None,
+    );
+    let startup_seconds = t.elapsed().as_secs_f64();
+    let index_info = match args.search {
+        SearchKind::Exact => serde_json::Value::Null,
+        SearchKind::Index => prepare_index(engine.gallery(), &m, &args.index)?.0,
+    };
+    let mode = match args.search {
+        SearchKind::Exact => EngineSearch::Exact,
+        SearchKind::Index => EngineSearch::Index,
+    };
+
+    // Probes: the face sample of each probe identity and impression 1 of its fingers.
+    let probes = pop.probes(args.probes, args.probes, args.population.seed ^ 0x9B0B)?;
+    let cfg = FastFingerConfig::default();
+    let to_samples = |p: &biomatch_datasets::Probe| -> Result<Samples> {
+        let vectors = if fingers.face() {
+            vec![(Modality::Face, Template::new(m.clone(), pop.dim(), p.vector.clone())?)]
+        } else {
+            Vec::new()
+        };
+        Ok(Samples { vectors, fingers: fingers.templates(&cfg, p.identity, 1)? })
+    };
+    let mated: Vec<(Samples, u64)> =
+        probes.mated.par_iter().map(|p| Ok((to_samples(p)?, p.identity))).collect::<Result<_>>()?;
+    let nonmated: Vec<Samples> =
+        probes.nonmated.par_iter().map(to_samples).collect::<Result<_>>()?;
+    drop(probes);
+
+    let params = IdentifyParams {
+        max_results: args.max_results,
+        threshold: None,
+        // One search per probe: the engine's cut (fused FMR ≤ target / N) is applied below to
+        // the uncut candidate lists, which also give the empirical threshold.
+        target_fpir: None,
+        subset: None,
+        mode,
+        keep_shortlist: true,
+    };
+    let search = |samples: Samples| -> Result<(Searched, Vec<biomatch_core::SubjectId>)> {
+        let t = Instant::now();
+        let probe = engine.prepare(samples)?;
+        let r = engine.identify(&probe, &params)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut shortlist = r.finger_shortlist.context("a finger search without a shortlist")?;
+        let shortlisted = std::mem::take(&mut shortlist.shortlisted);
+        let (compared, of) = r
+            .finger_search
+            .iter()
+            .fold((0, 0), |(c, n), (_, i)| (c + i.compared, n + i.gallery_fingers));
+        let compared_share = compared as f64 / of.max(1) as f64;
+        let candidates =
+            r.candidates.into_iter().map(|c| (parse_subject_id(&c.subject), c.fmr)).collect();
+        let s =
+            Searched { candidates, gallery_size: r.gallery_size, shortlist, compared_share, ms };
+        Ok((s, shortlisted))
+    };
+    let cut = |s: &Searched, fmr: f64| fmr <= target_fpir / s.gallery_size.max(1) as f64;
+
+    let pb = bar((mated.len() + nonmated.len()) as u64, "search");
+    let mut all: Vec<Searched> = Vec::with_capacity(mated.len() + nonmated.len());
+    let mut ms = MatedStats::default();
+    let mated_count = mated.len();
+    for (samples, identity) in mated {
+        let (s, shortlisted) = search(samples)?;
+        let pos = s.candidates.iter().position(|c| c.0 == Some(identity));
+        let mate_fmr = pos.map(|i| s.candidates[i].1);
+        ms.mate_scores.push(mate_fmr.map(score_of_fmr));
+        ms.hits += usize::from(mate_fmr.is_some_and(|f| cut(&s, f)));
+        ms.rank1 += usize::from(pos == Some(0));
+        ms.preselected_mates +=
+            usize::from(shortlisted.binary_search(&subject_id(identity)).is_ok());
+        all.push(s);
+        pb.inc(1);
+    }
+    let mut nonmated_top = Vec::with_capacity(nonmated.len());
+    let mut false_positives = 0;
+    for samples in nonmated {
+        let (s, _) = search(samples)?;
+        let top = s.candidates.first().map(|c| c.1);
+        nonmated_top.push(top.map(score_of_fmr));
+        false_positives += usize::from(top.is_some_and(|f| cut(&s, f)));
+        all.push(s);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+
+    let searches = all.len().max(1) as f64;
+    let mut latencies: Vec<f64> = all.iter().map(|s| s.ms).collect();
+    latencies.sort_by(f64::total_cmp);
+    let penetration = all
+        .iter()
+        .map(|s| s.shortlist.subjects as f64 / s.shortlist.gallery_subjects.max(1) as f64)
+        .sum::<f64>()
+        / searches;
+    let comparisons =
+        all.iter().map(|s| s.shortlist.mcc_comparisons as f64).sum::<f64>() / searches;
+    let preselected = all.iter().filter(|s| s.shortlist.preselected).count() as f64 / searches;
+    let compared_share = all.iter().map(|s| s.compared_share).sum::<f64>() / searches;
+    let nonmated_count = nonmated_top.len();
+    let gallery_size = all.first().map_or(0, |s| s.gallery_size);
+    let threshold_fmr = target_fpir / gallery_size.max(1) as f64;
+    let empirical = empirical_threshold(&nonmated_top, target_fpir);
+    let mated_n = mated_count.max(1) as f64;
+    let g = engine.gallery();
+    let finger_search = engine.fingers().context("the engine has no finger search")?;
+
+    let out = json!({
+        "subjects": g.store().len(),
+        "mated_probes": mated_count,
+        "nonmated_probes": nonmated_count,
+        "face": fingers.face(),
+        "fnir": (mated_count - ms.hits) as f64 / mated_n,
+        "fpir": false_positives as f64 / nonmated_count.max(1) as f64,
+        "fnir_empirical": metrics::fnir(&ms.mate_scores, empirical),
+        "threshold_empirical": empirical,
+        "threshold": score_of_fmr(threshold_fmr),
+        "threshold_fmr": threshold_fmr,
+        "gallery_size": gallery_size,
+        "target_fpir": target_fpir,
+        "target_fpir_mosip": mosip_from_fpir(target_fpir),
+        "max_results": args.max_results,
+        "p50_ms": metrics::percentile(&latencies, 50.0),
+        "p99_ms": metrics::percentile(&latencies, 99.0),
+        "search": match args.search { SearchKind::Exact => "exact", SearchKind::Index => "index" },
+        "index": index_info,
+        "fingers": {
+            "per_subject": fingers.fingers_per_subject,
+            "gallery_fingers": finger_search.fingers(),
+            "preselection_hit_rate": ms.preselected_mates as f64 / mated_n,
+            "preselected_share": preselected,
+            "penetration": penetration,
+            "compared_share": compared_share,
+            "mcc_comparisons_per_search": comparisons,
+            "mated_rank1_hit_rate": ms.rank1 as f64 / mated_n,
+            "resident_bytes_per_finger": engine.finger_resident_bytes_per_finger(),
+            "startup_seconds": startup_seconds,
+            "open_fingers_seconds": open_fingers_seconds,
+        },
+        "dim": pop.dim(),
+        "seed": args.population.seed,
+        "genuine_mean": args.population.genuine_mean,
+        "families": args.population.families,
+        "enroll_seconds": enroll_seconds,
+        "calibration_seconds": calib_seconds,
+        "calibration_impostors": if fingers.face() { args.calibration_scores } else { 0 },
         "rss_bytes": rss_bytes(),
         "machine": machine(),
     });
