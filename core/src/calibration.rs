@@ -416,13 +416,14 @@ impl CalibrationTable {
     /// The false-match rate the table assigns to `score`: the inverse of
     /// [`Self::threshold_for_fmr`], interpolated in log10(fmr).
     ///
-    /// Clamped to the grid ends: a score below the first threshold reports the grid's largest rate
-    /// (1e-1; read it as "at least that"), a score at or above the last threshold the smallest
-    /// (1e-12; "at most that"). Where several points share a threshold, a score equal to it gets the
+    /// At the grid ends: a score below the first threshold reports 1.0 (its rate is above the
+    /// grid's largest, 1e-1, and nothing bounds it lower: such a score is no evidence of a
+    /// match, and fusing it as 1e-1 would count every non-matching modality as one), a score
+    /// at or above the last threshold the smallest rate (1e-12; "at most that"). Where several points share a threshold, a score equal to it gets the
     /// smallest of their rates, consistent with "a match is `score >= threshold`". A NaN score
     /// reports 1.0, as does a table without points.
     pub fn fmr_at(&self, score: f32) -> f64 {
-        let (Some(first), Some(last)) = (self.points.first(), self.points.last()) else {
+        let (Some(_), Some(last)) = (self.points.first(), self.points.last()) else {
             return 1.0;
         };
         if score.is_nan() {
@@ -431,7 +432,7 @@ impl CalibrationTable {
         // points[..c] have thresholds at or below the score.
         let c = self.points.partition_point(|p| p.threshold <= score);
         if c == 0 {
-            return first.fmr;
+            return 1.0;
         }
         if c == self.points.len() {
             return last.fmr;
@@ -689,7 +690,8 @@ mod tests {
         let last = table.points[44].threshold;
         assert_eq!(table.threshold_for_fmr(0.5).unwrap(), first);
         assert_eq!(table.threshold_for_fmr(1e-15).unwrap(), last);
-        assert_eq!(table.fmr_at(-1.0), table.points[0].fmr);
+        assert_eq!(table.fmr_at(-1.0), 1.0);
+        assert_eq!(table.fmr_at(table.points[0].threshold), table.points[0].fmr);
         assert_eq!(table.fmr_at(1.0), table.points[44].fmr);
         assert_eq!(table.fmr_at(f32::NAN), 1.0);
     }
@@ -786,7 +788,7 @@ mod tests {
         assert_eq!((t.scale, t.shape, t.hazard, t.hazard_slope), (0.0, 0.0, 0.0, 0.0));
         assert!(table.points.iter().all(|p| p.threshold == next_up(0.25)));
         assert!(!table.decide(0.25, 1e-3).unwrap().is_match);
-        assert_eq!(table.fmr_at(0.25), 1e-1);
+        assert_eq!(table.fmr_at(0.25), 1.0);
         assert_eq!(table.fmr_at(0.3), table.points[44].fmr);
     }
 

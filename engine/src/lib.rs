@@ -30,6 +30,7 @@ use biomatch_gallery::{
     GalleryError, IdentifyOptions, Note, PreparedFinger, Probe, SearchMode, Store, WriteOp,
     MAX_RESULTS_LIMIT,
 };
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -313,6 +314,9 @@ pub struct FingerShortlist {
     pub preselected: bool,
     /// MCC comparisons run for the search.
     pub mcc_comparisons: usize,
+    /// Subjects whose MCC templates were read from the index generation's mapped file (the
+    /// others' were built from their minutiae: enrolled since the build, or no generation).
+    pub mapped_subjects: usize,
     /// The shortlisted subjects, when [`IdentifyParams::keep_shortlist`] asked for them.
     pub shortlisted: Vec<SubjectId>,
 }
@@ -444,8 +448,13 @@ impl Engine {
     ) -> Result<Vec<Result<u64>>> {
         let mut ops = Vec::with_capacity(items.len());
         let mut refused = Vec::with_capacity(items.len());
-        for (subject, samples) in items {
-            match self.enrollment(subject, samples) {
+        // The fingers' codes are CPU work: derived in parallel, before the one commit.
+        let records: Vec<Result<Enrollment>> = items
+            .into_par_iter()
+            .map(|(subject, samples)| self.enrollment(subject, samples))
+            .collect();
+        for record in records {
+            match record {
                 Ok(e) => {
                     ops.push((WriteOp::Enroll(e), Some(self.write_note(audit.clone()))));
                     refused.push(None);
@@ -703,6 +712,7 @@ impl Engine {
                 subjects: sl.subjects.len(),
                 preselected: sl.preselected,
                 mcc_comparisons: sl.mcc_comparisons,
+                mapped_subjects: sl.mapped_subjects,
                 shortlisted: if p.keep_shortlist { sl.subjects } else { Vec::new() },
             });
         }
@@ -787,24 +797,21 @@ impl Engine {
         Ok(store.checkpoint_if_due()?)
     }
 
-    /// Heap bytes the finger search holds per live finger (its structures, apart from the
-    /// store's mapped segments); 0 without fingers.
-    ///
-    /// Per finger: the code's share of the loaded index generation's resident memory (codes,
-    /// ids, centroids), its row's owner and state in the store's column (5 bytes), and the
-    /// finger record's live flag (1 byte per subject, shared by its fingers). MCC templates
-    /// and minutiae are not resident: they are decoded from the mapped segments per search.
+    /// Resident bytes per live finger: the loaded finger-code generation's index structures
+    /// (codes, ids, quantizer tables) plus the store's resident metadata (row owners and states,
+    /// subject table, finger record flags), all counted against the fingers; without a
+    /// generation, the metadata only. MCC templates, minutiae and the fp16 codes are not
+    /// resident: they are read from mapped files per search. 0 without fingers.
     pub fn finger_resident_bytes_per_finger(&self) -> f64 {
         let Some(fg) = &self.fingers else { return 0.0 };
-        let (subjects, fingers) = self.store().finger_counts();
+        let (_, fingers) = self.store().finger_counts();
         if fingers == 0 {
             return 0.0;
         }
-        let index = self
-            .gallery
-            .index(fg.code_model())
-            .map_or(0.0, |i| i.resident_bytes_per_template());
-        index + 5.0 + subjects as f64 / fingers as f64
+        match self.gallery.index(fg.code_model()) {
+            Some(i) => i.resident_bytes_per_template(),
+            None => self.store().metadata_bytes() as f64 / fingers as f64,
+        }
     }
 
     /// Finger positions a subject holds.

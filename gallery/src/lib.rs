@@ -14,6 +14,7 @@
 pub mod ann;
 pub mod error;
 pub mod finger_gallery;
+pub mod finger_mcc;
 mod finger_segment;
 mod fsutil;
 pub mod gallery;

@@ -975,6 +975,47 @@ impl Store {
         })
     }
 
+    /// The id of a subject's finger record and its enrollment sequence number (`None`: no
+    /// such subject, or it has no fingers). Record ids are dense from 0 and never reused.
+    pub fn finger_record(&self, subject: &SubjectId) -> Option<(u64, u64)> {
+        let st = self.state.read();
+        let slot = st.subjects.find(subject)?;
+        st.subjects.fingers(slot).map(|(id, _)| (id, st.subjects.seq(slot)))
+    }
+
+    /// Finger records ever written (ids `0..n`, deleted ones included).
+    pub fn finger_records(&self) -> u64 {
+        self.state.read().fingers.records()
+    }
+
+    /// For every finger record id, the sequence number of the live subject holding it (`None`:
+    /// deleted), in one pass under one read lock. For offline builders.
+    pub fn finger_record_seqs(&self) -> Vec<Option<u64>> {
+        let st = self.state.read();
+        let mut out = vec![None; st.fingers.records() as usize];
+        for slot in st.subjects.live() {
+            if let Some((id, _)) = st.subjects.fingers(slot) {
+                out[id as usize] = Some(st.subjects.seq(slot));
+            }
+        }
+        out
+    }
+
+    /// The fingers of the live records among ids `range` (clamped to the records there are),
+    /// under one read lock: offline builders walk the records a chunk at a time, so writers are
+    /// never held up for long.
+    pub fn finger_record_range(
+        &self,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<(u64, Vec<FingerTemplate>)>> {
+        let st = self.state.read();
+        let end = range.end.min(st.fingers.records());
+        (range.start..end)
+            .filter(|&id| st.fingers.live[id as usize])
+            .map(|id| Ok((id, st.fingers.get(id)?)))
+            .collect()
+    }
+
     /// Subjects holding minutiae fingers, and their live fingers.
     pub fn finger_counts(&self) -> (usize, usize) {
         let st = self.state.read();

@@ -29,7 +29,6 @@ use biomatch_engine::{
     Engine, EngineModel, FingerShortlist, IdentifyParams, ModelKind, Samples,
     SearchKind as EngineSearch, Settings,
 };
-use biomatch_fingerprint::mcc::MccParams;
 use biomatch_gallery::ann::{self, BuildParams, LoadOptions};
 use biomatch_gallery::{
     AnnParams, Enrollment, FingerGallery, FingerSearchParams, Gallery, IdentifyOptions, ModelSpec,
@@ -304,8 +303,7 @@ fn sidecar_read(bytes: &[u8]) -> serde_json::Value {
 
 /// Open the store and make sure it holds exactly this population, enrolling it if empty.
 fn fill(dir: &Path, pop: &Population, fingers: &FingerArgs) -> Result<(Arc<Store>, f64)> {
-    let (_, spec) = model(pop.dim());
-    let store = Store::open(dir, StoreOptions::new(vec![spec]))
+    let store = Store::open(dir, store_options(pop, fingers))
         .with_context(|| format!("opening store {}", dir.display()))?;
     let want = sidecar(pop, fingers)?;
     let path = dir.join(SIDECAR);
@@ -361,9 +359,21 @@ fn enroll_faces(store: &Store, pop: &Population) -> Result<()> {
 /// The finger search over the store's fingers, as a service start makes it. The one place that
 /// constructs it.
 fn open_fingers(store: &Arc<Store>) -> Result<Arc<FingerGallery>> {
-    let f = FingerGallery::build(store, MccParams::default(), FingerSearchParams::default())
-        .context("building the finger search")?;
+    let _ = store;
+    let f = FingerGallery::shipped(FingerSearchParams::default())
+        .context("setting up the finger search")?;
     Ok(Arc::new(f))
+}
+
+/// The store's columns: the synthetic face model, and the fingers' pre-selection codes when
+/// the population has fingers.
+fn store_options(pop: &Population, fingers: &FingerArgs) -> StoreOptions {
+    let (_, spec) = model(pop.dim());
+    let mut specs = vec![spec];
+    if fingers.enabled() {
+        specs.push(biomatch_gallery::finger_code_spec());
+    }
+    StoreOptions::new(specs)
 }
 
 /// The built-in `mcc@1` table fingers are scored with.
@@ -579,8 +589,9 @@ fn prepare_index(
         ..LoadOptions::default()
     };
     let current = if a.rebuild { None } else { g.load_index(m, &load)? };
+    let rows = g.store().stats().columns.iter().find(|c| &c.model == m).map_or(0, |c| c.rows);
     let reusable = current.filter(|i| {
-        i.manifest.covered_rows == g.store().stats().columns[0].rows
+        i.manifest.covered_rows == rows
             && a.factory.as_ref().is_none_or(|f| f == &i.manifest.factory)
             && a.shards.is_none_or(|s| s == i.manifest.shards.len())
     });
@@ -802,14 +813,29 @@ fn empirical_threshold(nonmated_top: &[Option<f32>], target: f64) -> f32 {
 /// `Engine::prepare` + `Engine::identify`, timed, with the finger shortlist kept.
 fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path) -> Result<()> {
     let fingers = &args.population.fingers;
-    if !fingers.face() && args.search == SearchKind::Index {
-        bail!("--search index searches the face index; --no-face has no face to search");
-    }
     let (store, enroll_seconds) = fill(dir, pop, fingers)?;
-    // A service start: the store, the finger search, the engine. Timed from a closed store.
+    let (m, _) = model(pop.dim());
+    let code = biomatch_gallery::finger_code_spec().model;
+    // Index mode: the generations of the face model and of the fingers' codes, built (or
+    // reused) before the timed start.
+    let mut index_models = Vec::new();
+    if args.search == SearchKind::Index {
+        if fingers.face() {
+            index_models.push(("face", m.clone()));
+        }
+        index_models.push(("fingers", code.clone()));
+    }
+    let mut index_info = serde_json::Map::new();
+    {
+        let g = Gallery::new(store.clone());
+        for (name, model) in &index_models {
+            index_info.insert((*name).to_owned(), prepare_index(&g, model, &args.index)?.0);
+        }
+    }
+    // A service start: the store, its index generations, the finger search, the engine.
+    // Timed from a closed store.
     drop(store);
 
-    let (m, spec) = model(pop.dim());
     let t = Instant::now();
     let face = if fingers.face() { Some(face_calibration(pop, args)?) } else { None };
     let calib_seconds = t.elapsed().as_secs_f64();
@@ -825,23 +851,32 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
         .collect();
     let t = Instant::now();
     let store = Arc::new(
-        Store::open(dir, StoreOptions::new(vec![spec]))
+        Store::open(dir, store_options(pop, fingers))
             .with_context(|| format!("opening store {}", dir.display()))?,
     );
+    let gallery = Gallery::new(store.clone());
+    let load = LoadOptions {
+        memory_budget: args.index.memory_budget_mb.map(|mb| mb << 20),
+        ..LoadOptions::default()
+    };
+    for (_, model) in &index_models {
+        gallery.load_index(model, &load)?.context("the index generation does not load")?;
+    }
     let t_fingers = Instant::now();
     let finger_search = open_fingers(&store)?;
     let open_fingers_seconds = t_fingers.elapsed().as_secs_f64();
     let engine = Engine::new(
-        Arc::new(Gallery::new(store)),
+        Arc::new(gallery),
         Some((finger_search, mcc)),
         models,
         Settings { k_prime: args.index.k_prime, nprobe: args.index.nprobe },
         None,
     );
     let startup_seconds = t.elapsed().as_secs_f64();
-    let index_info = match args.search {
-        SearchKind::Exact => serde_json::Value::Null,
-        SearchKind::Index => prepare_index(engine.gallery(), &m, &args.index)?.0,
+    let index_info = if index_info.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::Object(index_info)
     };
     let mode = match args.search {
         SearchKind::Exact => EngineSearch::Exact,
@@ -881,7 +916,8 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
         let r = engine.identify(&probe, &params)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let mut shortlist = r.finger_shortlist.context("a finger search without a shortlist")?;
-        let shortlisted = std::mem::take(&mut shortlist.shortlisted);
+        let mut shortlisted = std::mem::take(&mut shortlist.shortlisted);
+        shortlisted.sort_unstable();
         let (compared, of) = r
             .finger_search
             .iter()
@@ -934,6 +970,8 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
     let comparisons =
         all.iter().map(|s| s.shortlist.mcc_comparisons as f64).sum::<f64>() / searches;
     let preselected = all.iter().filter(|s| s.shortlist.preselected).count() as f64 / searches;
+    let mapped = all.iter().map(|s| s.shortlist.mapped_subjects).sum::<usize>() as f64
+        / all.iter().map(|s| s.shortlist.subjects).sum::<usize>().max(1) as f64;
     let compared_share = all.iter().map(|s| s.compared_share).sum::<f64>() / searches;
     let nonmated_count = nonmated_top.len();
     let gallery_size = all.first().map_or(0, |s| s.gallery_size);
@@ -964,12 +1002,14 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
         "index": index_info,
         "fingers": {
             "per_subject": fingers.fingers_per_subject,
-            "gallery_fingers": finger_search.fingers(),
+            "gallery_fingers": g.store().finger_counts().1,
+            "code_model": finger_search.code_model().to_string(),
             "preselection_hit_rate": ms.preselected_mates as f64 / mated_n,
             "preselected_share": preselected,
             "penetration": penetration,
             "compared_share": compared_share,
             "mcc_comparisons_per_search": comparisons,
+            "mcc_templates_mapped_share": mapped,
             "mated_rank1_hit_rate": ms.rank1 as f64 / mated_n,
             "resident_bytes_per_finger": engine.finger_resident_bytes_per_finger(),
             "startup_seconds": startup_seconds,
