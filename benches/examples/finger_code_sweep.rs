@@ -83,7 +83,8 @@ fn main() -> anyhow::Result<()> {
         };
         let dim = v[5] as usize;
         let t = std::time::Instant::now();
-        let model = CodeModel::train("mpc", "1", bins, dim, 7, &train).map_err(anyhow::Error::msg)?;
+        let model =
+            CodeModel::train("mpc", "1", bins, dim, 7, &train).map_err(anyhow::Error::msg)?;
         if let Some(path) = &a.write_model {
             std::fs::write(path, serde_json::to_vec(model.spec())?)?;
             eprintln!("wrote {}", path.display());
@@ -112,11 +113,28 @@ fn main() -> anyhow::Result<()> {
         }
         let mut gen: Vec<f32> = (0..scores.len()).map(|i| scores[i][i]).collect();
         gen.sort_by(f32::total_cmp);
-        let imp: Vec<f32> = scores.iter().enumerate().flat_map(|(i, s)| s.iter().enumerate().filter(move |(j, _)| *j != i && j % 2 == i % 2).map(|(_, &x)| x)).collect();
+        let imp: Vec<f32> = scores
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                s.iter()
+                    .enumerate()
+                    .filter(move |(j, _)| *j != i && j % 2 == i % 2)
+                    .map(|(_, &x)| x)
+            })
+            .collect();
         let im = imp.iter().map(|&x| f64::from(x)).sum::<f64>() / imp.len() as f64;
-        let isd = (imp.iter().map(|&x| (f64::from(x) - im).powi(2)).sum::<f64>() / imp.len() as f64).sqrt();
+        let isd = (imp.iter().map(|&x| (f64::from(x) - im).powi(2)).sum::<f64>()
+            / imp.len() as f64)
+            .sqrt();
         let q = |p: f64| gen[((gen.len() - 1) as f64 * p) as usize];
-        eprintln!("{c}: genuine p1 {:.3} p5 {:.3} p10 {:.3} p50 {:.3}; impostor mean {im:.4} sd {isd:.4}", q(0.01), q(0.05), q(0.1), q(0.5));
+        eprintln!(
+            "{c}: genuine p1 {:.3} p5 {:.3} p10 {:.3} p50 {:.3}; impostor mean {im:.4} sd {isd:.4}",
+            q(0.01),
+            q(0.05),
+            q(0.1),
+            q(0.5)
+        );
         let pf = hit_rates(&finger_ranks, a.gallery as usize / 2);
         let ps = hit_rates(&subject_ranks, a.gallery as usize / 2);
         println!(

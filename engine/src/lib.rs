@@ -26,9 +26,8 @@ use biomatch_core::fusion::{fuse_fmr, score_of_fmr};
 use biomatch_core::{CalibrationTable, FingerPosition, Modality, ModelId, SubjectId, Template};
 use biomatch_gallery::{
     AnnParams, CommitHook, Committed, Enrollment, FingerGallery, FingerSearchInfo, Gallery,
-    SubjectFingerScores,
-    GalleryError, IdentifyOptions, Note, PreparedFinger, Probe, SearchMode, Store, WriteOp,
-    MAX_RESULTS_LIMIT,
+    GalleryError, IdentifyOptions, Note, PreparedFinger, Probe, SearchMode, Store,
+    SubjectFingerScores, WriteOp, MAX_RESULTS_LIMIT,
 };
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -347,9 +346,7 @@ impl Engine {
             Some((f, c)) => (Some(f), Some(c)),
             None => (None, None),
         };
-        gallery
-            .store()
-            .set_commit_hook(Arc::new(Hook { journal: journal.clone() }));
+        gallery.store().set_commit_hook(Arc::new(Hook { journal: journal.clone() }));
         Self { gallery, fingers, models, finger_calibration, settings, journal }
     }
 

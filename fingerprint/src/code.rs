@@ -218,7 +218,8 @@ impl CodeModel {
         if spec.dim > 4096 {
             return Err(format!("code dimension {} is above 4096", spec.dim));
         }
-        let projection = if spec.dim == 0 { Vec::new() } else { gaussians(spec.seed, spec.dim * len) };
+        let projection =
+            if spec.dim == 0 { Vec::new() } else { gaussians(spec.seed, spec.dim * len) };
         Ok(CodeModel { spec, projection })
     }
 

@@ -216,7 +216,10 @@ impl FingerGallery {
                 s.dedup();
                 (s, false)
             }
-            None => (self.preselect(g, probe, if exhaustive { n_subjects } else { want }, mode)?, !exhaustive),
+            None => (
+                self.preselect(g, probe, if exhaustive { n_subjects } else { want }, mode)?,
+                !exhaustive,
+            ),
         };
         // MCC on the shortlist: templates from the generation's mapped MCC file, or built
         // from the store's minutiae for fingers enrolled since (or without a generation).
@@ -239,9 +242,7 @@ impl FingerGallery {
                             Ok(f) => f
                                 .iter()
                                 .filter(|t| probe.iter().any(|p| Some(p.position) == t.position))
-                                .filter_map(|t| {
-                                    Some((t.position?, MccTemplate::new(t, &self.mcc)))
-                                })
+                                .filter_map(|t| Some((t.position?, MccTemplate::new(t, &self.mcc))))
                                 .collect(),
                             Err(GalleryError::UnknownSubject(_)) => return Ok(None),
                             Err(e) => return Err(e),
@@ -270,8 +271,7 @@ impl FingerGallery {
             .map(|p| FingerSearchInfo {
                 // Estimated from the mean fingers per subject (the store counts fingers, not
                 // fingers per position).
-                gallery_fingers: (n_fingers as f64 / fingers_per_subject.max(1.0)).round()
-                    as usize,
+                gallery_fingers: (n_fingers as f64 / fingers_per_subject.max(1.0)).round() as usize,
                 compared: per_position(p.position),
                 preselected,
             })
@@ -305,8 +305,7 @@ impl FingerGallery {
         }
         // The code column holds every position: a list of `k` fingers of one position takes
         // about `k × codes per subject` rows of the column.
-        let per_subject =
-            store.live_rows(&self.code_model) as f64 / n_subjects.max(1) as f64;
+        let per_subject = store.live_rows(&self.code_model) as f64 / n_subjects.max(1) as f64;
         let k = ((want as f64 * self.search.list_factor * per_subject.max(1.0)).ceil() as usize)
             .clamp(1, MAX_SHORTLIST);
         let lists: Vec<Vec<(SubjectId, f32)>> = probe

@@ -154,10 +154,11 @@ impl MccFile {
             return Err(bad("not an MCC template file"));
         }
         let mut h = Reader::new(&map[8..HEADER_LEN]);
-        let (version, _, hash, records, index_offset) = match (h.u32(), h.u32(), h.u64(), h.u64(), h.u64()) {
-            (Some(v), Some(r), Some(p), Some(n), Some(o)) => (v, r, p, n, o as usize),
-            _ => return Err(bad("short header")),
-        };
+        let (version, _, hash, records, index_offset) =
+            match (h.u32(), h.u32(), h.u64(), h.u64(), h.u64()) {
+                (Some(v), Some(r), Some(p), Some(n), Some(o)) => (v, r, p, n, o as usize),
+                _ => return Err(bad("short header")),
+            };
         if version != VERSION {
             return Err(bad("unsupported MCC template file version"));
         }
@@ -214,7 +215,8 @@ impl MccFile {
         if id >= self.records {
             return None;
         }
-        let (start, end) = (self.offset(id as usize) as usize, self.offset(id as usize + 1) as usize);
+        let (start, end) =
+            (self.offset(id as usize) as usize, self.offset(id as usize + 1) as usize);
         if end < start + 13 {
             return None;
         }

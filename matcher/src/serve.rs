@@ -7,9 +7,7 @@ use crate::config::Config;
 use crate::state::AppState;
 use biomatch_engine::{Engine, Journal, Settings};
 use biomatch_gallery::ann::LoadOptions;
-use biomatch_gallery::{
-    legacy, FingerGallery, FingerSearchParams, Gallery, Store, StoreOptions,
-};
+use biomatch_gallery::{legacy, FingerGallery, FingerSearchParams, Gallery, Store, StoreOptions};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -49,7 +47,9 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
                 Ok(Some(i)) => {
                     tracing::info!(model = %m.model, generation = i.manifest.generation, "index loaded")
                 }
-                Ok(None) => tracing::info!(model = %m.model, "no index generation yet: exact search"),
+                Ok(None) => {
+                    tracing::info!(model = %m.model, "no index generation yet: exact search")
+                }
                 // Serving exact is slower but correct; the operator sees why.
                 Err(e) => {
                     tracing::error!(model = %m.model, error = %e, "index generation not loaded: exact search")

@@ -176,6 +176,10 @@ pub struct EvalArgs {
     /// Mated probes, and as many non-mated probes.
     #[arg(long, default_value_t = 1000)]
     probes: usize,
+    /// With a face + fingers population: which of the probe's samples are searched (one
+    /// modality alone against the same gallery shows what fusion adds).
+    #[arg(long, value_enum, default_value_t = ProbeModalities::Both)]
+    probe: ProbeModalities,
     /// Target false-positive identification rate for the threshold.
     #[arg(long, default_value_t = 1e-3, conflicts_with = "mosip_fpir")]
     target_fpir: f64,
@@ -197,6 +201,13 @@ pub struct EvalArgs {
     search: SearchKind,
     #[command(flatten)]
     index: IndexArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeModalities {
+    Face,
+    Fingers,
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -886,13 +897,21 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
     // Probes: the face sample of each probe identity and impression 1 of its fingers.
     let probes = pop.probes(args.probes, args.probes, args.population.seed ^ 0x9B0B)?;
     let cfg = FastFingerConfig::default();
+    let (probe_face, probe_fingers) = match args.probe {
+        ProbeModalities::Both => (fingers.face(), true),
+        ProbeModalities::Face if fingers.face() => (true, false),
+        ProbeModalities::Fingers => (false, true),
+        ProbeModalities::Face => bail!("--probe face needs a population with faces"),
+    };
     let to_samples = |p: &biomatch_datasets::Probe| -> Result<Samples> {
-        let vectors = if fingers.face() {
+        let vectors = if probe_face {
             vec![(Modality::Face, Template::new(m.clone(), pop.dim(), p.vector.clone())?)]
         } else {
             Vec::new()
         };
-        Ok(Samples { vectors, fingers: fingers.templates(&cfg, p.identity, 1)? })
+        let prints =
+            if probe_fingers { fingers.templates(&cfg, p.identity, 1)? } else { Vec::new() };
+        Ok(Samples { vectors, fingers: prints })
     };
     let mated: Vec<(Samples, u64)> =
         probes.mated.par_iter().map(|p| Ok((to_samples(p)?, p.identity))).collect::<Result<_>>()?;
@@ -915,7 +934,7 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
         let probe = engine.prepare(samples)?;
         let r = engine.identify(&probe, &params)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut shortlist = r.finger_shortlist.context("a finger search without a shortlist")?;
+        let mut shortlist = r.finger_shortlist.unwrap_or_default();
         let mut shortlisted = std::mem::take(&mut shortlist.shortlisted);
         shortlisted.sort_unstable();
         let (compared, of) = r
@@ -999,6 +1018,7 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
         "p50_ms": metrics::percentile(&latencies, 50.0),
         "p99_ms": metrics::percentile(&latencies, 99.0),
         "search": match args.search { SearchKind::Exact => "exact", SearchKind::Index => "index" },
+        "probe": format!("{:?}", args.probe).to_lowercase(),
         "index": index_info,
         "fingers": {
             "per_subject": fingers.fingers_per_subject,

@@ -6,6 +6,6 @@ pub mod generation;
 
 pub use factory::validate_factory;
 pub use generation::{
-    build, build_with, default_factory, finger_code_factory, load, BuildControl, BuildParams, BuildReport, BuildStage,
-    IndexManifest, LoadOptions, ShardedIndex,
+    build, build_with, default_factory, finger_code_factory, load, BuildControl, BuildParams,
+    BuildReport, BuildStage, IndexManifest, LoadOptions, ShardedIndex,
 };
