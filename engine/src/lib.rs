@@ -25,8 +25,8 @@ use biomatch_core::finger::FingerTemplate;
 use biomatch_core::fusion::{fuse_fmr, score_of_fmr};
 use biomatch_core::{CalibrationTable, FingerPosition, Modality, ModelId, SubjectId, Template};
 use biomatch_gallery::{
-    AnnParams, CommitHook, Committed, Enrollment, FingerGallery, FingerSearchInfo, Gallery,
-    GalleryError, IdentifyOptions, Note, PreparedFinger, Probe, SearchMode, Store,
+    AnnParams, CommitHook, Committed, Enrollment, FingerGallery, FingerScore, FingerSearchInfo,
+    Gallery, GalleryError, IdentifyOptions, Note, PreparedFinger, Probe, SearchMode, Store,
     SubjectFingerScores, WriteOp, MAX_RESULTS_LIMIT,
 };
 use rayon::prelude::*;
@@ -686,20 +686,23 @@ impl Engine {
                 ((if sl.preselected { "index" } else { "exact" }).to_owned(), None)
             });
             // The best `k` subjects by their fused finger FMR go on to fusion with the face.
+            // A best-of-m score (wrong-position check) is read as m times its FMR.
+            let fmr_of =
+                |x: &FingerScore| (cal.fmr_at(x.score) * f64::from(x.comparisons.max(1))).min(1.0);
             let mut ranked: Vec<(f64, SubjectFingerScores)> = scored
                 .into_iter()
-                .filter(|s| floor.is_none_or(|t| s.scores.iter().any(|x| x.1 >= t)))
-                .map(|s| (fuse_fmr(s.scores.iter().map(|x| cal.fmr_at(x.1))), s))
+                .filter(|s| floor.is_none_or(|t| s.scores.iter().any(|x| x.score >= t)))
+                .map(|s| (fuse_fmr(s.scores.iter().map(fmr_of)), s))
                 .collect();
             ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.subject.cmp(&b.1.subject)));
             ranked.truncate(k);
             for (_, s) in ranked {
                 let e = per_subject.entry(s.subject).or_default();
-                for (position, score) in s.scores {
+                for x in s.scores {
                     e.push(ModalityScore {
-                        modality: Modality::Finger(position),
-                        score,
-                        fmr: cal.fmr_at(score),
+                        modality: Modality::Finger(x.position),
+                        score: x.score,
+                        fmr: fmr_of(&x),
                         threshold: None,
                     });
                 }

@@ -59,11 +59,26 @@ pub struct FingerSearchParams {
     pub list_factor: f64,
     /// Compare every subject when fewer than this hold fingers.
     pub exhaustive_below: usize,
+    /// Wrong-position tolerance: for the best this many subjects of the code shortlist, a
+    /// probe finger scoring below [`FingerSearchParams::swap_below`] against the subject's
+    /// finger of its position is also compared with the subject's other fingers (a finger
+    /// captured in the wrong slot, or two swapped), and the best is kept with its comparison
+    /// count. The subject is shortlisted by its other fingers' codes.
+    pub swap_top: usize,
+    /// MCC score below which a finger is checked against the subject's other positions.
+    pub swap_below: f32,
 }
 
 impl Default for FingerSearchParams {
     fn default() -> Self {
-        Self { penetration: 0.005, min_candidates: 200, list_factor: 2.0, exhaustive_below: 2000 }
+        Self {
+            penetration: 0.005,
+            min_candidates: 200,
+            list_factor: 2.0,
+            exhaustive_below: 2000,
+            swap_top: 50,
+            swap_below: 0.02,
+        }
     }
 }
 
@@ -101,11 +116,25 @@ pub struct PreparedFinger {
     code: Vec<f32>,
 }
 
+/// One probe finger's MCC score against a subject.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FingerScore {
+    /// The probe finger's (claimed) position.
+    pub position: FingerPosition,
+    /// The subject's finger it was scored against: the same position, or another one when the
+    /// probe finger was captured at the wrong position (see [`FingerSearchParams::swap_top`]).
+    pub matched: FingerPosition,
+    pub score: f32,
+    /// Fingers of the subject it was compared with to find that score (the best of several
+    /// comparisons is more likely to be high by chance: read its FMR times this).
+    pub comparisons: u32,
+}
+
 /// One subject's MCC scores, one per probe finger it holds the position of.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SubjectFingerScores {
     pub subject: SubjectId,
-    pub scores: Vec<(FingerPosition, f32)>,
+    pub scores: Vec<FingerScore>,
 }
 
 /// Finger search over the store's minutiae fingers and their codes. `Send + Sync`; it holds
@@ -227,11 +256,14 @@ impl FingerGallery {
         let mcc_file =
             index.as_ref().and_then(|i| i.mcc.as_ref()).filter(|f| f.built_with(&self.mcc));
         let mapped = std::sync::atomic::AtomicUsize::new(0);
+        let swap_top = self.search.swap_top;
         let scored: Vec<Result<Option<SubjectFingerScores>>> = subjects
             .par_iter()
+            .enumerate()
             .map_init(
                 || Matcher::new(&self.mcc),
-                |m, s| {
+                |m, (rank, s)| {
+                    let swap = rank < swap_top;
                     let Some((id, seq)) = store.finger_record(s) else { return Ok(None) };
                     let templates = match mcc_file.and_then(|f| f.get(id, seq, &self.mcc)) {
                         Some(t) => {
@@ -241,18 +273,44 @@ impl FingerGallery {
                         None => match store.fingers(s) {
                             Ok(f) => f
                                 .iter()
-                                .filter(|t| probe.iter().any(|p| Some(p.position) == t.position))
+                                .filter(|t| {
+                                    swap || probe.iter().any(|p| Some(p.position) == t.position)
+                                })
                                 .filter_map(|t| Some((t.position?, MccTemplate::new(t, &self.mcc))))
                                 .collect(),
                             Err(GalleryError::UnknownSubject(_)) => return Ok(None),
                             Err(e) => return Err(e),
                         },
                     };
-                    let scores: Vec<(FingerPosition, f32)> = probe
+                    let scores: Vec<FingerScore> = probe
                         .iter()
                         .filter_map(|p| {
-                            let (_, g) = templates.iter().find(|(q, _)| *q == p.position)?;
-                            Some((p.position, similarity(m, &p.mcc, g)))
+                            let same =
+                                templates.iter().find(|(q, _)| *q == p.position).map(|(q, g)| {
+                                    FingerScore {
+                                        position: p.position,
+                                        matched: *q,
+                                        score: similarity(m, &p.mcc, g),
+                                        comparisons: 1,
+                                    }
+                                });
+                            if !swap || same.is_some_and(|s| s.score >= self.search.swap_below) {
+                                return same;
+                            }
+                            // The best of the subject's fingers, counting every comparison.
+                            let mut best: Option<FingerScore> = None;
+                            for (q, g) in &templates {
+                                let score = similarity(m, &p.mcc, g);
+                                if best.is_none_or(|b| score > b.score) {
+                                    best = Some(FingerScore {
+                                        position: p.position,
+                                        matched: *q,
+                                        score,
+                                        comparisons: 0,
+                                    });
+                                }
+                            }
+                            best.map(|b| FingerScore { comparisons: templates.len() as u32, ..b })
                         })
                         .collect();
                     Ok((!scores.is_empty())
@@ -263,7 +321,7 @@ impl FingerGallery {
         let scored: Vec<SubjectFingerScores> =
             scored.into_iter().filter_map(Result::transpose).collect::<Result<_>>()?;
         let per_position = |p: FingerPosition| {
-            scored.iter().filter(|s| s.scores.iter().any(|(q, _)| *q == p)).count()
+            scored.iter().filter(|s| s.scores.iter().any(|x| x.position == p)).count()
         };
         let fingers_per_subject = n_fingers as f64 / n_subjects.max(1) as f64;
         let info = probe
@@ -276,7 +334,8 @@ impl FingerGallery {
                 preselected,
             })
             .collect();
-        let mcc_comparisons = scored.iter().map(|s| s.scores.len()).sum();
+        let mcc_comparisons =
+            scored.iter().flat_map(|s| &s.scores).map(|x| x.comparisons as usize).sum();
         Ok((
             scored,
             info,

@@ -31,8 +31,8 @@ mod wal;
 
 pub use error::{is_no_space, GalleryError, Result};
 pub use finger_gallery::{
-    finger_code_spec, FingerGallery, FingerSearchInfo, FingerSearchParams, PreparedFinger,
-    ShortlistInfo, SubjectFingerScores,
+    finger_code_spec, FingerGallery, FingerScore, FingerSearchInfo, FingerSearchParams,
+    PreparedFinger, ShortlistInfo, SubjectFingerScores,
 };
 pub use fsutil::atomic_write;
 pub use gallery::{AnnParams, Gallery, SearchMode, SearchPath};

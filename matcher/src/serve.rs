@@ -65,6 +65,7 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
                 min_candidates: fp.min_candidates,
                 list_factor: fp.list_factor,
                 exhaustive_below: fp.exhaustive_below,
+                ..FingerSearchParams::default()
             };
             // Nothing to build: codes and minutiae are in the store (and its index generations).
             let f = FingerGallery::shipped(params)

@@ -3,6 +3,7 @@
 
 mod build_crash;
 mod common;
+mod fingers;
 mod live;
 mod recall;
 mod refusals;
