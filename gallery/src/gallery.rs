@@ -175,6 +175,10 @@ impl Gallery {
     }
 }
 
+/// Largest configurable k′ (candidates per shard re-ranked). Internal pre-selection lists (the
+/// finger codes') ask FAISS for more, up to `MAX_K`, through their `max_results`.
+pub const MAX_K_PRIME: usize = 4096;
+
 /// Probes per FAISS call: small enough to spread a batch over the pool, large enough to
 /// amortise the call.
 const PROBES_PER_CALL: usize = 16;
@@ -187,9 +191,9 @@ fn indexed_tops(
     opts: &IdentifyOptions,
     p: &AnnParams,
 ) -> Result<Vec<TopK>> {
-    if p.k_prime == 0 || p.k_prime > MAX_K {
+    if p.k_prime == 0 || p.k_prime > MAX_K_PRIME {
         return Err(GalleryError::BadIndexParams(format!(
-            "k_prime = {} outside 1..={MAX_K}",
+            "k_prime = {} outside 1..={MAX_K_PRIME}",
             p.k_prime
         )));
     }

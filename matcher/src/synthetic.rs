@@ -176,6 +176,12 @@ pub struct EvalArgs {
     /// Mated probes, and as many non-mated probes.
     #[arg(long, default_value_t = 1000)]
     probes: usize,
+    /// Share of the subjects with fingers that the finger codes shortlist for MCC.
+    #[arg(long, default_value_t = FingerSearchParams::default().penetration)]
+    finger_penetration: f64,
+    /// At least this many subjects are shortlisted.
+    #[arg(long, default_value_t = FingerSearchParams::default().min_candidates)]
+    finger_min_candidates: usize,
     /// With a face + fingers population: which of the probe's samples are searched (one
     /// modality alone against the same gallery shows what fusion adds).
     #[arg(long, value_enum, default_value_t = ProbeModalities::Both)]
@@ -369,10 +375,8 @@ fn enroll_faces(store: &Store, pop: &Population) -> Result<()> {
 
 /// The finger search over the store's fingers, as a service start makes it. The one place that
 /// constructs it.
-fn open_fingers(store: &Arc<Store>) -> Result<Arc<FingerGallery>> {
-    let _ = store;
-    let f = FingerGallery::shipped(FingerSearchParams::default())
-        .context("setting up the finger search")?;
+fn open_fingers(params: FingerSearchParams) -> Result<Arc<FingerGallery>> {
+    let f = FingerGallery::shipped(params).context("setting up the finger search")?;
     Ok(Arc::new(f))
 }
 
@@ -401,7 +405,7 @@ fn enroll_with_fingers(store: &Arc<Store>, pop: &Population, fingers: &FingerArg
     // Enrollment reads no calibration: the face model's table is not needed here.
     let engine = Engine::new(
         Arc::new(Gallery::new(store.clone())),
-        Some((open_fingers(store)?, finger_calibration()?)),
+        Some((open_fingers(FingerSearchParams::default())?, finger_calibration()?)),
         Vec::new(),
         Settings::default(),
         None,
@@ -874,7 +878,11 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
         gallery.load_index(model, &load)?.context("the index generation does not load")?;
     }
     let t_fingers = Instant::now();
-    let finger_search = open_fingers(&store)?;
+    let finger_search = open_fingers(FingerSearchParams {
+        penetration: args.finger_penetration,
+        min_candidates: args.finger_min_candidates,
+        ..FingerSearchParams::default()
+    })?;
     let open_fingers_seconds = t_fingers.elapsed().as_secs_f64();
     let engine = Engine::new(
         Arc::new(gallery),
