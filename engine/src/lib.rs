@@ -480,7 +480,7 @@ impl Engine {
         if !samples.fingers.is_empty() {
             let fg = self.finger_search()?;
             for t in &samples.fingers {
-                let (m, code) = fg.code_template(t)?;
+                let Some((m, code)) = fg.code_template(t)? else { continue };
                 if templates.iter().any(|(have, _)| *have == m) {
                     return Err(EngineError::invalid(
                         ErrorCode::BadRequest,

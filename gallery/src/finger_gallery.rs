@@ -193,13 +193,18 @@ impl FingerGallery {
         self.code.dim()
     }
 
-    /// A finger's pre-selection code as the vector template the store keeps at its position.
-    pub fn code_template(&self, t: &FingerTemplate) -> Result<(Modality, Template)> {
+    /// A finger's pre-selection code as the vector template the store keeps at its position;
+    /// `None` for a finger too sparse to have one (no two minutiae at a usable distance: such a
+    /// finger is stored, and compared by MCC when its subject is shortlisted by other
+    /// modalities, but cannot shortlist it).
+    pub fn code_template(&self, t: &FingerTemplate) -> Result<Option<(Modality, Template)>> {
         let position = position_of(t, 0)?;
         let v = self.code.encode(t);
-        let template = Template::new(self.code_model.clone(), v.len(), v)
-            .map_err(|e| GalleryError::Config(format!("finger code: {e}")))?;
-        Ok((Modality::Finger(position), template))
+        if v.iter().all(|&x| x == 0.0) {
+            return Ok(None);
+        }
+        let template = Template::new(self.code_model.clone(), v.len(), v)?;
+        Ok(Some((Modality::Finger(position), template)))
     }
 
     /// The comparable form of one finger (its position must be set).
@@ -369,11 +374,12 @@ impl FingerGallery {
             .clamp(1, MAX_SHORTLIST);
         let lists: Vec<Vec<(SubjectId, f32)>> = probe
             .par_iter()
+            // A probe finger without a code (too sparse) shortlists nothing.
+            .filter(|p| p.code.iter().any(|&x| x != 0.0))
             .map(|p| {
                 let q = Probe {
                     modality: Modality::Finger(p.position),
-                    template: Template::new(self.code_model.clone(), p.code.len(), p.code.clone())
-                        .map_err(|e| GalleryError::Config(format!("finger code: {e}")))?,
+                    template: Template::new(self.code_model.clone(), p.code.len(), p.code.clone())?,
                 };
                 let opts = IdentifyOptions { max_results: k, threshold: None, subset: None };
                 let (cands, _) = g.shortlist(&q, &opts, mode)?;

@@ -45,7 +45,7 @@ fn gallery(dir: &std::path::Path) -> (Arc<Store>, FingerGallery) {
     let batch: Vec<Enrollment> = (0..SUBJECTS)
         .map(|i| {
             let fingers: Vec<FingerTemplate> = POSITIONS.iter().map(|&p| print(i, p, 0)).collect();
-            let templates = fingers.iter().map(|t| fg.code_template(t).unwrap()).collect();
+            let templates = fingers.iter().filter_map(|t| fg.code_template(t).unwrap()).collect();
             Enrollment { subject: id(i), templates, fingers }
         })
         .collect();
@@ -106,7 +106,7 @@ fn two_finger_probes_find_their_mates_exact_and_through_a_generation() {
     assert!(scored.iter().all(|s| s.subject != id(0)));
     // Enrolled after the build: found, its templates built from minutiae.
     let late: Vec<FingerTemplate> = POSITIONS.iter().map(|&p| print(9999, p, 0)).collect();
-    let templates = late.iter().map(|t| fg.code_template(t).unwrap()).collect();
+    let templates = late.iter().filter_map(|t| fg.code_template(t).unwrap()).collect();
     store.enroll(&Enrollment { subject: id(9999), templates, fingers: late }).unwrap();
     let (scored, _, sl) = fg.identify(&g, &prepared(9999), None, mode).unwrap();
     assert_eq!(top(&scored).0, id(9999));
@@ -151,4 +151,21 @@ fn a_damaged_mcc_record_is_rebuilt_from_minutiae() {
         fg.identify(&g, &probe, None, SearchMode::Index(AnnParams::default())).unwrap();
     assert_eq!(top(&scored).0, id(0), "found from its minutiae");
     assert_eq!(sl.mapped_subjects, sl.subjects.len() - 1, "only the damaged record was rebuilt");
+}
+
+#[test]
+fn a_finger_too_sparse_for_a_code_is_stored_and_searched_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, fg) = gallery(dir.path());
+    let mut sparse = print(7, 2, 1);
+    sparse.minutiae.truncate(1);
+    assert!(fg.code_template(&sparse).unwrap().is_none());
+    // As a probe finger it shortlists nothing; the other finger still finds the subject.
+    let g = Gallery::new(store);
+    let probe = vec![fg.prepare(&sparse).unwrap(), fg.prepare(&print(7, 7, 1)).unwrap()];
+    let (scored, _, _) = fg.identify(&g, &probe, None, SearchMode::Exact).unwrap();
+    assert_eq!(top(&scored).0, id(7));
+    let mate = scored.iter().find(|s| s.subject == id(7)).unwrap();
+    let two = mate.scores.iter().find(|x| x.position.code() == 2).unwrap();
+    assert_eq!(two.score, 0.0, "too few cylinders to be evidence");
 }
