@@ -32,6 +32,7 @@ use biomatch_fingerprint::code::CodeModel;
 use biomatch_fingerprint::mcc::{Matcher, MccParams, MccTemplate};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Fingers with fewer valid MCC cylinders than this score 0 against everything: LSS-R averages
 /// the best few cylinder pairs, so a template of one or two cylinders finds a good pair in
@@ -142,7 +143,7 @@ pub struct SubjectFingerScores {
 #[derive(Debug)]
 pub struct FingerGallery {
     mcc: MccParams,
-    code: CodeModel,
+    code: Arc<CodeModel>,
     code_model: ModelId,
     search: FingerSearchParams,
 }
@@ -169,7 +170,7 @@ impl FingerGallery {
     }
 
     /// The finger search with these matcher and code models.
-    pub fn new(mcc: MccParams, code: CodeModel, search: FingerSearchParams) -> Result<Self> {
+    pub fn new(mcc: MccParams, code: Arc<CodeModel>, search: FingerSearchParams) -> Result<Self> {
         let code_model = ModelId::new(&code.spec().name, &code.spec().version)
             .map_err(|e| GalleryError::Config(format!("finger code model id: {e}")))?;
         Ok(Self { mcc, code, code_model, search })

@@ -50,7 +50,7 @@
 mod build;
 mod matcher;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 

@@ -5,20 +5,20 @@ use biomatch_core::finger::{MinutiaKind, RESOLUTION_500DPI_PPCM};
 use std::f32::consts::{PI, TAU};
 
 /// The tests' seeded generator (its sequences fix the simulated fingers and the bounds below).
-pub(super) type Rng = biomatch_testkit::SplitMix64;
+pub(crate) type Rng = biomatch_testkit::SplitMix64;
 
 const IMAGE_W: u16 = 400;
 const IMAGE_H: u16 = 500;
 
 /// A finger: minutiae in the right-handed frame (`X = x`, `Y = −y`), angle counter-clockwise.
 #[derive(Clone, Debug)]
-pub(super) struct Master {
+pub(crate) struct Master {
     pts: Vec<(f32, f32, f32)>,
 }
 
 /// A fingerprint-like minutiae set: ~40 minutiae in a 300×400 area spaced ≥ 10 px, directions
 /// following a loop-like orientation field (core and delta) with the ridge sense random.
-pub(super) fn master(rng: &mut Rng) -> Master {
+pub(crate) fn master(rng: &mut Rng) -> Master {
     let (x0, y0) = (50.0, 50.0);
     let core = (rng.uniform(150.0, 250.0), -rng.uniform(150.0, 250.0));
     let delta = (rng.uniform(80.0, 320.0), -rng.uniform(330.0, 430.0));
@@ -42,7 +42,7 @@ pub(super) fn master(rng: &mut Rng) -> Master {
 
 /// How an impression departs from the master.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Distortion {
+pub(crate) struct Distortion {
     pub max_rotation: f32,
     pub max_translation: f32,
     pub warp: f32,
@@ -54,7 +54,7 @@ pub(super) struct Distortion {
 }
 
 impl Distortion {
-    pub(super) fn realistic() -> Self {
+    pub(crate) fn realistic() -> Self {
         Distortion {
             max_rotation: 20f32.to_radians(),
             max_translation: 40.0,
@@ -69,7 +69,7 @@ impl Distortion {
 }
 
 /// One impression of `m` as a validated template in a 400×500 image.
-pub(super) fn impression(m: &Master, d: &Distortion, rng: &mut Rng) -> FingerTemplate {
+pub(crate) fn impression(m: &Master, d: &Distortion, rng: &mut Rng) -> FingerTemplate {
     let rot = rng.uniform(-d.max_rotation, d.max_rotation);
     let (tx, ty) = (
         rng.uniform(-d.max_translation, d.max_translation),
