@@ -23,7 +23,9 @@
 //! Scores are MCC similarities in `[0, 1]`; the engine reads them against the `mcc@1`
 //! calibration and fuses them with the face.
 
+use crate::ann::ShardedIndex;
 use crate::error::{GalleryError, Result};
+use crate::finger_mcc::MccFile;
 use crate::gallery::{Gallery, SearchMode};
 use crate::search::{IdentifyOptions, Probe, MAX_SHORTLIST};
 use biomatch_core::finger::FingerTemplate;
@@ -220,14 +222,60 @@ impl FingerGallery {
     /// MCC similarity of a prepared probe with the subject's finger of the same position,
     /// decoded from the store.
     pub fn verify(&self, g: &Gallery, subject: &SubjectId, probe: &PreparedFinger) -> Result<f32> {
-        let fingers = g.store().fingers(subject)?;
-        let t = fingers.iter().find(|t| t.position == Some(probe.position)).ok_or_else(|| {
+        let index = g.index(&self.code_model);
+        let file = self.mcc_file(index.as_deref());
+        let templates = self
+            .templates(g, file, subject, &|p| p == probe.position)?
+            .ok_or_else(|| GalleryError::UnknownSubject(subject.clone()))?
+            .0;
+        let (_, t) = templates.iter().find(|(p, _)| *p == probe.position).ok_or_else(|| {
             GalleryError::NoTemplate {
                 subject: subject.clone(),
                 modality: Modality::Finger(probe.position),
             }
         })?;
-        Ok(similarity(&mut Matcher::new(&self.mcc), &probe.mcc, &MccTemplate::new(t, &self.mcc)))
+        Ok(similarity(&mut Matcher::new(&self.mcc), &probe.mcc, t))
+    }
+
+    /// The generation's MCC template file, when it was built with this search's parameters.
+    fn mcc_file<'a>(&self, index: Option<&'a ShardedIndex>) -> Option<&'a MccFile> {
+        index.and_then(|i| i.mcc.as_ref()).filter(|f| f.built_with(&self.mcc))
+    }
+
+    /// A subject's MCC templates (with their positions) and whether they came from the mapped
+    /// file: from `file` when it holds the subject's current record, else built from the
+    /// stored minutiae of the positions `wanted` selects. `None`: no such subject.
+    #[allow(clippy::type_complexity)]
+    fn templates(
+        &self,
+        g: &Gallery,
+        file: Option<&MccFile>,
+        subject: &SubjectId,
+        wanted: &dyn Fn(FingerPosition) -> bool,
+    ) -> Result<Option<(Vec<(FingerPosition, MccTemplate)>, bool)>> {
+        let store = g.store();
+        let Some((id, seq)) = store.finger_record(subject) else {
+            // No fingers (or no subject): the store tells which.
+            return match store.fingers(subject) {
+                Ok(_) => Ok(Some((Vec::new(), false))),
+                Err(GalleryError::UnknownSubject(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
+        };
+        if let Some(t) = file.and_then(|f| f.get(id, seq, &self.mcc)) {
+            return Ok(Some((t, true)));
+        }
+        match store.fingers(subject) {
+            Ok(f) => Ok(Some((
+                f.iter()
+                    .filter(|t| t.position.is_some_and(wanted))
+                    .filter_map(|t| Some((t.position?, MccTemplate::new(t, &self.mcc))))
+                    .collect(),
+                false,
+            ))),
+            Err(GalleryError::UnknownSubject(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// 1:N for a probe of one or more fingers (distinct positions): the shortlisted subjects
@@ -259,8 +307,7 @@ impl FingerGallery {
         // MCC on the shortlist: templates from the generation's mapped MCC file, or built
         // from the store's minutiae for fingers enrolled since (or without a generation).
         let index = g.index(&self.code_model);
-        let mcc_file =
-            index.as_ref().and_then(|i| i.mcc.as_ref()).filter(|f| f.built_with(&self.mcc));
+        let mcc_file = self.mcc_file(index.as_deref());
         let mapped = std::sync::atomic::AtomicUsize::new(0);
         let swap_top = self.search.swap_top;
         let scored: Vec<Result<Option<SubjectFingerScores>>> = subjects
@@ -270,24 +317,14 @@ impl FingerGallery {
                 || Matcher::new(&self.mcc),
                 |m, (rank, s)| {
                     let swap = rank < swap_top;
-                    let Some((id, seq)) = store.finger_record(s) else { return Ok(None) };
-                    let templates = match mcc_file.and_then(|f| f.get(id, seq, &self.mcc)) {
-                        Some(t) => {
-                            mapped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            t
-                        }
-                        None => match store.fingers(s) {
-                            Ok(f) => f
-                                .iter()
-                                .filter(|t| {
-                                    swap || probe.iter().any(|p| Some(p.position) == t.position)
-                                })
-                                .filter_map(|t| Some((t.position?, MccTemplate::new(t, &self.mcc))))
-                                .collect(),
-                            Err(GalleryError::UnknownSubject(_)) => return Ok(None),
-                            Err(e) => return Err(e),
-                        },
+                    let wanted = |q: FingerPosition| swap || probe.iter().any(|p| p.position == q);
+                    let Some((templates, from_file)) = self.templates(g, mcc_file, s, &wanted)?
+                    else {
+                        return Ok(None);
                     };
+                    if from_file {
+                        mapped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let scores: Vec<FingerScore> = probe
                         .iter()
                         .filter_map(|p| {

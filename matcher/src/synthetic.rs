@@ -182,6 +182,9 @@ pub struct EvalArgs {
     /// At least this many subjects are shortlisted.
     #[arg(long, default_value_t = FingerSearchParams::default().min_candidates)]
     finger_min_candidates: usize,
+    /// Below this many subjects with fingers, every one is compared (no pre-selection).
+    #[arg(long, default_value_t = FingerSearchParams::default().exhaustive_below)]
+    finger_exhaustive_below: usize,
     /// With a face + fingers population: which of the probe's samples are searched (one
     /// modality alone against the same gallery shows what fusion adds).
     #[arg(long, value_enum, default_value_t = ProbeModalities::Both)]
@@ -881,6 +884,7 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
     let finger_search = open_fingers(FingerSearchParams {
         penetration: args.finger_penetration,
         min_candidates: args.finger_min_candidates,
+        exhaustive_below: args.finger_exhaustive_below,
         ..FingerSearchParams::default()
     })?;
     let open_fingers_seconds = t_fingers.elapsed().as_secs_f64();

@@ -184,6 +184,23 @@ fn eval_synthetic_with_fingers_only() {
     let fpir = v["fpir"].as_f64().unwrap();
     assert!(fpir <= 0.1, "fpir {fpir}");
     assert!(v["enroll_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["fingers"]["preselected_share"], 0.0, "300 subjects: compared exhaustively");
+
+    // The same store through the codes' pre-selection: 10 % of the subjects shortlisted.
+    let mut pre = args.to_vec();
+    pre.extend([
+        "--finger-penetration",
+        "0.1",
+        "--finger-min-candidates",
+        "10",
+        "--finger-exhaustive-below",
+        "50",
+    ]);
+    let p = last_json(&biomatch(&pre));
+    check_finger_eval(&p, 2, 300);
+    assert_eq!(p["fingers"]["preselected_share"], 1.0, "{p}");
+    let pen = p["fingers"]["penetration"].as_f64().unwrap();
+    assert!((pen - 0.1).abs() < 0.01, "penetration {pen}");
 
     // The store is reused for the same population, and refused for other fingers or a face.
     let again = last_json(&biomatch(&args));
@@ -215,11 +232,10 @@ fn eval_synthetic_with_face_and_fingers() {
     ]));
     check_finger_eval(&v, 2, 300);
     assert_eq!(v["face"], true);
-    // FPIR is not held to the target here: the engine fuses the FMR of a finger that does not
-    // match (below the mcc@1 table's first point, read as 0.1) as if it were evidence of a
-    // match, so each non-matching finger lowers an impostor's fused FMR tenfold (this run: FPIR
-    // 0.15 at a target of 1e-3). Add `fpir <= 0.1` here once the engine's fusion is fixed.
-    assert!(v["fpir"].is_number());
+    // A finger that does not match reads FMR 1 (no evidence): impostors stay below the cut.
+    // (When it read 0.1, every non-matching finger lowered an impostor's fused FMR tenfold:
+    // FPIR 0.15 here at a target of 1e-3.)
+    assert!(v["fpir"].as_f64().unwrap() <= 0.1, "{v}");
 }
 
 #[test]
