@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use biomatch_core::finger::FingerTemplate;
 use biomatch_datasets::finger::fast::{fast_impression, fast_master, FastFingerConfig};
-use biomatch_fingerprint::code::{CodeModel, CodeParams, LdaBasis, PcaBasis, Projection};
+use biomatch_fingerprint::code::{dot, CodeModel, CodeParams, LdaBasis, PcaBasis, Projection};
 use clap::Parser;
 use rayon::prelude::*;
 use serde_json::json;
@@ -146,18 +146,6 @@ fn parse_config(text: &str) -> anyhow::Result<Config> {
 /// Key of the PCA fit a configuration needs.
 fn basis_key(p: &CodeParams) -> String {
     format!("{:?}|{}|{}|{}", p.bins, p.power, p.standardise, p.seed)
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Rank (0 = best) of `mate`'s score among `scores` (ties count against the mate).

@@ -94,8 +94,7 @@ fn per_finger(a: &Args) -> anyhow::Result<serde_json::Value> {
         .enumerate()
         .map(|(i, p)| {
             let q = model.encode(p);
-            let s: Vec<f32> =
-                g_codes.iter().map(|g| g.iter().zip(&q).map(|(a, b)| a * b).sum()).collect();
+            let s: Vec<f32> = g_codes.iter().map(|g| code::dot(g, &q)).collect();
             Some(s.iter().enumerate().filter(|&(j, &x)| j != i && x >= s[i]).count())
         })
         .collect();

@@ -1300,7 +1300,8 @@ fn jacobi_eigen(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     ((0..n).map(|i| a[i * n + i]).collect(), v)
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Inner product of two codes (or any two `f32` slices of one length).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent accumulators: the compiler vectorises this.
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
