@@ -44,7 +44,13 @@ pub(crate) struct SubjectTable {
     primary_row: Vec<u32>,
     /// Empty while every first template is in column 0; then one entry per subject.
     primary_col: Vec<u8>,
-    /// Vector templates after the first, by subject.
+    /// The templates after the first that sit in one column on consecutive rows (a subject's
+    /// finger codes, enrolled in one record, are): first row, column and count, 6 bytes per
+    /// subject. Empty until a subject has a second template.
+    run_row: Vec<u32>,
+    run_col: Vec<u8>,
+    run_len: Vec<u8>,
+    /// Vector templates after those, by subject (rare: a hash map entry costs ~70 bytes).
     extra: HashMap<u32, Vec<(Modality, u16, u64)>>,
     /// Empty until the first finger record; then one entry per subject: 0 none, else
     /// `(record + 1) << 11 | position bits`.
@@ -140,6 +146,11 @@ impl SubjectTable {
         if !self.primary_col.is_empty() {
             self.primary_col.push(0);
         }
+        if !self.run_row.is_empty() {
+            self.run_row.push(NO_ROW);
+            self.run_col.push(0);
+            self.run_len.push(0);
+        }
         if !self.fingers.is_empty() {
             self.fingers.push(0);
         }
@@ -198,9 +209,35 @@ impl SubjectTable {
             if let Some(c) = self.primary_col.get_mut(k) {
                 *c = column as u8;
             }
-        } else {
+        } else if !self.extend_run(k, column, row) {
             self.extra.entry(i).or_default().push((modality, column, row));
         }
+    }
+
+    /// Add `(column, row)` to subject `k`'s run of consecutive rows when it starts or continues
+    /// it; false when it does not fit (another column, a gap, 255 already).
+    fn extend_run(&mut self, k: usize, column: u16, row: u64) -> bool {
+        if column >= u16::from(NO_COLUMN) || row >= u64::from(NO_ROW) {
+            return false;
+        }
+        if self.run_row.is_empty() {
+            self.run_row = vec![NO_ROW; self.ends.len()];
+            self.run_col = vec![0; self.ends.len()];
+            self.run_len = vec![0; self.ends.len()];
+        }
+        if self.run_len[k] == 0 {
+            if self.extra.contains_key(&(k as u32)) {
+                return false; // Keep the templates in their order.
+            }
+            (self.run_row[k], self.run_col[k], self.run_len[k]) = (row as u32, column as u8, 1);
+            return true;
+        }
+        let next = u64::from(self.run_row[k]) + u64::from(self.run_len[k]);
+        if u16::from(self.run_col[k]) == column && row == next && self.run_len[k] < u8::MAX {
+            self.run_len[k] += 1;
+            return true;
+        }
+        false
     }
 
     /// (column, row) of each vector template of subject `i`, the first first; the modality is
@@ -209,7 +246,14 @@ impl SubjectTable {
         let k = i as usize;
         let first = (self.primary_row[k] != NO_ROW)
             .then(|| (self.column_of_first(k), u64::from(self.primary_row[k])));
-        first.into_iter().chain(self.extra.get(&i).into_iter().flatten().map(|&(_, c, r)| (c, r)))
+        let (run_row, run_col, run_len) = match self.run_len.get(k) {
+            Some(&n) if n > 0 => (u64::from(self.run_row[k]), u16::from(self.run_col[k]), n),
+            _ => (0, 0, 0),
+        };
+        first
+            .into_iter()
+            .chain((0..u64::from(run_len)).map(move |j| (run_col, run_row + j)))
+            .chain(self.extra.get(&i).into_iter().flatten().map(|&(_, c, r)| (c, r)))
     }
 
     /// Subject `i`'s finger record and the bit set of its positions.
@@ -239,6 +283,9 @@ impl SubjectTable {
         self.seq.shrink_to_fit();
         self.primary_row.shrink_to_fit();
         self.primary_col.shrink_to_fit();
+        self.run_row.shrink_to_fit();
+        self.run_col.shrink_to_fit();
+        self.run_len.shrink_to_fit();
         self.fingers.shrink_to_fit();
         let (arena, ends, prefixes) = (&self.arena, &self.ends, &self.prefixes);
         let hasher = &self.hasher;
@@ -256,6 +303,9 @@ impl SubjectTable {
             + self.seq.capacity() * 5
             + self.primary_row.capacity() * 4
             + self.primary_col.capacity()
+            + self.run_row.capacity() * 4
+            + self.run_col.capacity()
+            + self.run_len.capacity()
             + self.fingers.capacity() * 8
             + self.extra.capacity() * (4 + 24 + 8)
             + self.extra.values().map(|v| v.capacity() * 16).sum::<usize>()
@@ -392,6 +442,26 @@ mod tests {
         let d = t.insert(&sid("D"), 4, true);
         t.add_template(d, Modality::Face, 0, 12);
         assert_eq!(t.templates(d).collect::<Vec<_>>(), vec![(0, 12)]);
+        // A face and ten finger codes: the codes are one run; a gap or another column goes to
+        // the map, in order.
+        let e = t.insert(&sid("E"), 5, true);
+        t.add_template(e, Modality::Face, 0, 13);
+        for r in 20..30 {
+            t.add_template(e, f, 1, r);
+        }
+        t.add_template(e, f, 1, 40);
+        t.add_template(e, f, 2, 30);
+        let want: Vec<(u16, u64)> = [(0, 13)]
+            .into_iter()
+            .chain((20..30).map(|r| (1, r)))
+            .chain([(1, 40), (2, 30)])
+            .collect();
+        assert_eq!(t.templates(e).collect::<Vec<_>>(), want);
+        assert_eq!(t.extra.get(&e).map(Vec::len), Some(2), "only the two that do not fit");
+        // Subjects inserted after the runs were allocated get an empty run.
+        let g = t.insert(&sid("G"), 6, true);
+        assert_eq!(t.templates(g).count(), 0);
+        assert_eq!(t.templates(a).collect::<Vec<_>>(), vec![(0, 5), (1, 9)]);
     }
 
     #[test]
