@@ -1003,16 +1003,7 @@ impl LdaBasis {
         let swf: Vec<f32> = sw.iter().map(|&x| x as f32).collect();
         let mut z = vec![0f64; m * len];
         mul_rows(&swf, len, &w, &mut z);
-        let mut t = vec![0f64; m * m];
-        for a in 0..m {
-            for b in a..m {
-                let v = 0.5
-                    * (dot64(&w[a * len..(a + 1) * len], &z[b * len..(b + 1) * len])
-                        + dot64(&w[b * len..(b + 1) * len], &z[a * len..(a + 1) * len]));
-                t[a * m + b] = v;
-                t[b * m + a] = v;
-            }
-        }
+        let mut t = projected(&w, &z, m, len);
         let (vals, vt) = jacobi_eigen(&mut t, m);
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by(|&x, &y| vals[x].total_cmp(&vals[y]));
@@ -1157,16 +1148,7 @@ fn top_eigen(c: &[f64], d: usize, k: usize, iters: usize, seed: u64) -> (Vec<f64
     }
     // Rayleigh–Ritz in f64.
     mul_rows_f64(c, d, &q, &mut z);
-    let mut t = vec![0f64; b * b];
-    for a in 0..b {
-        for e in a..b {
-            let v = 0.5
-                * (dot64(&q[a * d..(a + 1) * d], &z[e * d..(e + 1) * d])
-                    + dot64(&q[e * d..(e + 1) * d], &z[a * d..(a + 1) * d]));
-            t[a * b + e] = v;
-            t[e * b + a] = v;
-        }
-    }
+    let mut t = projected(&q, &z, b, d);
     let (vals, vt) = jacobi_eigen(&mut t, b);
     let mut order: Vec<usize> = (0..b).collect();
     order.sort_by(|&x, &y| vals[y].total_cmp(&vals[x]));
@@ -1312,6 +1294,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// The symmetrised `n × n` matrix `T[a][b] = ½ (x_a · y_b + x_b · y_a)` of rows of length `len`
+/// (`y` = the covariance applied to `x`): the small matrix of a Rayleigh–Ritz step.
+fn projected(x: &[f64], y: &[f64], n: usize, len: usize) -> Vec<f64> {
+    fn row(v: &[f64], i: usize, len: usize) -> &[f64] {
+        &v[i * len..(i + 1) * len]
+    }
+    let mut t = vec![0f64; n * n];
+    for a in 0..n {
+        for b in a..n {
+            let v = 0.5
+                * (dot64(row(x, a, len), row(y, b, len)) + dot64(row(x, b, len), row(y, a, len)));
+            t[a * n + b] = v;
+            t[b * n + a] = v;
+        }
+    }
+    t
 }
 
 fn dot64(a: &[f64], b: &[f64]) -> f64 {
