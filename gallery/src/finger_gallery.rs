@@ -88,7 +88,9 @@ impl Default for FingerSearchParams {
 /// How one probe finger's search was run (for the response and for metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FingerSearchInfo {
-    /// Gallery fingers of the probe's position.
+    /// Gallery fingers of the probe's position, bounded by the subjects holding fingers (the
+    /// store counts fingers, not fingers per position, and a subject has at most one finger of
+    /// a position).
     pub gallery_fingers: usize,
     /// Fingers the MCC matcher compared.
     pub compared: usize,
@@ -288,7 +290,7 @@ impl FingerGallery {
         mode: SearchMode,
     ) -> Result<(Vec<SubjectFingerScores>, Vec<FingerSearchInfo>, ShortlistInfo)> {
         let store = g.store();
-        let (n_subjects, n_fingers) = store.finger_counts();
+        let (n_subjects, _) = store.finger_counts();
         let want = ((self.search.penetration * n_subjects as f64).ceil() as usize)
             .max(self.search.min_candidates);
         let exhaustive = n_subjects < self.search.exhaustive_below || want >= n_subjects;
@@ -300,7 +302,13 @@ impl FingerGallery {
                 (s, false)
             }
             None => (
-                self.preselect(g, probe, if exhaustive { n_subjects } else { want }, mode)?,
+                self.preselect(
+                    g,
+                    probe,
+                    if exhaustive { n_subjects } else { want },
+                    n_subjects,
+                    mode,
+                )?,
                 !exhaustive,
             ),
         };
@@ -366,13 +374,10 @@ impl FingerGallery {
         let per_position = |p: FingerPosition| {
             scored.iter().filter(|s| s.scores.iter().any(|x| x.position == p)).count()
         };
-        let fingers_per_subject = n_fingers as f64 / n_subjects.max(1) as f64;
         let info = probe
             .iter()
             .map(|p| FingerSearchInfo {
-                // Estimated from the mean fingers per subject (the store counts fingers, not
-                // fingers per position).
-                gallery_fingers: (n_fingers as f64 / fingers_per_subject.max(1.0)).round() as usize,
+                gallery_fingers: n_subjects,
                 compared: per_position(p.position),
                 preselected,
             })
@@ -392,16 +397,17 @@ impl FingerGallery {
         ))
     }
 
-    /// The best `want` subjects by summed code scores over the probe's fingers.
+    /// The best `want` subjects by summed code scores over the probe's fingers, among the
+    /// `n_subjects` holding fingers.
     fn preselect(
         &self,
         g: &Gallery,
         probe: &[PreparedFinger],
         want: usize,
+        n_subjects: usize,
         mode: SearchMode,
     ) -> Result<Vec<SubjectId>> {
         let store = g.store();
-        let (n_subjects, _) = store.finger_counts();
         if n_subjects == 0 || want == 0 {
             return Ok(Vec::new());
         }

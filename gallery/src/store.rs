@@ -1041,26 +1041,6 @@ impl Store {
         }
     }
 
-    /// Visit every subject that has minutiae fingers, with its enrollment sequence number, in
-    /// finger record order, under one consistent snapshot (writers wait until the visit ends).
-    /// For building search structures at start-up.
-    pub fn for_each_fingers(
-        &self,
-        mut f: impl FnMut(&SubjectId, u64, Vec<FingerTemplate>),
-    ) -> Result<()> {
-        let st = self.state.read();
-        let mut all: Vec<(u64, u32)> = st
-            .subjects
-            .live()
-            .filter_map(|i| st.subjects.fingers(i).map(|(id, _)| (id, i)))
-            .collect();
-        all.sort_unstable();
-        for (id, slot) in all {
-            f(&st.subjects.id(slot), st.subjects.seq(slot), st.fingers.get(id)?);
-        }
-        Ok(())
-    }
-
     /// Sequence number of the subject's enrollment, if enrolled.
     pub fn seq_of(&self, subject: &SubjectId) -> Option<u64> {
         let st = self.state.read();

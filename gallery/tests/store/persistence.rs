@@ -256,7 +256,9 @@ fn fingers_travel_with_the_face() {
         let s = store.stats();
         assert_eq!((s.fingers.subjects, s.fingers.fingers), (28, 56), "round {round}");
         let mut seen = 0;
-        store.for_each_fingers(|_, _, f| seen += f.len()).unwrap();
+        for (_, f) in store.finger_record_range(0..store.finger_records()).unwrap() {
+            seen += f.len();
+        }
         assert_eq!(seen, 56);
         if round == 0 {
             store.checkpoint().unwrap();
