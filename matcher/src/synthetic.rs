@@ -498,6 +498,31 @@ fn machine() -> serde_json::Value {
     })
 }
 
+/// Print an evaluation's last line: its own fields plus the run's (population, timings,
+/// memory, machine), shared by the face and the finger evaluations.
+fn print_result(
+    mut out: serde_json::Value,
+    args: &EvalArgs,
+    pop: &Population,
+    enroll_seconds: f64,
+    calib_seconds: f64,
+) {
+    let run = json!({
+        "dim": pop.dim(),
+        "seed": args.population.seed,
+        "genuine_mean": args.population.genuine_mean,
+        "families": args.population.families,
+        "enroll_seconds": enroll_seconds,
+        "calibration_seconds": calib_seconds,
+        "rss_bytes": rss_bytes(),
+        "machine": machine(),
+    });
+    if let (Some(o), serde_json::Value::Object(r)) = (out.as_object_mut(), run) {
+        o.extend(r);
+    }
+    println!("{out}");
+}
+
 /// What one search configuration did on the probe sets.
 struct Pass {
     /// Per-search latency, ms, sorted.
@@ -773,16 +798,8 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "speedup_p50_vs_exact": metrics::percentile(&exact.latencies, 50.0) / p50,
         "index": index_info,
         "k_prime": args.index.k_prime,
-        "dim": pop.dim(),
-        "seed": args.population.seed,
-        "genuine_mean": args.population.genuine_mean,
-        "families": args.population.families,
-        "enroll_seconds": enroll_seconds,
-        "calibration_seconds": calib_seconds,
-        "rss_bytes": rss_bytes(),
-        "machine": machine(),
     });
-    println!("{out}");
+    print_result(out, args, &pop, enroll_seconds, calib_seconds);
     Ok(())
 }
 
@@ -1047,16 +1064,8 @@ fn eval_fingers(args: &EvalArgs, pop: &Population, target_fpir: f64, dir: &Path)
             "startup_seconds": startup_seconds,
             "open_fingers_seconds": open_fingers_seconds,
         },
-        "dim": pop.dim(),
-        "seed": args.population.seed,
-        "genuine_mean": args.population.genuine_mean,
-        "families": args.population.families,
-        "enroll_seconds": enroll_seconds,
-        "calibration_seconds": calib_seconds,
         "calibration_impostors": if fingers.face() { args.calibration_scores } else { 0 },
-        "rss_bytes": rss_bytes(),
-        "machine": machine(),
     });
-    println!("{out}");
+    print_result(out, args, pop, enroll_seconds, calib_seconds);
     Ok(())
 }
