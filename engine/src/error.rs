@@ -56,6 +56,9 @@ pub enum ErrorCode {
     InvalidFactory,
     /// The operation (an index build) was cancelled.
     Cancelled,
+    /// A new index generation's sampled recall is below the configured floor: refused, the
+    /// previous generation keeps serving.
+    RecallBelowFloor,
     NoIndex,
     NotReady,
     Overloaded,
@@ -111,6 +114,7 @@ impl ErrorCode {
             C::OverMemoryBudget => "over_memory_budget",
             C::InvalidFactory => "invalid_factory",
             C::Cancelled => "cancelled",
+            C::RecallBelowFloor => "recall_below_floor",
             C::NoIndex => "no_index",
             C::NotReady => "not_ready",
             C::Overloaded => "overloaded",
@@ -170,6 +174,7 @@ impl EngineError {
                 G::OverBudget { .. } => ErrorCode::OverMemoryBudget,
                 G::BadFactory(_) => ErrorCode::InvalidFactory,
                 G::Cancelled => ErrorCode::Cancelled,
+                G::RecallBelowFloor { .. } => ErrorCode::RecallBelowFloor,
                 G::Poisoned | G::Journal(_) | G::WriteFailed { .. } => ErrorCode::StoreUnavailable,
                 G::NoSpace { .. } => ErrorCode::InsufficientStorage,
                 G::InDoubt { .. } => ErrorCode::WriteInDoubt,

@@ -47,6 +47,20 @@ pub enum GalleryError {
     #[error("the index build was cancelled")]
     Cancelled,
 
+    /// A new index generation's sampled recall against exact search is below the configured
+    /// floor: it was not published and the previous generation keeps serving.
+    #[error(
+        "index generation {generation} refused: sampled recall {recall:.4} (worst shard \
+         {worst_shard:.4}, {probes} probes) is below the floor {floor}; the previous generation \
+         keeps serving"
+    )]
+    RecallBelowFloor {
+        generation: String,
+        recall: f64,
+        worst_shard: f64,
+        floor: f64,
+        probes: usize,
+    },
     /// FAISS reported an error (or the wrapper refused a call that would have crashed it).
     #[error(transparent)]
     Faiss(#[from] crate::ann::ffi::FaissError),
@@ -112,6 +126,7 @@ impl GalleryError {
                 | GalleryError::Journal(_)
                 | GalleryError::Faiss(_)
                 | GalleryError::OverBudget { .. }
+                | GalleryError::RecallBelowFloor { .. }
         )
     }
 

@@ -28,7 +28,8 @@ use std::sync::Arc;
 pub struct AnnParams {
     /// Candidates taken from each shard for exact re-ranking.
     pub k_prime: usize,
-    /// IVF lists probed per shard; `None`: a quarter of the lists. Ignored by flat/HNSW indexes.
+    /// IVF lists probed per shard; `None`: the generation's own (`nprobe` of its manifest, what
+    /// its recall gate measured), else a quarter of the lists. Ignored by flat/HNSW indexes.
     pub nprobe: Option<usize>,
 }
 
@@ -163,6 +164,71 @@ impl Gallery {
         Ok((search::candidates(&st, c, probes, tops), path))
     }
 
+    /// Sample the recall of the generation serving `model` against exact search (the
+    /// recall-drift monitor): `params.probes` stored templates of the covered rows, perturbed
+    /// ([`ann::recall`]), searched both ways through the store under its read lock, so the
+    /// growing segment is included exactly as a request sees it. `None`: no index is loaded.
+    /// Costs one exact scan of the column for the whole sample: keep `params.probes` small.
+    pub fn sample_recall(
+        &self,
+        model: &ModelId,
+        params: &ann::RecallParams,
+        ann_params: AnnParams,
+    ) -> Result<Option<ann::RecallSample>> {
+        use rand::{Rng, SeedableRng};
+        let Some(idx) = self.index(model) else { return Ok(None) };
+        let t = std::time::Instant::now();
+        let st = self.store.read();
+        let c = st.column_of(model)?;
+        let col = &st.columns[c as usize];
+        let covered = idx.manifest.covered_rows.min(col.rows());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
+        let mut probes = Vec::with_capacity(params.probes);
+        // Uniform over the covered rows, skipping deleted ones (a bounded number of tries).
+        for _ in 0..params.probes.saturating_mul(20) {
+            if probes.len() >= params.probes || covered == 0 {
+                break;
+            }
+            let row = rng.random_range(0..covered);
+            if !col.is_live(row) {
+                continue;
+            }
+            let modality = biomatch_core::Modality::from_code(crate::state::modality_code(
+                col.state[row as usize],
+            ))?;
+            let v: Vec<f32> = col.vector(row).iter().map(|h| h.to_f32()).collect();
+            let q = ann::recall::perturbed(&v, params.mate_cosine, &mut rng);
+            let template = biomatch_core::Template::new(model.clone(), col.dim, q)?;
+            probes.push(Probe { modality, template });
+        }
+        let opts = IdentifyOptions { max_results: params.k.max(1), threshold: None, subset: None };
+        let found = indexed_tops(&st, c, &idx, &probes, &opts, &ann_params)?;
+        let exact = search::exact_tops(&st, c, &probes, &opts, 0);
+        let shards = idx.manifest.shards.len();
+        let mut tally = ann::recall::Tally::new(shards);
+        for (e, f) in exact.into_iter().zip(found) {
+            let e = e.into_rows();
+            let shard = e.first().map_or(0, |&r| {
+                ann::generation::shard_of(&st.subjects.id(col.subject[r as usize]), shards)
+            });
+            tally.add(&e, &f.into_rows(), shard);
+        }
+        drop(st);
+        let nprobe = idx.is_ivf().then(|| {
+            ann_params
+                .nprobe
+                .or(idx.manifest.nprobe)
+                .or_else(|| idx.shards.first().and_then(|s| s.nlist()).map(|n| (n / 4).max(1)))
+        });
+        Ok(Some(tally.finish(
+            idx.manifest.generation,
+            params,
+            ann_params.k_prime,
+            nprobe.flatten(),
+            t.elapsed().as_secs_f64(),
+        )))
+    }
+
     /// 1:N for one probe.
     pub fn identify(
         &self,
@@ -207,8 +273,10 @@ fn indexed_tops(
     let deleted_share = 1.0 - col.live as f64 / col.rows().max(1) as f64;
     let want = p.k_prime.max(opts.max_results) as f64 / (1.0 - deleted_share).max(0.25);
     let k = (want.ceil() as usize).min(MAX_K);
-    let nprobe =
-        p.nprobe.or_else(|| idx.shards.first().and_then(|s| s.nlist()).map(|n| (n / 4).max(1)));
+    let nprobe = p
+        .nprobe
+        .or(idx.manifest.nprobe)
+        .or_else(|| idx.shards.first().and_then(|s| s.nlist()).map(|n| (n / 4).max(1)));
 
     // 1. Fan out: every (shard, chunk of probes) pair is one task on the rayon pool.
     let queries: Vec<f32> =

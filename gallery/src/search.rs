@@ -95,6 +95,13 @@ impl TopK {
         }
     }
 
+    /// The rows kept, best first.
+    pub fn into_rows(self) -> Vec<u64> {
+        let mut hits: Vec<Hit> = self.heap.into_iter().map(|Reverse(h)| h).collect();
+        hits.sort_unstable_by(|a, b| b.cmp(a));
+        hits.into_iter().map(|h| h.row).collect()
+    }
+
     pub fn merge(mut self, other: TopK) -> TopK {
         for Reverse(h) in other.heap {
             self.push(h);

@@ -50,7 +50,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::FingerprintsUnavailable
         | C::NoTemplateForModality
         | C::OverMemoryBudget
-        | C::InvalidFactory => StatusCode::UNPROCESSABLE_ENTITY,
+        | C::InvalidFactory
+        | C::RecallBelowFloor => StatusCode::UNPROCESSABLE_ENTITY,
         C::NotReady | C::Overloaded | C::StoreUnavailable | C::WriteInDoubt => {
             StatusCode::SERVICE_UNAVAILABLE
         }

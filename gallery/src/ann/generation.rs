@@ -16,10 +16,12 @@
 //! complete generation.
 
 use super::ffi::{set_omp_threads, FaissIndex};
+use super::recall::{self, RecallParams, RecallSample};
 use crate::error::{GalleryError, Result};
 use crate::fsutil::{self, Reader};
 use crate::store::Store;
 use biomatch_core::ModelId;
+use half::f16;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -44,6 +46,17 @@ pub struct BuildParams {
     pub train_sample: usize,
     /// Seed of the training sample.
     pub seed: u64,
+    /// IVF lists the generation is searched with (recorded in its manifest: the service's
+    /// default for it); `None`: a quarter of the lists. Ignored by other index types.
+    pub nprobe: Option<usize>,
+    /// Candidates per shard the recall sample re-ranks (the service's `k_prime`).
+    pub k_prime: usize,
+    /// How the recall of the new generation is sampled before it is published.
+    pub recall: RecallParams,
+    /// The recall gate: a generation whose sampled recall (or any shard's) is below this is
+    /// refused ([`GalleryError::RecallBelowFloor`]) and `CURRENT` is left alone. `None`:
+    /// sampled and reported, never refused.
+    pub recall_floor: Option<f64>,
 }
 
 impl Default for BuildParams {
@@ -53,6 +66,10 @@ impl Default for BuildParams {
             shards: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 64),
             train_sample: 100_000,
             seed: 1,
+            nprobe: None,
+            k_prime: crate::gallery::AnnParams::default().k_prime,
+            recall: RecallParams::default(),
+            recall_floor: None,
         }
     }
 }
@@ -112,6 +129,13 @@ pub struct IndexManifest {
     pub vectors: u64,
     pub train_vectors: u64,
     pub build_seconds: f64,
+    /// IVF lists probed per shard by default (what the recall gate measured); `None`: a quarter
+    /// of the lists.
+    #[serde(default)]
+    pub nprobe: Option<usize>,
+    /// The recall sampled before the generation was published.
+    #[serde(default)]
+    pub recall: Option<RecallSample>,
     /// Files of the generation besides the shards: for the fingers' code model, the MCC
     /// templates of the covered fingers (`mcc.bin`, see `finger_mcc.rs`). Their size is checked
     /// at load, their CRC32 (of the whole file) only by `verify`-style tools: reading gigabytes
@@ -120,13 +144,22 @@ pub struct IndexManifest {
     pub extra: Vec<ShardFile>,
 }
 
-/// What a build did.
+/// What a build did: its manifest and the time of each stage.
 #[derive(Clone, Debug, Serialize)]
 pub struct BuildReport {
     pub manifest: IndexManifest,
     pub dir: PathBuf,
+    /// Copying the live rows out of the store.
+    pub snapshot_seconds: f64,
     pub train_seconds: f64,
+    /// Adding the vectors to the shards and writing their files.
     pub add_seconds: f64,
+    /// The recall sample (the gate) on the written shards.
+    pub verify_seconds: f64,
+    /// The fingers' MCC templates (finger-code model only).
+    pub mcc_seconds: f64,
+    /// Bytes of the shard files.
+    pub index_bytes: u64,
 }
 
 /// The directory holding all generations of `model` in `store`.
@@ -220,6 +253,8 @@ pub enum BuildStage {
     Train,
     /// Adding vectors to the shards and writing their files.
     Add,
+    /// Sampling the new generation's recall against exact search (the recall gate).
+    Verify,
     /// Writing the manifest and swapping `CURRENT`.
     Publish,
     /// Finished (built, failed or cancelled).
@@ -229,7 +264,8 @@ pub enum BuildStage {
 impl BuildStage {
     fn from_u8(v: u8) -> BuildStage {
         use BuildStage as S;
-        [S::Waiting, S::Snapshot, S::Train, S::Add, S::Publish, S::Done][usize::from(v.min(5))]
+        [S::Waiting, S::Snapshot, S::Train, S::Add, S::Verify, S::Publish, S::Done]
+            [usize::from(v.min(6))]
     }
 }
 
@@ -289,23 +325,38 @@ impl BuildControl {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    /// The stage, and the share of the work done (0..=1; training counts for 30 %, adding 55 %).
+    /// The stage, and the share of the work done (0..=1; copying counts for 10 %, training
+    /// 30 %, adding 45 %, the recall sample 5 %).
     pub fn progress(&self) -> (BuildStage, f64) {
-        let stage = BuildStage::from_u8(self.stage.load(Ordering::Relaxed));
-        let added = self.added.load(Ordering::Relaxed) as f64;
-        let total = self.total.load(Ordering::Relaxed).max(1) as f64;
+        let (stage, done, total) = self.counts();
+        let f = (done as f64 / total.max(1) as f64).min(1.0);
         let p = match stage {
             BuildStage::Waiting => 0.0,
-            BuildStage::Snapshot => 0.05,
+            BuildStage::Snapshot => 0.1 * f,
             BuildStage::Train => 0.1,
-            BuildStage::Add => 0.4 + 0.55 * (added / total).min(1.0),
+            BuildStage::Add => 0.4 + 0.45 * f,
+            BuildStage::Verify => 0.9,
             BuildStage::Publish => 0.95,
             BuildStage::Done => 1.0,
         };
         (stage, p)
     }
 
+    /// The stage and its own progress in units (rows copied or vectors added, of how many):
+    /// what a progress bar with an ETA shows. Stages without units (training, the recall
+    /// sample: single calls) report (0, 0).
+    pub fn counts(&self) -> (BuildStage, u64, u64) {
+        let stage = BuildStage::from_u8(self.stage.load(Ordering::Relaxed));
+        match stage {
+            BuildStage::Snapshot | BuildStage::Add => {
+                (stage, self.added.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+            }
+            _ => (stage, 0, 0),
+        }
+    }
+
     fn enter(&self, stage: BuildStage) -> Result<()> {
+        self.added.store(0, Ordering::Relaxed);
         self.stage.store(stage as u8, Ordering::Relaxed);
         if let Some(f) = &self.on_stage {
             f(self, stage);
@@ -386,10 +437,14 @@ fn build_inner(
         }
     };
 
-    // 1. Snapshot: route every live row to its shard, as f32.
+    // 1. Snapshot: route every live row to its shard, as stored (fp16: half of f32's memory;
+    //    converted a batch at a time when added).
+    let live = store.stats().columns.iter().find(|c| &c.model == model).map_or(0, |c| c.live);
+    ctl.total.store(live as u64, Ordering::Relaxed);
     ctl.enter(BuildStage::Snapshot)?;
+    let t = Instant::now();
     let s = params.shards;
-    let mut vecs: Vec<Vec<f32>> = vec![Vec::new(); s];
+    let mut vecs: Vec<Vec<f16>> = vec![Vec::new(); s];
     let mut ids: Vec<Vec<i64>> = vec![Vec::new(); s];
     let summary = store.scan(model, 65_536, |b| {
         if ctl.is_cancelled() {
@@ -397,11 +452,13 @@ fn build_inner(
         }
         for &row in b.rows() {
             let sh = shard_of(&b.subject(row), s);
-            vecs[sh].extend(b.vector(row).iter().map(|h| h.to_f32()));
+            vecs[sh].extend_from_slice(b.vector(row));
             ids[sh].push(row as i64);
         }
+        ctl.added.fetch_add(b.rows().len() as u64, Ordering::Relaxed);
     })?;
     ctl.check()?;
+    let snapshot_seconds = t.elapsed().as_secs_f64();
     let total: usize = ids.iter().map(Vec::len).sum();
     if total == 0 {
         return Err(GalleryError::BadIndexParams(format!(
@@ -431,7 +488,7 @@ fn build_inner(
         let (sample, _) = all.partial_shuffle(&mut rng, n);
         let mut x = Vec::with_capacity(n * dim);
         for &(sh, i) in sample.iter() {
-            x.extend_from_slice(&vecs[sh][i * dim..(i + 1) * dim]);
+            x.extend(vecs[sh][i * dim..(i + 1) * dim].iter().map(|h| h.to_f32()));
         }
         set_omp_threads(rayon::current_num_threads());
         template.train(&x)?;
@@ -454,9 +511,12 @@ fn build_inner(
             set_omp_threads(1);
             let mut idx = template.try_clone()?;
             let d = dim;
-            for (x, i) in vecs[sh].chunks(ADD_BATCH * d).zip(ids[sh].chunks(ADD_BATCH)) {
+            let mut x = Vec::with_capacity(ADD_BATCH * d);
+            for (h, i) in vecs[sh].chunks(ADD_BATCH * d).zip(ids[sh].chunks(ADD_BATCH)) {
                 ctl.check()?;
-                idx.add_with_ids(x, i)?;
+                x.clear();
+                x.extend(h.iter().map(|v| v.to_f32()));
+                idx.add_with_ids(&x, i)?;
                 ctl.added.fetch_add(i.len() as u64, Ordering::Relaxed);
             }
             ctl.check()?;
@@ -469,21 +529,33 @@ fn build_inner(
             let (bytes, crc32) = file_crc(&path)?;
             Ok(ShardFile { file, bytes, crc32, vectors: ids[sh].len() as u64 })
         })
-        .collect::<Result<Vec<_>>>()
-        .and_then(|shards| ctl.enter(BuildStage::Publish).map(|()| shards));
-    let shards = match written {
+        .collect::<Result<Vec<_>>>();
+    let add_seconds = t.elapsed().as_secs_f64();
+
+    // 4. The recall gate: the written shards, read back as the service will, searched with the
+    //    generation's parameters against exact search over the snapshot.
+    let t = Instant::now();
+    let gated = written.and_then(|shards| {
+        ctl.enter(BuildStage::Verify)?;
+        let sample = gate(&tmp, &shards, dim, &vecs, &ids, generation, params)?;
+        ctl.enter(BuildStage::Publish)?;
+        Ok((shards, sample))
+    });
+    let (shards, sample) = match gated {
         Ok(s) => s,
         Err(e) => {
-            // Nothing of a failed or cancelled build stays behind.
+            // Nothing of a failed, cancelled or refused build stays behind.
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
     };
-    let add_seconds = t.elapsed().as_secs_f64();
+    let verify_seconds = t.elapsed().as_secs_f64();
     drop(vecs);
+    let index_bytes = shards.iter().map(|s| s.bytes).sum();
 
     // The fingers' codes: their MCC templates go with the generation.
     let mut extra = Vec::new();
+    let t = Instant::now();
     if is_finger_code {
         let path = tmp.join(crate::finger_mcc::MCC_FILE);
         let t = Instant::now();
@@ -518,8 +590,11 @@ fn build_inner(
         vectors: total as u64,
         train_vectors: train_n as u64,
         build_seconds: start.elapsed().as_secs_f64(),
+        nprobe: params.nprobe,
+        recall: Some(sample),
         extra,
     };
+    let mcc_seconds = if is_finger_code { t.elapsed().as_secs_f64() } else { 0.0 };
     write_manifest(&tmp, &manifest)?;
     fsutil::sync_dir(&tmp)?;
     // The last point a cancel is honoured: after this the generation is published.
@@ -528,7 +603,7 @@ fn build_inner(
         return Err(e);
     }
 
-    // 4. Publish: rename the directory into place, then swap CURRENT (the commit point).
+    // 5. Publish: rename the directory into place, then swap CURRENT (the commit point).
     let final_dir = dir.join(gen_name(generation));
     if final_dir.exists() {
         // A complete generation never made current (crash between rename and CURRENT).
@@ -539,7 +614,68 @@ fn build_inner(
     write_current(&dir, generation)?;
     cleanup(&dir, generation);
     tracing::info!(%model, generation, vectors = total, seconds = manifest.build_seconds, "index generation built");
-    Ok(BuildReport { manifest, dir: final_dir, train_seconds, add_seconds })
+    Ok(BuildReport {
+        manifest,
+        dir: final_dir,
+        snapshot_seconds,
+        train_seconds,
+        add_seconds,
+        verify_seconds,
+        mcc_seconds,
+        index_bytes,
+    })
+}
+
+/// The recall gate of a build: read the shards back from `dir` (as a load will, mapped where
+/// FAISS can), sample their recall against the snapshot, and refuse the generation if the
+/// whole sample or any shard with probes is below the floor.
+#[allow(clippy::too_many_arguments)]
+fn gate(
+    dir: &Path,
+    files: &[ShardFile],
+    dim: usize,
+    vecs: &[Vec<f16>],
+    ids: &[Vec<i64>],
+    generation: u64,
+    params: &BuildParams,
+) -> Result<RecallSample> {
+    let shards = files
+        .iter()
+        .map(|f| FaissIndex::read(&dir.join(&f.file), true).map_err(GalleryError::from))
+        .collect::<Result<Vec<_>>>()?;
+    let nprobe = params
+        .nprobe
+        .or_else(|| shards.first().and_then(|s| s.nlist()).map(|n| (n / 4).max(1)))
+        .filter(|_| shards.first().is_some_and(FaissIndex::is_ivf));
+    let snap = recall::Snapshot { dim, vecs, ids };
+    let sample = recall::measure_snapshot(
+        &snap,
+        &shards,
+        generation,
+        &params.recall,
+        params.k_prime,
+        nprobe,
+    )?;
+    tracing::info!(
+        generation,
+        recall = sample.recall,
+        worst_shard = sample.worst_shard(),
+        probes = sample.probes,
+        seconds = sample.seconds,
+        "recall of the new generation sampled"
+    );
+    if let Some(floor) = params.recall_floor {
+        if sample.recall < floor || sample.worst_shard() < floor {
+            return Err(GalleryError::RecallBelowFloor {
+                generation: gen_name(generation),
+                recall: sample.recall,
+                worst_shard: sample.worst_shard(),
+                floor,
+                probes: sample.probes,
+            });
+        }
+    }
+    Ok(sample)
 }
 
 /// Remove generations older than the previous one and leftovers of interrupted builds. Best
