@@ -96,6 +96,12 @@ impl Segment {
         if !r.is_empty() {
             return Err(bad("trailing bytes after row metadata"));
         }
+        // Past the checksum, the vectors are read at random (re-ranking a few rows per query):
+        // no read-around on a page fault, so that a node whose page cache holds only part of
+        // the column (a memory cap) reads 4 KiB per missing row instead of 128 KiB that evict
+        // other rows. Sequential scans (exact search, a rebuild) read rows already cached or
+        // pay a fault per page. Advice only: an error changes nothing but speed.
+        let _ = map.advise(memmap2::Advice::Random);
         let seg = Segment { map, dim, rows, first_row };
         if bytemuck::try_cast_slice::<u8, f16>(&seg.map[HEADER_LEN..HEADER_LEN + vec_len]).is_err()
         {

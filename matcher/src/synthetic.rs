@@ -208,6 +208,14 @@ pub struct EvalArgs {
     /// baseline and reports recall_vs_exact.
     #[arg(long, value_enum, default_value_t = SearchKind::Exact)]
     search: SearchKind,
+    /// Skip the exact baseline (with `--search index`: reuse a store and index measured
+    /// before, e.g. under a memory cap); recall_vs_exact is then null.
+    #[arg(long)]
+    no_exact: bool,
+    /// Probes of each set the exact baseline times one at a time (the rest only in its batched
+    /// pass). Default: all up to 2 M subjects, 50 above.
+    #[arg(long)]
+    exact_single: Option<usize>,
     #[command(flatten)]
     index: IndexArgs,
 }
@@ -523,6 +531,11 @@ fn print_result(
     println!("{out}");
 }
 
+/// Above this many subjects the exact baseline times only a sample of probes one at a time and
+/// scores all of them in one pass over the column.
+const EXACT_SINGLE_ABOVE: u64 = 2_000_000;
+const EXACT_SINGLE_SAMPLE: usize = 50;
+
 /// What one search configuration did on the probe sets.
 struct Pass {
     /// Per-search latency, ms, sorted.
@@ -561,6 +574,12 @@ fn engine_identify(
         .collect())
 }
 
+/// One search configuration over the probe sets: `single` probes of each set (all when
+/// `None`) are searched one at a time through the engine and timed; then every probe goes
+/// through the gallery's batched search (`batch` probes per call, each batch scoring a range of
+/// the column once), which gives the throughput and, for probes not timed singly, the results.
+/// Probes searched both ways must agree.
+#[allow(clippy::too_many_arguments)]
 fn run_pass(
     engine: &Engine,
     mode: EngineSearch,
@@ -568,32 +587,28 @@ fn run_pass(
     nonmated: &[Probe],
     opts: &IdentifyOptions,
     batch: usize,
+    single: Option<usize>,
     label: &str,
 ) -> Result<Pass> {
-    let pb = bar((mated.len() + nonmated.len()) as u64, label);
-    let mut latencies = Vec::with_capacity(mated.len() + nonmated.len());
-    let mut single_top = Vec::with_capacity(mated.len() + nonmated.len());
-    let (mut mate_scores, mut mate_found, mut rank1) = (Vec::new(), Vec::new(), 0);
-    for (p, identity) in mated {
+    let singles = |n: usize| single.map_or(n, |s| s.min(n));
+    let (sm, sn) = (singles(mated.len()), singles(nonmated.len()));
+    let pb = bar((sm + sn) as u64, label);
+    let mut latencies = Vec::with_capacity(sm + sn);
+    // Top candidate (subject, score) of the singly searched probes, to check the batch.
+    let mut single_top: Vec<(usize, Option<f32>)> = Vec::with_capacity(sm + sn);
+    let probes: Vec<&Probe> = mated.iter().map(|(p, _)| p).chain(nonmated).collect();
+    let mut answers: Vec<Option<Vec<(biomatch_core::SubjectId, f32)>>> = vec![None; probes.len()];
+    for i in (0..sm).chain(mated.len()..mated.len() + sn) {
         let t = Instant::now();
-        let c = engine_identify(engine, p, opts, mode)?;
+        let c = engine_identify(engine, probes[i], opts, mode)?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        let pos = c.iter().position(|c| parse_subject_id(&c.0) == Some(*identity));
-        rank1 += usize::from(pos == Some(0));
-        mate_scores.push(pos.map(|i| c[i].1));
-        mate_found.push(pos.is_some());
-        single_top.push(c.first().map(|c| c.1));
+        single_top.push((i, c.first().map(|c| c.1)));
+        answers[i] = Some(c);
         pb.inc(1);
     }
-    let mut top_nonmated = Vec::with_capacity(nonmated.len());
-    for p in nonmated {
-        let t = Instant::now();
-        let c = engine_identify(engine, p, opts, mode)?;
-        latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        top_nonmated.push(c.first().map(|c| c.1));
-        single_top.push(c.first().map(|c| c.1));
-        pb.inc(1);
-    }
+    pb.finish_and_clear();
+    latencies.sort_by(f64::total_cmp);
+
     let g = engine.gallery();
     let mode = match mode {
         EngineSearch::Exact => SearchMode::Exact,
@@ -602,22 +617,38 @@ fn run_pass(
             nprobe: engine.settings().nprobe,
         }),
     };
-    pb.finish_and_clear();
-    latencies.sort_by(f64::total_cmp);
-
-    // Batched pass over the same probes: throughput, and the results must agree.
-    let all: Vec<Probe> =
-        mated.iter().map(|(p, _)| p.clone()).chain(nonmated.iter().cloned()).collect();
+    let all: Vec<Probe> = probes.iter().map(|&p| p.clone()).collect();
+    let pb = bar(all.len() as u64, &format!("{label} (batch)"));
     let t = Instant::now();
-    let mut batch_top = Vec::with_capacity(all.len());
+    let mut batch_answers = Vec::with_capacity(all.len());
     for chunk in all.chunks(batch.max(1)) {
         let (res, _) = g.identify_batch(chunk, opts, mode)?;
-        batch_top.extend(res.into_iter().map(|c| c.first().map(|c| c.score)));
+        batch_answers.extend(res);
+        pb.inc(chunk.len() as u64);
     }
     let batch_qps = all.len() as f64 / t.elapsed().as_secs_f64();
-    if batch_top != single_top {
-        bail!("{label}: batched and single-probe searches disagree");
+    pb.finish_and_clear();
+    for (i, top) in single_top {
+        if batch_answers[i].first().map(|c| c.score) != top {
+            bail!("{label}: batched and single-probe searches disagree");
+        }
     }
+    let answers: Vec<Vec<(biomatch_core::SubjectId, f32)>> = answers
+        .into_iter()
+        .zip(batch_answers)
+        .map(|(single, batched)| {
+            single.unwrap_or_else(|| batched.into_iter().map(|c| (c.subject_id, c.score)).collect())
+        })
+        .collect();
+
+    let (mut mate_scores, mut mate_found, mut rank1) = (Vec::new(), Vec::new(), 0);
+    for ((_, identity), c) in mated.iter().zip(&answers) {
+        let pos = c.iter().position(|c| parse_subject_id(&c.0) == Some(*identity));
+        rank1 += usize::from(pos == Some(0));
+        mate_scores.push(pos.map(|i| c[i].1));
+        mate_found.push(pos.is_some());
+    }
+    let top_nonmated = answers[mated.len()..].iter().map(|c| c.first().map(|c| c.1)).collect();
     Ok(Pass { latencies, mate_scores, mate_found, rank1, top_nonmated, batch_qps })
 }
 
@@ -641,7 +672,12 @@ fn prepare_index(
     let (idx, built) = match reusable {
         Some(i) => (i, false),
         None => {
-            let mut params = BuildParams { factory: a.factory.clone(), ..BuildParams::default() };
+            let mut params = BuildParams {
+                factory: a.factory.clone(),
+                nprobe: a.nprobe,
+                k_prime: a.k_prime,
+                ..BuildParams::default()
+            };
             if let Some(s) = a.shards {
                 params.shards = s;
             }
@@ -661,6 +697,8 @@ fn prepare_index(
         "resident_bytes_per_template": idx.resident_bytes_per_template(),
         "mapped_bytes_per_template": idx.mapped_bytes_per_template(),
         "index_bytes_per_template": idx.index_bytes as f64 / idx.manifest.vectors.max(1) as f64,
+        "nprobe": idx.manifest.nprobe,
+        "build_recall": idx.manifest.recall,
     });
     Ok((info, AnnParams { k_prime: a.k_prime, nprobe: a.nprobe }))
 }
@@ -736,8 +774,17 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     );
     let g = engine.gallery();
 
-    let exact =
-        run_pass(&engine, EngineSearch::Exact, &mated, &nonmated, &opts, args.batch, "exact")?;
+    // The exact baseline. Above EXACT_SINGLE_ABOVE subjects only a sample of probes is timed
+    // one at a time; the results of all come from one batched pass over the column.
+    let n_probes = mated.len() + nonmated.len();
+    let exact = if args.no_exact {
+        None
+    } else {
+        let large = g.store().len() as u64 > EXACT_SINGLE_ABOVE;
+        let single = args.exact_single.or(large.then_some(EXACT_SINGLE_SAMPLE));
+        let batch = if large { n_probes } else { args.batch };
+        Some(run_pass(&engine, EngineSearch::Exact, &mated, &nonmated, &opts, batch, single, "exact")?)
+    };
     let pass = match args.search {
         SearchKind::Exact => None,
         SearchKind::Index => Some(run_pass(
@@ -747,17 +794,29 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             &nonmated,
             &opts,
             args.batch,
+            None,
             "index",
         )?),
     };
-    let (chosen, search) = match &pass {
-        Some(p) => (p, "index"),
-        None => (&exact, "exact"),
+    let chosen = match (&pass, &exact) {
+        (Some(p), _) => p,
+        (None, Some(e)) => e,
+        (None, None) => bail!("--no-exact needs --search index: nothing would be searched"),
     };
+    let search = if pass.is_some() { "index" } else { "exact" };
     // Share of mated probes whose mate exact search returns that the chosen search returns too.
-    let exact_found = exact.mate_found.iter().filter(|&&f| f).count();
-    let both = exact.mate_found.iter().zip(&chosen.mate_found).filter(|(e, c)| **e && **c).count();
+    let recall_vs_exact = exact.as_ref().map(|exact| {
+        let exact_found = exact.mate_found.iter().filter(|&&f| f).count();
+        let both =
+            exact.mate_found.iter().zip(&chosen.mate_found).filter(|(e, c)| **e && **c).count();
+        if exact_found == 0 {
+            1.0
+        } else {
+            both as f64 / exact_found as f64
+        }
+    });
     let p50 = metrics::percentile(&chosen.latencies, 50.0);
+    let exact_p50 = exact.as_ref().map(|e| metrics::percentile(&e.latencies, 50.0));
 
     let out = json!({
         "subjects": g.store().len(),
@@ -778,7 +837,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "batch": args.batch,
         "batch_qps": chosen.batch_qps,
         "search": search,
-        "recall_vs_exact": if exact_found == 0 { 1.0 } else { both as f64 / exact_found as f64 },
+        "recall_vs_exact": recall_vs_exact,
         "bytes_per_template": index_info.get("bytes_per_template").cloned().unwrap_or_else(|| {
             // Exact search: the fp16 column plus the in-memory metadata (estimated from sizes).
             let c = &g.store().stats().columns[0];
@@ -792,10 +851,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "mapped_bytes_per_template": index_info.get("mapped_bytes_per_template").cloned().unwrap_or_else(|| {
             json!(g.store().stats().columns[0].dim as f64 * 2.0)
         }),
-        "exact_p50_ms": metrics::percentile(&exact.latencies, 50.0),
-        "exact_p99_ms": metrics::percentile(&exact.latencies, 99.0),
-        "exact_batch_qps": exact.batch_qps,
-        "speedup_p50_vs_exact": metrics::percentile(&exact.latencies, 50.0) / p50,
+        "exact_p50_ms": exact_p50,
+        "exact_p99_ms": exact.as_ref().map(|e| metrics::percentile(&e.latencies, 99.0)),
+        "exact_single_probes": exact.as_ref().map(|e| e.latencies.len()),
+        "exact_batch_qps": exact.as_ref().map(|e| e.batch_qps),
+        "speedup_p50_vs_exact": exact_p50.map(|e| e / p50),
+        "probes_timed": chosen.latencies.len(),
         "index": index_info,
         "k_prime": args.index.k_prime,
     });

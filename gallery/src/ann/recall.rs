@@ -20,6 +20,7 @@
 use super::ffi::{set_omp_threads, FaissIndex, MAX_K};
 use crate::error::Result;
 use crate::kernel::dot_f32_f16;
+use crate::search::{Hit, TopK};
 use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -214,31 +215,22 @@ pub(crate) fn measure_snapshot(
         .enumerate()
         .flat_map(|(sh, ids)| (0..ids.len()).step_by(4096).map(move |lo| (sh, lo)))
         .collect();
-    let exact: Vec<Vec<(u64, f32)>> = ranges
+    let empty = || vec![TopK::new(k); probes.len()];
+    let exact: Vec<TopK> = ranges
         .par_iter()
         .map(|&(sh, lo)| {
             let hi = (lo + 4096).min(snap.ids[sh].len());
-            let mut tops: Vec<Vec<(u64, f32)>> = vec![Vec::new(); probes.len()];
+            let mut tops = empty();
             for i in lo..hi {
                 let v = &snap.vecs[sh][i * d..(i + 1) * d];
                 let row = snap.ids[sh][i] as u64;
                 for (q, top) in probes.iter().zip(&mut tops) {
-                    push_top(top, (row, dot_f32_f16(q, v)), k);
+                    top.push(Hit { score: dot_f32_f16(q, v), row });
                 }
             }
             tops
         })
-        .reduce(
-            || vec![Vec::new(); probes.len()],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    for h in y {
-                        push_top(x, h, k);
-                    }
-                }
-                a
-            },
-        );
+        .reduce(empty, |a, b| a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect());
 
     // Index: every shard's k′ best, re-ranked exactly from the snapshot.
     let want = k_prime.max(k).min(MAX_K);
@@ -251,7 +243,7 @@ pub(crate) fn measure_snapshot(
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let mut tally = Tally::new(shards.len());
-    for (p, q) in probes.iter().enumerate() {
+    for ((p, q), ex) in probes.iter().enumerate().zip(exact) {
         let mut scored = Vec::new();
         for (s, ids) in answers.iter().enumerate() {
             for &row in ids[p * want..(p + 1) * want].iter().filter(|&&r| r >= 0) {
@@ -262,7 +254,7 @@ pub(crate) fn measure_snapshot(
         }
         scored.dedup();
         let found = best(scored, k);
-        let ex = best(exact[p].clone(), k);
+        let ex = ex.into_rows();
         let shard = ex
             .first()
             .and_then(|&r| snap.ids.iter().position(|ids| ids.binary_search(&(r as i64)).is_ok()))
@@ -270,23 +262,6 @@ pub(crate) fn measure_snapshot(
         tally.add(&ex, &found, shard);
     }
     Ok(tally.finish(generation, params, k_prime, nprobe, t.elapsed().as_secs_f64()))
-}
-
-/// Keep the `k` best (row, score) in `top` (unordered).
-fn push_top(top: &mut Vec<(u64, f32)>, h: (u64, f32), k: usize) {
-    if top.len() < k {
-        top.push(h);
-        return;
-    }
-    let (wi, w) = top
-        .iter()
-        .enumerate()
-        .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
-        .map(|(i, h)| (i, *h))
-        .expect("k >= 1");
-    if h.1 > w.1 {
-        top[wi] = h;
-    }
 }
 
 #[cfg(test)]
