@@ -674,16 +674,15 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("decode_memory_mb"));
         c.extractors.face.max_image_pixels = 12_000_000;
         c.validate().unwrap();
-        for (f, key) in [
-            (
-                Box::new(|c: &mut Config| c.index.recall_floor = 1.5) as Box<dyn Fn(&mut Config)>,
-                "index.recall_floor",
-            ),
-            (Box::new(|c| c.index.rebuild_growing_share = 0.0), "index.rebuild_growing_share"),
-            (Box::new(|c| c.index.recall_monitor.interval_s = 0), "interval_s"),
-            (Box::new(|c| c.index.recall_monitor.probes_per_tick = 0), "probes_per_tick"),
-            (Box::new(|c| c.index.recall_monitor.window = 3), "window"),
-        ] {
+        type Edit = fn(&mut Config);
+        let index_cases: [(Edit, &str); 5] = [
+            (|c| c.index.recall_floor = 1.5, "index.recall_floor"),
+            (|c| c.index.rebuild_growing_share = 0.0, "index.rebuild_growing_share"),
+            (|c| c.index.recall_monitor.interval_s = 0, "interval_s"),
+            (|c| c.index.recall_monitor.probes_per_tick = 0, "probes_per_tick"),
+            (|c| c.index.recall_monitor.window = 3, "window"),
+        ];
+        for (f, key) in index_cases {
             let mut c = Config::default();
             f(&mut c);
             assert!(c.validate().unwrap_err().contains(key), "{key}");

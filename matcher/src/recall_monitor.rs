@@ -18,7 +18,6 @@ use crate::config::IndexConfig;
 use crate::state::AppState;
 use biomatch_core::ModelId;
 use biomatch_gallery::ann::{RecallParams, RecallSample, ShardedIndex};
-use biomatch_gallery::AnnParams;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -154,8 +153,8 @@ impl RecallMonitor {
 /// monitor's thread calls it every `interval_s`; tests call it directly.
 pub fn tick(state: &AppState) -> usize {
     let Ok(engine) = state.engine() else { return 0 };
-    let settings = engine.settings();
-    let ann = AnnParams { k_prime: settings.k_prime, nprobe: settings.nprobe };
+    // What identify searches with.
+    let ann = engine.settings().ann_params();
     let cfg = &state.config.index.recall_monitor;
     let mut sampled = 0;
     for spec in state.model_specs() {
