@@ -79,6 +79,13 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// The parameters of an indexed search under these settings.
+    pub fn ann_params(&self) -> AnnParams {
+        AnnParams { k_prime: self.k_prime, nprobe: self.nprobe }
+    }
+}
+
 /// Who asked for a write, for the audit journal.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuditContext {
@@ -644,7 +651,7 @@ impl Engine {
         };
         // Several modalities: over-fetch per modality, since fusion reorders.
         let k = if single { p.max_results } else { (p.max_results * 3).min(MAX_RESULTS_LIMIT) };
-        let ann = AnnParams { k_prime: self.settings.k_prime, nprobe: self.settings.nprobe };
+        let ann = self.settings.ann_params();
         let mode = match p.mode {
             SearchKind::Auto => SearchMode::Auto(ann),
             SearchKind::Exact => SearchMode::Exact,

@@ -1,7 +1,9 @@
 //! Operator endpoints (`admin` role) and the unauthenticated health, readiness, metrics and
 //! OpenAPI endpoints.
 
-use crate::api::{BuildJobError, BuildJobOut, BuildJobStatus, IndexOut, IndexRequest};
+use crate::api::{
+    BuildJobError, BuildJobOut, BuildJobStatus, IndexOut, IndexRequest, IndexStatsOut,
+};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorCode};
 use crate::middleware::{blocking, ApiJson, Caller};
@@ -105,16 +107,26 @@ where
     .await
 }
 
-/// Gallery statistics: subjects, rows per model, the serving index generation.
-#[utoipa::path(get, path = "/v1/admin/stats", responses((status = 200, description = "store and index statistics")))]
+/// Gallery statistics: subjects, rows per model, and per serving index generation
+/// (`indexes`: `IndexStatsOut`) what the recall-drift monitor measured and whether a rebuild is
+/// due.
+#[utoipa::path(get, path = "/v1/admin/stats", responses((status = 200, description = "store and index statistics; `indexes` is a list of `IndexStatsOut`")))]
 pub async fn stats(State(state): St, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(Role::Admin)?;
     let g = state.gallery()?.clone();
     let (s, metadata) =
         blocking(move || Ok((g.store().stats(), g.store().metadata_bytes()))).await?;
     let g = state.gallery()?;
-    let indexes: Vec<IndexOut> =
-        s.columns.iter().filter_map(|c| g.index(&c.model)).map(|i| index_out(&i)).collect();
+    let indexes: Vec<IndexStatsOut> = s
+        .columns
+        .iter()
+        .filter_map(|c| {
+            let i = g.index(&c.model)?;
+            let recall_monitor =
+                state.recall_monitor.report(&c.model, &i, c.rows, &state.config.index);
+            Some(IndexStatsOut { index: index_out(&i), recall_monitor })
+        })
+        .collect();
     // Per vector template: heap (index structures + metadata) apart from the mapped fp16.
     let rows: u64 = s.columns.iter().map(|c| c.rows).sum();
     let index_bytes: u64 =
@@ -196,7 +208,8 @@ struct JobState {
     finished_at: Option<f64>,
 }
 
-fn unix_now() -> f64 {
+/// Now, as Unix time in seconds.
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 

@@ -226,3 +226,73 @@ pub struct IndexOut {
     pub covered_seq: u64,
     pub bytes_per_template: f64,
 }
+
+/// A serving index generation in `GET /v1/admin/stats`: the generation and what the
+/// recall-drift monitor says of it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct IndexStatsOut {
+    #[serde(flatten)]
+    pub index: IndexOut,
+    pub recall_monitor: RecallMonitorOut,
+}
+
+/// The recall-drift monitor's view of a serving generation: its recall sampled against exact
+/// search in the background (probes made from stored templates, see `index.recall_monitor`), its
+/// growing segment, and whether a rebuild is due.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct RecallMonitorOut {
+    /// The serving generation; every figure below is of its samples only (a reload or a build
+    /// starts over).
+    pub generation: u64,
+    /// Probes in the window: the most recent samples holding at least `window` probes.
+    pub probes: usize,
+    /// Probes whose exact best match the index returned in its top `k`.
+    pub hits: usize,
+    /// `hits / probes`; null before the first sample of this generation.
+    pub recall: Option<f64>,
+    /// Mean share of exact search's top `k` the index returned.
+    pub recall_at_k: Option<f64>,
+    /// The lowest recall of a shard with probes (noisier than `recall`: a shard has a share of
+    /// the probes).
+    pub worst_shard: Option<f64>,
+    /// Per shard, in shard order.
+    pub shards: Vec<ShardRecallOut>,
+    /// `index.recall_monitor.window`: `recall` counts towards `rebuild_due` once `probes`
+    /// reaches it.
+    pub window: usize,
+    /// The search parameters measured (the service's): candidate list length compared,
+    /// candidates per shard re-ranked, IVF lists probed (null: not an IVF index).
+    pub k: Option<usize>,
+    pub k_prime: Option<usize>,
+    pub nprobe: Option<usize>,
+    /// Unix time (seconds) of the newest sample in the window, and how long it took.
+    pub last_sample_at: Option<f64>,
+    pub last_sample_seconds: Option<f64>,
+    /// Rows of the model's column the generation does not cover (enrolled since its build,
+    /// searched exactly), and the rows it covers.
+    pub growing_rows: u64,
+    pub covered_rows: u64,
+    /// A rebuild is due: `rebuild_reasons` says why.
+    pub rebuild_due: bool,
+    pub rebuild_reasons: Vec<RebuildReason>,
+}
+
+/// One shard's part of the window: the probes whose exact best match lives in that shard.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ShardRecallOut {
+    pub shard: usize,
+    pub probes: usize,
+    pub hits: usize,
+    /// Null without probes.
+    pub recall: Option<f64>,
+}
+
+/// Why a rebuild of an index generation is due.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RebuildReason {
+    /// The recall over a full window is below `index.recall_floor`.
+    RecallBelowFloor,
+    /// `growing_rows` exceeds `index.rebuild_growing_share` × `covered_rows`.
+    GrowingShare,
+}

@@ -157,6 +157,52 @@ pub struct SearchConfig {
     pub memory_budget_mb: Option<u64>,
 }
 
+/// The serving index generations: when a rebuild is due, and the recall-drift monitor that says
+/// so (`[index]`, `[index.recall_monitor]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IndexConfig {
+    /// A rebuild is due when a model's sampled recall (over a full monitor window) is below
+    /// this. The same scale as an index build's recall gate (`BuildParams::recall_floor`).
+    pub recall_floor: f64,
+    /// A rebuild is due when the rows the serving generation does not cover (its growing
+    /// segment, searched exactly) exceed this share of the rows it covers.
+    pub rebuild_growing_share: f64,
+    pub recall_monitor: RecallMonitorConfig,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            recall_floor: 0.95,
+            rebuild_growing_share: 0.1,
+            recall_monitor: RecallMonitorConfig::default(),
+        }
+    }
+}
+
+/// The recall-drift monitor (`crate::recall_monitor`): a background thread that re-runs a few
+/// probes made from stored templates through each serving generation and through exact search.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecallMonitorConfig {
+    pub enabled: bool,
+    /// Seconds between samples.
+    pub interval_s: u64,
+    /// Probes per sample and model. Each sample holds the store's read lock for one exact scan
+    /// of the model's column (writers wait for it): keep it small.
+    pub probes_per_tick: usize,
+    /// The reported recall covers the most recent samples holding at least this many probes of
+    /// the serving generation (500: a recall of 0.99 known to about ±0.009).
+    pub window: usize,
+}
+
+impl Default for RecallMonitorConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval_s: 30, probes_per_tick: 4, window: 500 }
+    }
+}
+
 /// The face extractor (YuNet + SFace through ONNX Runtime).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FaceExtractorConfig {
@@ -300,6 +346,8 @@ pub struct Config {
     pub audit_key_file: Option<PathBuf>,
     pub limits: Limits,
     pub search: SearchConfig,
+    #[serde(default)]
+    pub index: IndexConfig,
     pub models: Vec<ModelConfig>,
     pub extractors: ExtractorsConfig,
     pub fingerprints: FingerprintConfig,
@@ -339,6 +387,7 @@ impl Default for Config {
                 load_index: true,
                 memory_budget_mb: None,
             },
+            index: IndexConfig::default(),
             models: vec![
                 ModelConfig {
                     id: "sface@2021dec".into(),
@@ -435,6 +484,36 @@ impl Config {
         }
         if s.k_prime == 0 || s.k_prime > 4096 {
             return Err("search.k_prime must be in 1..=4096".into());
+        }
+        let ix = &self.index;
+        if !(0.0..=1.0).contains(&ix.recall_floor) {
+            return Err(format!("index.recall_floor = {} must be in [0, 1]", ix.recall_floor));
+        }
+        if !(ix.rebuild_growing_share > 0.0 && ix.rebuild_growing_share <= 100.0) {
+            return Err(format!(
+                "index.rebuild_growing_share = {} must be in (0, 100]",
+                ix.rebuild_growing_share
+            ));
+        }
+        let rm = &ix.recall_monitor;
+        if !(1..=86_400).contains(&rm.interval_s) {
+            return Err(format!(
+                "index.recall_monitor.interval_s = {} must be in 1..=86400",
+                rm.interval_s
+            ));
+        }
+        if !(1..=256).contains(&rm.probes_per_tick) {
+            return Err(format!(
+                "index.recall_monitor.probes_per_tick = {} must be in 1..=256 (each sample holds \
+                 the store's read lock for an exact scan)",
+                rm.probes_per_tick
+            ));
+        }
+        if rm.window < rm.probes_per_tick || rm.window > 1_000_000 {
+            return Err(format!(
+                "index.recall_monitor.window = {} must be in probes_per_tick ({})..=1000000",
+                rm.window, rm.probes_per_tick
+            ));
         }
         if self.models.is_empty() {
             return Err("at least one model must be configured".into());
@@ -595,6 +674,19 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("decode_memory_mb"));
         c.extractors.face.max_image_pixels = 12_000_000;
         c.validate().unwrap();
+        type Edit = fn(&mut Config);
+        let index_cases: [(Edit, &str); 5] = [
+            (|c| c.index.recall_floor = 1.5, "index.recall_floor"),
+            (|c| c.index.rebuild_growing_share = 0.0, "index.rebuild_growing_share"),
+            (|c| c.index.recall_monitor.interval_s = 0, "interval_s"),
+            (|c| c.index.recall_monitor.probes_per_tick = 0, "probes_per_tick"),
+            (|c| c.index.recall_monitor.window = 3, "window"),
+        ];
+        for (f, key) in index_cases {
+            let mut c = Config::default();
+            f(&mut c);
+            assert!(c.validate().unwrap_err().contains(key), "{key}");
+        }
     }
 
     #[test]
@@ -606,6 +698,16 @@ mod tests {
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.limits.max_concurrent, 7);
         assert_eq!(c.limits.body_bytes, Config::default().limits.body_bytes);
+        assert_eq!(c.index, IndexConfig::default());
+        std::fs::write(
+            &f,
+            "[index]\nrebuild_growing_share = 0.25\n[index.recall_monitor]\ninterval_s = 5\nwindow = 40\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert_eq!((c.index.rebuild_growing_share, c.index.recall_floor), (0.25, 0.95));
+        let m = &c.index.recall_monitor;
+        assert_eq!((m.enabled, m.interval_s, m.probes_per_tick, m.window), (true, 5, 4, 40));
         assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
         std::fs::write(&f, "listen = 12\n").unwrap();
         assert!(Config::load(Some(&f)).unwrap_err().contains("invalid configuration"));

@@ -15,6 +15,7 @@ pub mod error;
 pub mod import;
 pub mod metrics;
 pub mod middleware;
+pub mod recall_monitor;
 pub mod routes;
 pub mod samples;
 pub mod serve;
@@ -89,6 +90,10 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         error::ErrorCode,
         api::IndexRequest,
         api::IndexOut,
+        api::IndexStatsOut,
+        api::RecallMonitorOut,
+        api::ShardRecallOut,
+        api::RebuildReason,
         api::BuildJobOut,
         api::BuildJobStatus,
         api::BuildJobError

@@ -201,6 +201,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let e = Arc::new(e);
             spawn_maintenance(&e, std::time::Duration::from_millis(500));
             st.attach(e);
+            crate::recall_monitor::spawn(&st);
             tracing::info!("ready");
         }
         Err(e) => {

@@ -83,6 +83,8 @@ pub struct AppState {
     pub finger_extractor: Option<Arc<FingerExtractor>>,
     /// Index build jobs (`POST /v1/admin/index/build`).
     pub builds: crate::admin::BuildJobs,
+    /// The recall samples of the serving index generations (`crate::recall_monitor`).
+    pub recall_monitor: crate::recall_monitor::RecallMonitor,
 }
 
 /// The MCC calibration table built into the binary (synthetic prints, see the file's basis).
@@ -307,6 +309,7 @@ impl AppState {
             metrics: Metrics::new(),
             idempotency: Mutex::new(IdempotencyCache::default()),
             builds: Default::default(),
+            recall_monitor: Default::default(),
             face: None,
             finger_calibration: None,
             finger_extractor: None,

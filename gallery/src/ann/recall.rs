@@ -44,7 +44,7 @@ pub struct RecallParams {
 impl Default for RecallParams {
     /// 500 probes: a recall of 0.99 is then known to about ±0.009 (95 %).
     fn default() -> Self {
-        Self { probes: 500, k: 10, mate_cosine: 0.6, seed: 0x5EC4_11 }
+        Self { probes: 500, k: 10, mate_cosine: 0.6, seed: 0x005E_C411 }
     }
 }
 

@@ -166,3 +166,8 @@ pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
     assert!(got.1["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert_eq!(got.1["request_id"].as_str().map(str::len), Some(32), "body: {}", got.1);
 }
+
+/// Now, as Unix time in seconds.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}

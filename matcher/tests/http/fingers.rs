@@ -14,7 +14,7 @@ use biomatch_testkit::fixtures;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -23,7 +23,7 @@ fn print(name: &str) -> Vec<u8> {
 }
 
 /// A service with minutiae fingerprints on; `exhaustive_below` small forces the index path.
-fn finger_app(exhaustive_below: usize) -> TestApp {
+pub(crate) fn finger_app(exhaustive_below: usize) -> TestApp {
     let config = config_with(|c| {
         c.fingerprints.penetration = 0.05;
         c.fingerprints.min_candidates = 4;

@@ -8,5 +8,6 @@ mod errors;
 mod faces;
 mod fingers;
 mod flows;
+mod monitor;
 mod ops;
 mod roles;

@@ -36,7 +36,7 @@ async fn metrics_and_openapi() {
         "{m}"
     );
     assert!(m.contains("biomatch_gallery_subjects 1"), "{m}");
-    assert!(m.contains(r#"biomatch_growing_rows{model="synthetic-face@1"} 1"#), "{m}");
+    assert!(m.contains(r#"biomatch_index_growing_rows{model="synthetic-face@1"} 1"#), "{m}");
     assert!(m.contains("biomatch_audit_records 2"), "{m}");
     let (s, v) = app.call("GET", "/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
