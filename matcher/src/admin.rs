@@ -515,7 +515,14 @@ pub async fn build(
     caller.require(Role::Admin)?;
     let g = state.gallery()?.clone();
     let ids = check_build(&state, &req).await?;
-    let mut params = BuildParams { factory: req.factory.clone(), ..BuildParams::default() };
+    // The recall gate: the new generation, searched as this service searches, must reach
+    // `index.recall_floor` against exact search before it is published.
+    let mut params = BuildParams {
+        factory: req.factory.clone(),
+        k_prime: state.config.search.k_prime,
+        recall_floor: Some(state.config.index.recall_floor).filter(|f| *f > 0.0),
+        ..BuildParams::default()
+    };
     if let Some(s) = req.shards {
         params.shards = s;
     }

@@ -163,7 +163,8 @@ pub struct SearchConfig {
 #[serde(default)]
 pub struct IndexConfig {
     /// A rebuild is due when a model's sampled recall (over a full monitor window) is below
-    /// this. The same scale as an index build's recall gate (`BuildParams::recall_floor`).
+    /// this; and the recall gate of a build started by the service (`POST
+    /// /v1/admin/index/build`) refuses a new generation below it (0: never refused).
     pub recall_floor: f64,
     /// A rebuild is due when the rows the serving generation does not cover (its growing
     /// segment, searched exactly) exceed this share of the rows it covers.

@@ -783,7 +783,16 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         let large = g.store().len() as u64 > EXACT_SINGLE_ABOVE;
         let single = args.exact_single.or(large.then_some(EXACT_SINGLE_SAMPLE));
         let batch = if large { n_probes } else { args.batch };
-        Some(run_pass(&engine, EngineSearch::Exact, &mated, &nonmated, &opts, batch, single, "exact")?)
+        Some(run_pass(
+            &engine,
+            EngineSearch::Exact,
+            &mated,
+            &nonmated,
+            &opts,
+            batch,
+            single,
+            "exact",
+        )?)
     };
     let pass = match args.search {
         SearchKind::Exact => None,

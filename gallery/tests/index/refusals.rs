@@ -131,7 +131,13 @@ fn cancelled_builds_leave_the_serving_generation() {
         v
     };
     let before = entries();
-    for at in [BuildStage::Snapshot, BuildStage::Train, BuildStage::Add, BuildStage::Publish] {
+    for at in [
+        BuildStage::Snapshot,
+        BuildStage::Train,
+        BuildStage::Add,
+        BuildStage::Verify,
+        BuildStage::Publish,
+    ] {
         let ctl = BuildControl::default().on_stage(move |c, s| {
             if s == at {
                 c.cancel();
@@ -170,6 +176,46 @@ fn cancelled_builds_leave_the_serving_generation() {
     drop(lock);
     let r = ann::build_with(g.store(), &model(), &params, &BuildControl::new(true)).unwrap();
     assert_eq!(r.manifest.generation, 2);
+}
+
+#[test]
+fn the_recall_gate_refuses_a_generation_below_its_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = filled(dir.path(), &population(30_000, 8, None));
+    let gated = |factory: &str| BuildParams {
+        factory: Some(factory.into()),
+        shards: 2,
+        recall_floor: Some(0.95),
+        ..BuildParams::default()
+    };
+    let good = ann::build(g.store(), &model(), &gated("IDMap,PQ32x4fs")).unwrap();
+    let sample = good.manifest.recall.clone().expect("the build sampled its recall");
+    assert_eq!(sample.probes, 500);
+    assert!(sample.recall >= 0.95 && sample.worst_shard() >= 0.95, "{sample:?}");
+    assert_eq!(sample.shards.iter().map(|s| s.probes).sum::<usize>(), 500);
+    g.load_index(&model(), &LoadOptions::default()).unwrap().unwrap();
+
+    // 2 bytes a template: far below the floor. Refused, nothing left behind, gen 1 serves.
+    let idx_dir = dir.path().join("index").join(model().to_string());
+    let current = std::fs::read(idx_dir.join("CURRENT")).unwrap();
+    match ann::build(g.store(), &model(), &gated("IDMap,PQ4x4fs")) {
+        Err(GalleryError::RecallBelowFloor { recall, floor, probes, .. }) => {
+            assert!(recall < 0.95 && floor == 0.95 && probes == 500, "{recall}")
+        }
+        other => panic!("expected the gate to refuse: {other:?}"),
+    }
+    assert_eq!(std::fs::read(idx_dir.join("CURRENT")).unwrap(), current);
+    assert!(!std::fs::read_dir(&idx_dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+    let serving = g.load_index(&model(), &LoadOptions::default()).unwrap().unwrap();
+    assert_eq!(serving.manifest.generation, 1);
+    let p = probe(population(30_000, 8, None).sample(17, 1));
+    let opts = IdentifyOptions { max_results: 1, ..Default::default() };
+    let (c, path) = g.identify(&p, &opts, SearchMode::Index(AnnParams::default())).unwrap();
+    assert_eq!((path.generation, &c[0].subject_id), (Some(1), &biomatch_datasets::subject_id(17)));
 }
 
 #[test]

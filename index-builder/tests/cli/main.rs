@@ -81,9 +81,41 @@ fn builds_and_verifies_next_to_a_running_writer() {
         (v["built"][0]["generation"].as_u64(), v["built"][0]["vectors"].as_u64()),
         (Some(2), Some(27_000))
     );
+    // The report: stage times and the recall gate's sample (floor 0.95 by default).
+    let b = &v["built"][0];
+    assert!(b["recall"]["recall"].as_f64().unwrap() >= 0.95, "{v}");
+    assert_eq!(b["recall"]["probes"], 500, "{v}");
+    assert!(b["stages"]["verify_seconds"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(b["index_bytes_per_template"].as_f64().map(|x| x.round()), Some(24.0), "{v}");
+
+    // A deliberately bad layout (2 bytes a template) is refused by the gate: exit 3, a JSON
+    // report naming it, CURRENT untouched, the service's generation unchanged.
+    let current = dir.path().join("index/synthetic@1/CURRENT");
+    let before = std::fs::read(&current).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_biomatch-index-builder"))
+        .args(["build", "--data", d, "--factory", "IDMap,PQ4x4fs"])
+        .env("BIOMATCH_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["refused"][0]["code"], "recall_below_floor", "{r}");
+    assert!(r["built"].as_array().unwrap().is_empty());
+    assert_eq!(std::fs::read(&current).unwrap(), before);
+    assert_eq!(
+        g.load_index(&model(), &LoadOptions::default()).unwrap().unwrap().manifest.generation,
+        2
+    );
+    // The same layout with the gate off is published (and reports what it measured).
+    let v = builder(&["build", "--data", d, "--factory", "IDMap,PQ4x4fs", "--recall-floor", "0"]);
+    assert!(v["built"][0]["recall"]["recall"].as_f64().unwrap() < 0.95, "{v}");
+    let v = builder(&["build", "--data", d]);
+    assert_eq!(v["built"][0]["generation"], 4, "{v}");
+
     let v = builder(&["verify", "--data", d, "--probes", "100"]);
     let r = &v["verified"][0];
-    assert_eq!(r["generation"], 2);
+    assert_eq!(r["generation"], 4);
+    assert!(r["recall"]["recall"].as_f64().unwrap() >= 0.95, "{v}");
     assert_eq!(r["self_top1_exact"], 1.0, "{v}");
     assert!(r["self_top1_index"].as_f64().unwrap() >= 0.99, "{v}");
     // The builder wrote nothing into the store itself: the writer goes on.
