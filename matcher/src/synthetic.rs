@@ -533,7 +533,34 @@ struct Pass {
     mate_found: Vec<bool>,
     rank1: usize,
     top_nonmated: Vec<Option<f32>>,
+    /// The candidates' subjects of every single-probe search, best first (mated, then
+    /// non-mated probes).
+    candidates: Vec<Vec<biomatch_core::SubjectId>>,
     batch_qps: f64,
+}
+
+impl Pass {
+    /// Share of mated probes whose mate is among the candidates (`max_results` of them).
+    fn mate_hit_rate(&self) -> f64 {
+        self.mate_found.iter().filter(|&&f| f).count() as f64 / self.mate_found.len().max(1) as f64
+    }
+
+    /// Share of the probes (mated and non-mated) whose best candidate in `exact` is among this
+    /// pass's candidates: the top-1 recall against exact search.
+    fn top1_recall_vs(&self, exact: &Pass) -> f64 {
+        let (mut found, mut of) = (0usize, 0usize);
+        for (e, c) in exact.candidates.iter().zip(&self.candidates) {
+            if let Some(top) = e.first() {
+                of += 1;
+                found += usize::from(c.contains(top));
+            }
+        }
+        if of == 0 {
+            1.0
+        } else {
+            found as f64 / of as f64
+        }
+    }
 }
 
 /// One probe through the engine, as the service runs it: the candidates' subject and raw score.
@@ -573,6 +600,7 @@ fn run_pass(
     let pb = bar((mated.len() + nonmated.len()) as u64, label);
     let mut latencies = Vec::with_capacity(mated.len() + nonmated.len());
     let mut single_top = Vec::with_capacity(mated.len() + nonmated.len());
+    let mut candidates = Vec::with_capacity(mated.len() + nonmated.len());
     let (mut mate_scores, mut mate_found, mut rank1) = (Vec::new(), Vec::new(), 0);
     for (p, identity) in mated {
         let t = Instant::now();
@@ -583,6 +611,7 @@ fn run_pass(
         mate_scores.push(pos.map(|i| c[i].1));
         mate_found.push(pos.is_some());
         single_top.push(c.first().map(|c| c.1));
+        candidates.push(c.into_iter().map(|c| c.0).collect());
         pb.inc(1);
     }
     let mut top_nonmated = Vec::with_capacity(nonmated.len());
@@ -592,6 +621,7 @@ fn run_pass(
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
         top_nonmated.push(c.first().map(|c| c.1));
         single_top.push(c.first().map(|c| c.1));
+        candidates.push(c.into_iter().map(|c| c.0).collect());
         pb.inc(1);
     }
     let g = engine.gallery();
@@ -618,7 +648,7 @@ fn run_pass(
     if batch_top != single_top {
         bail!("{label}: batched and single-probe searches disagree");
     }
-    Ok(Pass { latencies, mate_scores, mate_found, rank1, top_nonmated, batch_qps })
+    Ok(Pass { latencies, mate_scores, mate_found, rank1, top_nonmated, candidates, batch_qps })
 }
 
 /// Build (or reuse) and load the index generation for the eval.
@@ -779,6 +809,10 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "batch_qps": chosen.batch_qps,
         "search": search,
         "recall_vs_exact": if exact_found == 0 { 1.0 } else { both as f64 / exact_found as f64 },
+        // Mate among the `max_results` candidates; share of all probes whose exact best
+        // candidate the chosen search returns (the side-by-side bench's definitions).
+        "mate_hit_rate": chosen.mate_hit_rate(),
+        "top1_recall_vs_exact": chosen.top1_recall_vs(&exact),
         "bytes_per_template": index_info.get("bytes_per_template").cloned().unwrap_or_else(|| {
             // Exact search: the fp16 column plus the in-memory metadata (estimated from sizes).
             let c = &g.store().stats().columns[0];
@@ -795,6 +829,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "exact_p50_ms": metrics::percentile(&exact.latencies, 50.0),
         "exact_p99_ms": metrics::percentile(&exact.latencies, 99.0),
         "exact_batch_qps": exact.batch_qps,
+        "exact_mate_hit_rate": exact.mate_hit_rate(),
         "speedup_p50_vs_exact": metrics::percentile(&exact.latencies, 50.0) / p50,
         "index": index_info,
         "k_prime": args.index.k_prime,
