@@ -109,8 +109,8 @@ if ! cmp -s "$requirements" "$venv/.bench-requirements" 2>/dev/null; then
   [ -x "$py" ] || bounded 300 python3 -m venv "$venv"
   # hnswlib is an sdist: built here (g++), against the pinned numpy and pybind11.
   bounded "$STEP_S" "$py" -m pip install -q numpy==2.4.6 pybind11==2.13.6 setuptools==80.9.0 \
-    wheel==0.48.0
-  bounded "$STEP_S" "$py" -m pip install -q --no-build-isolation -r "$requirements"
+    wheel==0.48.0 >&2
+  bounded "$STEP_S" "$py" -m pip install -q --no-build-isolation -r "$requirements" >&2
   cp "$requirements" "$venv/.bench-requirements"
 fi
 
