@@ -11,6 +11,14 @@
 //!     --mode verify --subjects 100000 --concurrency 8 --requests 20000 --max-seconds 60
 //! ```
 //!
+//! With `--probes-file FILE.bmvec` (identify only) the bodies are instead the file's vectors in
+//! file order, request `i` carrying record `i mod count` (the exact probes of
+//! `benches/examples/export_vectors.rs`, which `scripts/bench.sh` sends one at a time with
+//! `--concurrency 1`); `--threshold -1` asks for the `max_results` best candidates without an
+//! FPIR cut, `--warmup N` sends N untimed requests first, and `--results FILE.jsonl` writes one
+//! line per timed request: record index, its label, status, latency and the candidates' subject
+//! ids.
+//!
 //! It refuses any URL whose host does not resolve only to loopback addresses.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -25,7 +33,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,15 +93,42 @@ struct Args {
     /// API key sent as `Authorization: Bearer KEY` (not needed when the service has none).
     #[arg(long, env = "BIOMATCH_LOADGEN_KEY", hide_env_values = true)]
     key: Option<String>,
+    /// Identify with the vectors of this `.bmvec` file, in file order, instead of generated
+    /// probes (`--subjects`, `--seed` and `--distinct` are then unused).
+    #[arg(long)]
+    probes_file: Option<PathBuf>,
+    /// Raw score threshold of identify requests (`-1`: the best `max_results`, no FPIR cut);
+    /// absent: the service's default target FPIR.
+    #[arg(long, allow_negative_numbers = true)]
+    threshold: Option<f32>,
+    /// `search` of identify requests: auto (the service's choice), exact or index.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "exact", "index"])]
+    search: String,
+    /// Requests sent one at a time before the clock starts (not counted).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Write one JSON line per timed request here: `{"i", "label", "status", "ms",
+    /// "candidates"}` (identify: the candidates' subject ids, best first).
+    #[arg(long)]
+    results: Option<PathBuf>,
 }
 
-/// One finished request: latency, status (0 = transport error, 1 = timeout) and for verify
-/// whether the decision was `match`.
-#[derive(Clone, Copy, Debug)]
+/// The request bodies and, for a probes file, each body's label (identity).
+struct Bodies {
+    bodies: Vec<Bytes>,
+    labels: Option<Vec<u64>>,
+}
+
+/// One finished request: latency, status (0 = transport error, 1 = timeout), for verify
+/// whether the decision was `match`, and (with `--results`) which body it sent and the
+/// candidates it got.
+#[derive(Clone, Debug)]
 struct Sample {
     latency: Duration,
     status: u16,
     is_match: bool,
+    body: usize,
+    candidates: Option<Vec<String>>,
 }
 
 const STATUS_ERROR: u16 = 0;
@@ -108,6 +145,11 @@ fn main() -> Result<()> {
     ensure!(args.request_timeout_s > 0.0, "--request-timeout-s must be positive");
     ensure!(args.subjects >= 1, "--subjects must be at least 1");
     ensure!(args.distinct >= 1, "--distinct must be at least 1");
+    ensure!(
+        args.probes_file.is_none() || args.mode == Mode::Identify,
+        "--probes-file needs --mode identify"
+    );
+    ensure!(args.threshold.is_none_or(f32::is_finite), "--threshold must be a finite number");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(args))
 }
@@ -136,8 +178,34 @@ async fn loopback_base(url: &str) -> Result<(Uri, String)> {
     Ok((uri, base))
 }
 
+/// An identify request body for `vector`.
+fn identify_body(args: &Args, vector: &[f32]) -> Result<Bytes> {
+    let mut body = json!({
+        "face": { "template": { "model": "synthetic-face@1", "vector": vector } },
+        "max_results": args.max_results,
+        "search": args.search,
+    });
+    if let Some(t) = args.threshold {
+        body["threshold"] = json!(t);
+    }
+    Ok(Bytes::from(serde_json::to_vec(&body)?))
+}
+
+/// The request bodies: a probes file's vectors, or generated ones.
+fn build_bodies(args: &Args) -> Result<Bodies> {
+    let Some(path) = &args.probes_file else {
+        return Ok(Bodies { bodies: generated_bodies(args)?, labels: None });
+    };
+    let file = biomatch_datasets::read_vectors(path)
+        .with_context(|| format!("reading probes {}", path.display()))?;
+    ensure!(!file.is_empty(), "{} holds no vectors", path.display());
+    let bodies =
+        (0..file.len()).map(|i| identify_body(args, file.vector(i))).collect::<Result<_>>()?;
+    Ok(Bodies { bodies, labels: Some(file.labels) })
+}
+
 /// Serialised request bodies: mated probes (sample 1) of seeded random enrolled identities.
-fn build_bodies(args: &Args) -> Result<Vec<Bytes>> {
+fn generated_bodies(args: &Args) -> Result<Vec<Bytes>> {
     let pop = Population::new(PopulationConfig {
         identities: args.subjects,
         seed: args.population_seed,
@@ -148,41 +216,100 @@ fn build_bodies(args: &Args) -> Result<Vec<Bytes>> {
     (0..n)
         .map(|_| {
             let identity = rng.random_range(0..args.subjects);
-            let template =
-                json!({ "model": "synthetic-face@1", "vector": pop.sample(identity, 1) });
-            let body = match args.mode {
-                Mode::Verify => json!({
-                    "subject_id": subject_id(identity).as_str(),
-                    "face": { "template": template },
-                }),
-                Mode::Identify => json!({
-                    "face": { "template": template },
-                    "max_results": args.max_results,
-                }),
-            };
-            Ok(Bytes::from(serde_json::to_vec(&body)?))
+            let vector = pop.sample(identity, 1);
+            match args.mode {
+                Mode::Verify => {
+                    let body = json!({
+                        "subject_id": subject_id(identity).as_str(),
+                        "face": { "template": { "model": "synthetic-face@1", "vector": vector } },
+                    });
+                    Ok(Bytes::from(serde_json::to_vec(&body)?))
+                }
+                Mode::Identify => identify_body(args, &vector),
+            }
         })
+        .collect()
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// Where requests go and how: shared by every worker.
+struct Target {
+    client: HttpClient,
+    endpoint: Uri,
+    auth: Option<String>,
+    per_request: Duration,
+}
+
+impl Target {
+    /// Send one request; `Ok((status, body))`, or the status code standing for a transport
+    /// error or a timeout.
+    async fn send(&self, body: Bytes) -> std::result::Result<(u16, Bytes), u16> {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(self.endpoint.clone())
+            .header("content-type", "application/json");
+        if let Some(a) = &self.auth {
+            req = req.header("authorization", a);
+        }
+        let req = req.body(Full::new(body)).expect("valid request");
+        let outcome = tokio::time::timeout(self.per_request, async {
+            let resp = self.client.request(req).await?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, anyhow::Error>((status, bytes))
+        })
+        .await;
+        match outcome {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(STATUS_ERROR),
+            Err(_) => Err(STATUS_TIMEOUT),
+        }
+    }
+}
+
+/// The subject ids of an identify answer's candidates, best first.
+fn candidate_ids(body: &[u8]) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["candidates"]
+        .as_array()?
+        .iter()
+        .map(|c| c["subject_id"].as_str().map(str::to_owned))
         .collect()
 }
 
 async fn run(args: Args) -> Result<()> {
     let (_, base) = loopback_base(&args.url).await?;
-    let endpoint: Uri = format!("{base}/v1/{}", args.mode.as_str()).parse()?;
     let bodies = Arc::new(build_bodies(&args)?);
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.concurrency)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build_http();
-    let auth = args.key.as_ref().map(|k| format!("Bearer {k}"));
+    let target = Arc::new(Target {
+        client: Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(args.concurrency)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http(),
+        endpoint: format!("{base}/v1/{}", args.mode.as_str()).parse()?,
+        auth: args.key.as_ref().map(|k| format!("Bearer {k}")),
+        per_request: Duration::from_secs_f64(args.request_timeout_s),
+    });
+    let count = bodies.bodies.len() as u64;
+    for i in 0..args.warmup {
+        let body = bodies.bodies[(i % count) as usize].clone();
+        match target.send(body).await {
+            Ok((status, _)) if (200..300).contains(&status) => {}
+            Ok((status, bytes)) => bail!(
+                "warm-up request {i} answered {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            ),
+            Err(_) => bail!("warm-up request {i} failed (transport error or timeout)"),
+        }
+    }
     let next = Arc::new(AtomicU64::new(0));
-    let per_request = Duration::from_secs_f64(args.request_timeout_s);
+    let keep_candidates = args.results.is_some();
 
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.max_seconds);
     let mut workers = Vec::with_capacity(args.concurrency);
     for _ in 0..args.concurrency {
-        let (client, bodies, next, endpoint, auth) =
-            (client.clone(), bodies.clone(), next.clone(), endpoint.clone(), auth.clone());
+        let (target, bodies, next) = (target.clone(), bodies.clone(), next.clone());
         let (total, mode) = (args.requests, args.mode);
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
@@ -194,35 +321,26 @@ async fn run(args: Args) -> Result<()> {
                 if i >= total {
                     break;
                 }
-                let body = bodies[(i % bodies.len() as u64) as usize].clone();
-                let mut req = Request::builder()
-                    .method(Method::POST)
-                    .uri(endpoint.clone())
-                    .header("content-type", "application/json");
-                if let Some(a) = &auth {
-                    req = req.header("authorization", a);
-                }
-                let req = req.body(Full::new(body)).expect("valid request");
+                let body = (i % count) as usize;
                 let t = Instant::now();
-                let outcome = tokio::time::timeout(per_request, async {
-                    let resp = client.request(req).await?;
-                    let status = resp.status().as_u16();
-                    let bytes = resp.into_body().collect().await?.to_bytes();
-                    Ok::<_, anyhow::Error>((status, bytes))
-                })
-                .await;
+                let outcome = target.send(bodies.bodies[body].clone()).await;
                 let latency = t.elapsed();
                 let sample = match outcome {
-                    Ok(Ok((status, bytes))) => {
+                    Ok((status, bytes)) => {
+                        let ok = (200..300).contains(&status);
                         let is_match = mode == Mode::Verify
-                            && (200..300).contains(&status)
+                            && ok
                             && serde_json::from_slice::<serde_json::Value>(&bytes)
                                 .ok()
                                 .is_some_and(|v| v["decision"] == "match");
-                        Sample { latency, status, is_match }
+                        let candidates = (keep_candidates && ok && mode == Mode::Identify)
+                            .then(|| candidate_ids(&bytes))
+                            .flatten();
+                        Sample { latency, status, is_match, body, candidates }
                     }
-                    Ok(Err(_)) => Sample { latency, status: STATUS_ERROR, is_match: false },
-                    Err(_) => Sample { latency, status: STATUS_TIMEOUT, is_match: false },
+                    Err(status) => {
+                        Sample { latency, status, is_match: false, body, candidates: None }
+                    }
                 };
                 samples.push(sample);
             }
@@ -234,7 +352,29 @@ async fn run(args: Args) -> Result<()> {
         samples.extend(w.await?);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    if let Some(path) = &args.results {
+        write_results(path, &bodies, &samples)?;
+    }
     println!("{}", report(&args, &samples, elapsed));
+    Ok(())
+}
+
+/// One JSON line per timed request, in the order they finished.
+fn write_results(path: &std::path::Path, bodies: &Bodies, samples: &[Sample]) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    for s in samples {
+        let line = json!({
+            "i": s.body,
+            "label": bodies.labels.as_ref().map(|l| l[s.body]),
+            "status": s.status,
+            "ms": s.latency.as_secs_f64() * 1e3,
+            "candidates": s.candidates,
+        });
+        writeln!(w, "{line}")?;
+    }
+    w.flush()?;
     Ok(())
 }
 
@@ -288,6 +428,10 @@ fn report(args: &Args, samples: &[Sample], elapsed: f64) -> serde_json::Value {
         "non2xx_p50_ms": percentile_ms(&other, 50.0),
         "non2xx_p99_ms": percentile_ms(&other, 99.0),
     });
+    if let Some(p) = &args.probes_file {
+        out["probes_file"] = json!(p);
+        out["warmup"] = json!(args.warmup);
+    }
     if args.mode == Mode::Verify {
         let share = if ok.is_empty() { None } else { Some(matches as f64 / ok.len() as f64) };
         out["match_share"] = json!(share.map(|s| (s * 1e4).round() / 1e4));

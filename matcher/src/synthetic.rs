@@ -546,7 +546,34 @@ struct Pass {
     mate_found: Vec<bool>,
     rank1: usize,
     top_nonmated: Vec<Option<f32>>,
+    /// The candidates' subjects of every single-probe search, best first (mated, then
+    /// non-mated probes).
+    candidates: Vec<Vec<biomatch_core::SubjectId>>,
     batch_qps: f64,
+}
+
+impl Pass {
+    /// Share of mated probes whose mate is among the candidates (`max_results` of them).
+    fn mate_hit_rate(&self) -> f64 {
+        self.mate_found.iter().filter(|&&f| f).count() as f64 / self.mate_found.len().max(1) as f64
+    }
+
+    /// Share of the probes (mated and non-mated) whose best candidate in `exact` is among this
+    /// pass's candidates: the top-1 recall against exact search.
+    fn top1_recall_vs(&self, exact: &Pass) -> f64 {
+        let (mut found, mut of) = (0usize, 0usize);
+        for (e, c) in exact.candidates.iter().zip(&self.candidates) {
+            if let Some(top) = e.first() {
+                of += 1;
+                found += usize::from(c.contains(top));
+            }
+        }
+        if of == 0 {
+            1.0
+        } else {
+            found as f64 / of as f64
+        }
+    }
 }
 
 /// One probe through the engine, as the service runs it: the candidates' subject and raw score.
@@ -649,7 +676,8 @@ fn run_pass(
         mate_found.push(pos.is_some());
     }
     let top_nonmated = answers[mated.len()..].iter().map(|c| c.first().map(|c| c.1)).collect();
-    Ok(Pass { latencies, mate_scores, mate_found, rank1, top_nonmated, batch_qps })
+    let candidates = answers.iter().map(|c| c.iter().map(|x| x.0.clone()).collect()).collect();
+    Ok(Pass { latencies, mate_scores, mate_found, rank1, top_nonmated, candidates, batch_qps })
 }
 
 /// Build (or reuse) and load the index generation for the eval.
@@ -847,6 +875,10 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "batch_qps": chosen.batch_qps,
         "search": search,
         "recall_vs_exact": recall_vs_exact,
+        // Mate among the `max_results` candidates; share of all probes whose exact best
+        // candidate the chosen search returns (the side-by-side bench's definitions).
+        "mate_hit_rate": chosen.mate_hit_rate(),
+        "top1_recall_vs_exact": exact.as_ref().map(|e| chosen.top1_recall_vs(e)),
         "bytes_per_template": index_info.get("bytes_per_template").cloned().unwrap_or_else(|| {
             // Exact search: the fp16 column plus the in-memory metadata (estimated from sizes).
             let c = &g.store().stats().columns[0];
@@ -866,6 +898,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "exact_batch_qps": exact.as_ref().map(|e| e.batch_qps),
         "speedup_p50_vs_exact": exact_p50.map(|e| e / p50),
         "probes_timed": chosen.latencies.len(),
+        "exact_mate_hit_rate": exact.as_ref().map(|e| e.mate_hit_rate()),
         "index": index_info,
         "k_prime": args.index.k_prime,
     });

@@ -117,6 +117,12 @@ fn eval_synthetic_with_the_index_reports_recall_and_memory() {
     assert!(v["index"]["build_seconds"].as_f64().unwrap() > 0.0);
     let recall = v["recall_vs_exact"].as_f64().unwrap();
     assert!(recall >= 0.99, "recall_vs_exact {recall}");
+    // The side-by-side bench's measures (docs/bench.md): mates in the candidates, and the exact
+    // best candidate of every probe (non-mated ones included) among the index's candidates.
+    assert!(v["mate_hit_rate"].as_f64().unwrap() >= 0.99);
+    assert!(v["exact_mate_hit_rate"].as_f64().unwrap() >= 0.99);
+    let top1 = v["top1_recall_vs_exact"].as_f64().unwrap();
+    assert!(top1 > 0.5 && top1 <= 1.0, "top1_recall_vs_exact {top1}");
     let bpt = v["bytes_per_template"].as_f64().unwrap();
     assert!(bpt > 256.0 && bpt < 1024.0, "bytes_per_template {bpt}");
     assert!(v["exact_p50_ms"].as_f64().unwrap() > 0.0);
