@@ -68,7 +68,7 @@ pub struct EngineModel {
 pub struct Settings {
     /// Candidates per shard for exact re-ranking of indexed searches.
     pub k_prime: usize,
-    /// IVF lists probed per shard (`None`: a quarter of the lists).
+    /// IVF lists probed per shard (`None`: the generation's own, else half of the lists).
     pub nprobe: Option<usize>,
 }
 

@@ -29,7 +29,7 @@ pub struct AnnParams {
     /// Candidates taken from each shard for exact re-ranking.
     pub k_prime: usize,
     /// IVF lists probed per shard; `None`: the generation's own (`nprobe` of its manifest, what
-    /// its recall gate measured), else a quarter of the lists. Ignored by flat/HNSW indexes.
+    /// its recall gate measured), else half of the lists. Ignored by flat/HNSW indexes.
     pub nprobe: Option<usize>,
 }
 
@@ -218,7 +218,7 @@ impl Gallery {
             ann_params
                 .nprobe
                 .or(idx.manifest.nprobe)
-                .or_else(|| idx.shards.first().and_then(|s| s.nlist()).map(|n| (n / 4).max(1)))
+                .or_else(|| idx.shards.first().and_then(|s| s.nlist()).map(ann::default_nprobe))
         });
         Ok(Some(tally.finish(
             idx.manifest.generation,
@@ -276,7 +276,7 @@ fn indexed_tops(
     let nprobe = p
         .nprobe
         .or(idx.manifest.nprobe)
-        .or_else(|| idx.shards.first().and_then(|s| s.nlist()).map(|n| (n / 4).max(1)));
+        .or_else(|| idx.shards.first().and_then(|s| s.nlist()).map(ann::default_nprobe));
 
     // 1. Fan out: every (shard, chunk of probes) pair is one task on the rayon pool.
     let queries: Vec<f32> =

@@ -497,6 +497,7 @@ impl Store {
         let mut state = State { columns, fingers, subjects: Default::default(), last_seq: 0 };
         state.index_loaded_rows(loaded_meta);
         state.index_loaded_fingers(finger_meta)?;
+        crate::fsutil::release_freed_heap();
         state.last_seq = state.last_seq.max(manifest.checkpoint_seq);
 
         // Replay the WAL (idempotently: records already sealed are skipped).

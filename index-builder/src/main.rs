@@ -36,7 +36,7 @@ enum Command {
         #[arg(long)]
         shards: Option<usize>,
         /// IVF lists probed per shard: recorded in the generation (the service's default for
-        /// it) and used by the recall gate. Default: a quarter of the lists.
+        /// it) and used by the recall gate. Default: half of the lists.
         #[arg(long)]
         nprobe: Option<usize>,
         /// Candidates per shard re-ranked by the recall gate (the service's `search.k_prime`).

@@ -245,7 +245,7 @@ pub struct IndexArgs {
     /// Candidates per shard re-ranked exactly.
     #[arg(long, default_value_t = AnnParams::default().k_prime)]
     k_prime: usize,
-    /// IVF lists probed per shard (IVF indexes only; default: a quarter of the lists).
+    /// IVF lists probed per shard (IVF indexes only; default: the generation's, half of the lists).
     #[arg(long)]
     nprobe: Option<usize>,
     /// Refuse to load an index generation needing more memory than this (MiB).

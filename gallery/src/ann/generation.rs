@@ -47,7 +47,7 @@ pub struct BuildParams {
     /// Seed of the training sample.
     pub seed: u64,
     /// IVF lists the generation is searched with (recorded in its manifest: the service's
-    /// default for it); `None`: a quarter of the lists. Ignored by other index types.
+    /// default for it); `None`: [`default_nprobe`]. Ignored by other index types.
     pub nprobe: Option<usize>,
     /// Candidates per shard the recall sample re-ranks (the service's `k_prime`).
     pub k_prime: usize,
@@ -76,22 +76,40 @@ impl Default for BuildParams {
 
 /// The index type we use by default for a gallery of `n` templates.
 ///
-/// Measured on 1M synthetic d=128 templates (2-core VM, `benches/examples/ann_sweep.rs`): the
-/// mate of a probe is found in the top 32 by a flat 4-bit PQ fast-scan (`PQ32x4fs`, 16 code
-/// bytes + 8 id bytes) for 2000/2000 probes at 0.8 ms single-threaded, while IVF1024 (SQ8 or PQ)
-/// needs nprobe 128 for 0.966 and HNSW32 efSearch 128 reaches 0.93 at 200k — uniformly spread
-/// 128-d data defeats coarse partitioning. So: exact (`Flat`) for small galleries, flat PQ
-/// fast-scan up to a few million per node, and IVF + PQ fast-scan (probing a large share of the
-/// lists) beyond, where a linear scan of codes stops fitting the latency budget.
+/// Measured on synthetic d=128 templates (2-core AMD EPYC VM; `eval-synthetic --search index`,
+/// 1 000 mated + 1 000 non-mated probes, k′ 32 per shard, 2 shards; the table is in
+/// `docs/population-scale.md`):
+///
+/// | n | layout | nprobe | recall vs exact | p50 / p99 ms | resident B/template |
+/// |---|---|---|---|---|---|
+/// | 1 M | `IDMap,PQ32x4fs` | – | 1.000 | 0.62 / 1.08 | 56 |
+/// | 10 M | `IDMap,PQ32x4fs` | – | 1.000 | 5.96 / 10.8 | 56 |
+/// | 10 M | `IVF1024,PQ32x4fs` | 256 (¼) | 0.98 (mate in top 32, `ann_sweep`) | – | 56 |
+/// | 10 M | `IVF1024,PQ32x4fs` | 512 (½) | 0.999 | 3.40 / 5.98 | 57 |
+///
+/// A flat 4-bit PQ fast-scan (16 code bytes + 8 id bytes) is memory-bound: 16 bytes per
+/// template per query, ≈ 27 GB/s on this VM, so it stops fitting a 5 ms budget past ≈ 8 M
+/// templates per node. Uniformly spread 128-d data defeats coarse partitioning (mates land in
+/// other lists), so the IVF layouts probe half their lists ([`default_nprobe`]); 8-byte codes
+/// (`PQ16x4fs`) lose too much (sampled recall 0.58 at k′ 64). So: exact (`Flat`) for small
+/// galleries, flat PQ fast-scan up to 4 M per node, IVF1024 + PQ fast-scan beyond, with 2048
+/// lists past 20 M.
 pub fn default_factory(n: u64) -> String {
     if n < 20_000 {
         "IDMap,Flat".into()
     } else if n <= 4_000_000 {
         "IDMap,PQ32x4fs".into()
+    } else if n <= 20_000_000 {
+        "IVF1024,PQ32x4fs".into()
     } else {
-        let nlist = (4.0 * (n as f64).sqrt()).log2().round().exp2() as u64;
-        format!("IVF{nlist},PQ32x4fs")
+        "IVF2048,PQ32x4fs".into()
     }
+}
+
+/// IVF lists probed per shard when a build is given none: half of them (see
+/// [`default_factory`]). Recorded in the generation's manifest.
+pub fn default_nprobe(nlist: usize) -> usize {
+    (nlist / 2).max(1)
 }
 
 /// The index type of the fingers' pre-selection codes (256-d `mpc@1`) for a gallery of `n`
@@ -129,8 +147,8 @@ pub struct IndexManifest {
     pub vectors: u64,
     pub train_vectors: u64,
     pub build_seconds: f64,
-    /// IVF lists probed per shard by default (what the recall gate measured); `None`: a quarter
-    /// of the lists.
+    /// IVF lists probed per shard by default (what the recall gate measured); `None` (not an
+    /// IVF index, or a generation built before this was recorded): half of the lists.
     #[serde(default)]
     pub nprobe: Option<usize>,
     /// The recall sampled before the generation was published.
@@ -590,7 +608,7 @@ fn build_inner(
         vectors: total as u64,
         train_vectors: train_n as u64,
         build_seconds: start.elapsed().as_secs_f64(),
-        nprobe: params.nprobe,
+        nprobe: sample.nprobe,
         recall: Some(sample),
         extra,
     };
@@ -645,7 +663,7 @@ fn gate(
         .collect::<Result<Vec<_>>>()?;
     let nprobe = params
         .nprobe
-        .or_else(|| shards.first().and_then(|s| s.nlist()).map(|n| (n / 4).max(1)))
+        .or_else(|| shards.first().and_then(|s| s.nlist()).map(default_nprobe))
         .filter(|_| shards.first().is_some_and(FaissIndex::is_ivf));
     let snap = recall::Snapshot { dim, vecs, ids };
     let sample = recall::measure_snapshot(

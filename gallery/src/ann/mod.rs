@@ -7,7 +7,7 @@ pub mod recall;
 
 pub use factory::validate_factory;
 pub use generation::{
-    build, build_with, default_factory, finger_code_factory, load, BuildControl, BuildParams,
-    BuildReport, BuildStage, IndexManifest, LoadOptions, ShardedIndex,
+    build, build_with, default_factory, default_nprobe, finger_code_factory, load, BuildControl,
+    BuildParams, BuildReport, BuildStage, IndexManifest, LoadOptions, ShardedIndex,
 };
 pub use recall::{RecallParams, RecallSample, ShardRecall};
