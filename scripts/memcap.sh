@@ -81,6 +81,12 @@ samples=$(mktemp)
   exec "$@"
 ) &
 pid=$!
+# A signal to this script (a test harness stopping "the server") goes to the command, whose
+# exit this script still waits for and reports.
+forward() { kill -"$1" "$pid" 2>/dev/null || true; }
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+trap 'forward HUP' HUP
 (
   while kill -0 "$pid" 2>/dev/null; do
     awk '$1 == "total_rss" || $1 == "total_cache" || $1 == "total_mapped_file" {printf "%s=%s ", $1, $2} END {print ""}' \
@@ -90,8 +96,12 @@ pid=$!
 ) &
 sampler=$!
 set +e
-wait "$pid"
-status=$?
+# `wait` returns early when a trapped signal arrives: wait until the command is gone.
+while :; do
+  wait "$pid"
+  status=$?
+  kill -0 "$pid" 2>/dev/null || break
+done
 set -e
 wait "$sampler" 2>/dev/null || true
 
