@@ -345,6 +345,12 @@ pub struct Config {
     /// mount) so that someone who can edit the log cannot forge its checkpoints.
     #[serde(default)]
     pub audit_key_file: Option<PathBuf>,
+    /// When the audit records of requests that stored nothing (identify, verify, reads,
+    /// refusals) are made durable: `durable` (the default) before the answer leaves; `batched`
+    /// by the audit thread's next fsync (its checkpoint, at most 1 s later) without the answer
+    /// waiting for it. Stored writes are journaled in the store's commit either way.
+    #[serde(default)]
+    pub audit_reads: AuditReads,
     pub limits: Limits,
     pub search: SearchConfig,
     #[serde(default)]
@@ -355,6 +361,20 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
 }
 
+/// See [`Config::audit_reads`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditReads {
+    /// Every answer waits until its record is fsynced (an answer that cannot be audited is not
+    /// given).
+    #[default]
+    Durable,
+    /// Records of requests that stored nothing are written at once and fsynced by the audit
+    /// thread within [`crate::audit::CHECKPOINT_EVERY`]; a crash can lose that last second of
+    /// them (never a stored write's record), and a failed write of one is logged, not answered.
+    Batched,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -362,6 +382,7 @@ impl Default for Config {
             data: PathBuf::from("data/store"),
             audit_dir: None,
             audit_key_file: None,
+            audit_reads: AuditReads::Durable,
             limits: Limits {
                 body_bytes: 4 << 20,
                 request_timeout_ms: 10_000,

@@ -132,7 +132,11 @@ pub async fn envelope(
                     }),
                 )
             };
-            if let Err(e) = state.audit.append(rec).await {
+            let batched = state.config.audit_reads == crate::config::AuditReads::Batched
+                && !note.about_stored_write;
+            if batched {
+                state.audit.append_batched(rec);
+            } else if let Err(e) = state.audit.append(rec).await {
                 // An answer that cannot be audited is not given.
                 span.in_scope(
                     || tracing::error!(error = %e, "audit record not durable; refusing the answer"),

@@ -456,6 +456,18 @@ impl AuditLog {
         self.check(result)
     }
 
+    /// Append `rec` without waiting for it (`audit_reads = "batched"`): written by the next
+    /// batch, fsynced by the next checkpoint (at most [`CHECKPOINT_EVERY`] later) or durable
+    /// write. A failure is logged; the caller has already answered.
+    pub fn append_batched(&self, rec: AuditRecord) {
+        if self
+            .submit(Job::Append { records: vec![rec.json()], durable: false, reply: None })
+            .is_err()
+        {
+            tracing::error!("audit writer stopped; a read's record was not written");
+        }
+    }
+
     /// Queue records that are durable elsewhere already (the store's log): written without
     /// waiting and without an fsync of their own.
     fn append_covered(&self, records: Vec<Vec<u8>>) {

@@ -163,3 +163,43 @@ async fn every_request_and_refusal_has_exactly_one_audit_record() {
     let report = verify_dir(&dir, None).unwrap();
     assert!(report.ok(), "{report}");
 }
+
+#[tokio::test]
+async fn batched_reads_are_sealed_within_a_checkpoint_without_the_answer_waiting() {
+    let app = TestApp::with_config(
+        config_with(|c| c.audit_reads = biomatch_matcher::config::AuditReads::Batched),
+        true,
+    );
+    let mut sent = Vec::new();
+    let enroll = Some(enroll_body("B-1", 1).to_string());
+    let verify = Some(json!({ "subject_id": "B-1", "face": face(probe_vector(1)) }).to_string());
+    let s = send(&app, &mut sent, "POST", "/v1/subjects", Some(ISSUER), enroll, &[]).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let s = send(&app, &mut sent, "POST", "/v1/verify", Some(BANK), verify, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let s = send(&app, &mut sent, "GET", "/v1/subjects/NOBODY", Some(ISSUER), None, &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // No sync from the test: the audit thread's checkpoint (every second) seals them.
+    let dir = app.state.audit.dir().to_path_buf();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let sealed = loop {
+        let records: Vec<AuditRecord> = read_dir_records(&dir).unwrap();
+        let written = sent[1..]
+            .iter()
+            .all(|s| records.iter().any(|r| r.client_request_id.as_deref() == Some(&s.client_id)));
+        // Sealed: a checkpoint (written with an fsync) follows every request record.
+        if written && verify_dir(&dir, None).unwrap().unsealed == 0 {
+            break records;
+        }
+        assert!(std::time::Instant::now() < deadline, "not sealed within 5 s: {records:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for s in &sent[1..] {
+        let n = sealed.iter().filter(|r| r.client_request_id.as_deref() == Some(&s.client_id));
+        assert_eq!(n.count(), 1, "{}", s.client_id);
+    }
+    app.state.audit.sync().unwrap();
+    let report = verify_dir(&dir, None).unwrap();
+    assert!(report.ok(), "{report}");
+}
