@@ -99,22 +99,29 @@ load() {
     --requests 100000000 --request-timeout-s 5 "$@"
 }
 
+# build_under_traffic LABEL WINDOW_S NAME FACTORY: the builder with FACTORY (its report in
+# $out/NAME.json, stdout and stderr beside it) next to the service, identify traffic in windows
+# of WINDOW_S seconds recorded as LABEL until it ends; sets build_status to its exit status.
+build_under_traffic() {
+  local label=$1 window_s=$2 name=$3 f=$4 pid w=0
+  "$builder" build --data "$data" --factory "$f" --recall-floor 0.95 \
+    --report "$out/$name.json" >"$out/$name.out" 2>"$out/$name.err" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    w=$((w + 1))
+    record "$label" "$(load --max-seconds "$window_s")" "\"window\":$w"
+  done
+  set +e
+  wait "$pid"
+  build_status=$?
+  set -e
+}
+
 echo "rebuild: serving generation $(generation)" >&2
 record baseline "$(load --max-seconds 20)" "\"generation\":\"$(generation)\""
 
 # 3. The build next to the service, traffic in 20 s windows until it ends.
-"$builder" build --data "$data" --factory "$factory" --recall-floor 0.95 \
-  --report "$out/build.json" >"$out/build.out" 2>"$out/build.err" &
-builder_pid=$!
-w=0
-while kill -0 "$builder_pid" 2>/dev/null; do
-  w=$((w + 1))
-  record during_build "$(load --max-seconds 20)" "\"window\":$w"
-done
-set +e
-wait "$builder_pid"
-build_status=$?
-set -e
+build_under_traffic during_build 20 build "$factory"
 echo "rebuild: build exit $build_status: $(cat "$out/build.out")" >&2
 [ "$build_status" -eq 0 ] || { echo "rebuild: the good build failed; see $out/build.err" >&2; exit 1; }
 
@@ -133,18 +140,8 @@ record swap "$(cat "$out/swap.json")" "\"generation_before\":\"$before\",\"gener
 
 # 5. A bad build under traffic: refused by the recall gate, nothing changes.
 current_before=$(od -An -tx1 "$data/index/synthetic-face@1/CURRENT" | tr -d ' \n')
-"$builder" build --data "$data" --factory "$bad_factory" --recall-floor 0.95 \
-  --report "$out/bad-build.json" >"$out/bad-build.out" 2>"$out/bad-build.err" &
-bad_pid=$!
-w=0
-while kill -0 "$bad_pid" 2>/dev/null; do
-  w=$((w + 1))
-  record during_bad_build "$(load --max-seconds 10)" "\"window\":$w"
-done
-set +e
-wait "$bad_pid"
-bad_status=$?
-set -e
+build_under_traffic during_bad_build 10 bad-build "$bad_factory"
+bad_status=$build_status
 current_after=$(od -An -tx1 "$data/index/synthetic-face@1/CURRENT" | tr -d ' \n')
 still=$(generation)
 refused=$(python3 -c "import json; d = json.load(open('$out/bad-build.json')); print(json.dumps(d['refused']))")

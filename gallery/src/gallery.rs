@@ -11,6 +11,7 @@
 //! sees every write acknowledged before it started.
 
 use crate::ann::ffi::{set_omp_threads, MAX_K};
+use crate::ann::generation::effective_nprobe;
 use crate::ann::{self, LoadOptions, ShardedIndex};
 use crate::error::{GalleryError, Result};
 use crate::kernel::dot_f32_f16;
@@ -214,17 +215,12 @@ impl Gallery {
             tally.add(&e, &f.into_rows(), shard);
         }
         drop(st);
-        let nprobe = idx.is_ivf().then(|| {
-            ann_params
-                .nprobe
-                .or(idx.manifest.nprobe)
-                .or_else(|| idx.shards.first().and_then(|s| s.nlist()).map(ann::default_nprobe))
-        });
+        let nprobe = effective_nprobe(ann_params.nprobe, idx.manifest.nprobe, idx.shards.first());
         Ok(Some(tally.finish(
             idx.manifest.generation,
             params,
             ann_params.k_prime,
-            nprobe.flatten(),
+            nprobe,
             t.elapsed().as_secs_f64(),
         )))
     }
@@ -273,10 +269,7 @@ fn indexed_tops(
     let deleted_share = 1.0 - col.live as f64 / col.rows().max(1) as f64;
     let want = p.k_prime.max(opts.max_results) as f64 / (1.0 - deleted_share).max(0.25);
     let k = (want.ceil() as usize).min(MAX_K);
-    let nprobe = p
-        .nprobe
-        .or(idx.manifest.nprobe)
-        .or_else(|| idx.shards.first().and_then(|s| s.nlist()).map(ann::default_nprobe));
+    let nprobe = effective_nprobe(p.nprobe, idx.manifest.nprobe, idx.shards.first());
 
     // 1. Fan out: every (shard, chunk of probes) pair is one task on the rayon pool.
     let queries: Vec<f32> =

@@ -112,6 +112,18 @@ pub fn default_nprobe(nlist: usize) -> usize {
     (nlist / 2).max(1)
 }
 
+/// The IVF lists a search of `shard`'s generation probes: the caller's, else the generation's
+/// recorded one, else [`default_nprobe`]. `None` when the index is not IVF (nothing to probe).
+/// The one rule for searches, the recall gate and the drift monitor.
+pub(crate) fn effective_nprobe(
+    asked: Option<usize>,
+    recorded: Option<usize>,
+    shard: Option<&FaissIndex>,
+) -> Option<usize> {
+    let shard = shard.filter(|s| s.is_ivf())?;
+    asked.or(recorded).or_else(|| shard.nlist().map(default_nprobe))
+}
+
 /// The index type of the fingers' pre-selection codes (256-d `mpc@1`) for a gallery of `n`
 /// codes: as [`default_factory`], with 64 sub-quantizers (32 code bytes) instead of 32.
 ///
@@ -661,10 +673,7 @@ fn gate(
         .iter()
         .map(|f| FaissIndex::read(&dir.join(&f.file), true).map_err(GalleryError::from))
         .collect::<Result<Vec<_>>>()?;
-    let nprobe = params
-        .nprobe
-        .or_else(|| shards.first().and_then(|s| s.nlist()).map(default_nprobe))
-        .filter(|_| shards.first().is_some_and(FaissIndex::is_ivf));
+    let nprobe = effective_nprobe(params.nprobe, None, shards.first());
     let snap = recall::Snapshot { dim, vecs, ids };
     let sample = recall::measure_snapshot(
         &snap,

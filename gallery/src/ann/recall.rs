@@ -157,13 +157,6 @@ impl Tally {
     }
 }
 
-/// The k best (row, score) of `scored`, best first (ties: lower row first).
-fn best(mut scored: Vec<(u64, f32)>, k: usize) -> Vec<u64> {
-    scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    scored.truncate(k);
-    scored.into_iter().map(|(r, _)| r).collect()
-}
-
 /// A build's snapshot, per shard: fp16 vectors (`dim` each) and their row ids, ascending.
 pub(crate) struct Snapshot<'a> {
     pub dim: usize,
@@ -244,16 +237,16 @@ pub(crate) fn measure_snapshot(
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let mut tally = Tally::new(shards.len());
     for ((p, q), ex) in probes.iter().enumerate().zip(exact) {
-        let mut scored = Vec::new();
+        // Rows are unique across shards (each row lives in one), as in a service's re-rank.
+        let mut top = TopK::new(k);
         for (s, ids) in answers.iter().enumerate() {
             for &row in ids[p * want..(p + 1) * want].iter().filter(|&&r| r >= 0) {
                 if let Some(v) = snap.vector(s, row) {
-                    scored.push((row as u64, dot_f32_f16(q, v)));
+                    top.push(Hit { score: dot_f32_f16(q, v), row: row as u64 });
                 }
             }
         }
-        scored.dedup();
-        let found = best(scored, k);
+        let found = top.into_rows();
         let ex = ex.into_rows();
         let shard = ex
             .first()
@@ -298,7 +291,11 @@ mod tests {
     }
 
     #[test]
-    fn best_orders_by_score_then_row() {
-        assert_eq!(best(vec![(5, 0.1), (2, 0.9), (7, 0.9), (1, 0.5)], 3), vec![2, 7, 1]);
+    fn candidates_order_by_score_then_row() {
+        let mut top = TopK::new(3);
+        for (row, score) in [(5, 0.1), (2, 0.9), (7, 0.9), (1, 0.5)] {
+            top.push(Hit { score, row });
+        }
+        assert_eq!(top.into_rows(), vec![2, 7, 1]);
     }
 }
