@@ -12,10 +12,13 @@
 # 3. biomatch in-process: `biomatch eval-synthetic --search index` on a store of that population
 #    (the index rebuilt once, timed), at k' = 8, 32, 128 candidates per shard, each run once on
 #    one rayon thread (single-query latency) and once on all (batch throughput);
+#    Where FAISS's AVX-512 build serves, the default point once more on the linked AVX2 build
+#    (BIOMATCH_FAISS_SIMD=avx2: a diagnostic of the run-time dispatch);
 # 4. biomatch over HTTP: `biomatch serve` on that store (loopback, free port), one client sending
 #    the probe vectors one at a time (benches/examples/loadgen.rs --probes-file, concurrency 1),
 #    per k'; the server's RSS against an empty-store server; one exact-search run; one run with
 #    the audit log on tmpfs (a diagnostic of the per-request fsync, not a setting to deploy);
+#    one with audit_reads = "batched" (and, on AVX-512, once more on the AVX2 build);
 # 5. the peers (benches/peers/peers.py), each system in its own process: FAISS IDMap,Flat (the
 #    exact ground truth), IDMap,PQ32x4fs + exact re-rank, IVF…,PQ32x4fs + re-rank, HNSW32;
 #    hnswlib; usearch f16 and i8;
@@ -154,6 +157,17 @@ for k in "${K_PRIMES[@]}"; do
   eval_run "k$k-1thread" 1 "$k"
   [ "$k" = "$DEFAULT_K" ] || eval_run "k$k-all" "$THREADS" "$k"
 done
+# Where FAISS's AVX-512 build serves (an AVX-512 CPU with the library built by setup), the
+# default point again on the linked AVX2 build: what the run-time dispatch gains, same run.
+faiss_avx512=false
+if grep -q '"faiss_kernels":"avx512"' "$inproc"; then
+  faiss_avx512=true
+  inproc_main=$inproc
+  inproc=$raw/biomatch-inprocess-faiss-avx2.jsonl
+  : >"$inproc"
+  BIOMATCH_FAISS_SIMD=avx2 eval_run "k$DEFAULT_K-1thread-faiss-avx2" 1 "$DEFAULT_K" --no-exact
+  inproc=$inproc_main
+fi
 
 # --- 4. biomatch over HTTP ---------------------------------------------------------------------
 server_pid=""
@@ -251,6 +265,12 @@ start_server audit-batched "$store" BIOMATCH__SEARCH__K_PRIME="$DEFAULT_K" \
   BIOMATCH__AUDIT_READS=batched
 http_run "index-k$DEFAULT_K-audit-batched" index
 stop_server
+if $faiss_avx512; then
+  start_server audit-batched-faiss-avx2 "$store" BIOMATCH__SEARCH__K_PRIME="$DEFAULT_K" \
+    BIOMATCH__AUDIT_READS=batched BIOMATCH_FAISS_SIMD=avx2
+  http_run "index-k$DEFAULT_K-audit-batched-faiss-avx2" index
+  stop_server
+fi
 if [ -d /dev/shm ]; then
   shm_audit=$(mktemp -d /dev/shm/biomatch-bench-audit.XXXXXX)
   start_server audit-tmpfs "$store" BIOMATCH__SEARCH__K_PRIME="$DEFAULT_K" \

@@ -38,3 +38,11 @@ stop_pid() {
   fi
   wait "$pid" 2>/dev/null || true
 }
+
+# cpu_has_avx512: the AVX-512 subsets FAISS's avx512 build needs (F, CD, VL, DQ, BW).
+cpu_has_avx512() {
+  local f
+  for f in avx512f avx512cd avx512vl avx512dq avx512bw; do
+    grep -qw "$f" /proc/cpuinfo || return 1
+  done
+}

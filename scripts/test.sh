@@ -3,8 +3,12 @@
 # test suite. Slow, large-scale runs live in the benchmarks, not here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 scripts/setup.sh
 export OPENBLAS_NUM_THREADS=1
+# Where setup built FAISS's AVX-512 library, its tests must use it (not skip quietly).
+! cpu_has_avx512 || [ ! -f .setup/faiss-avx512/libbiomatch_faiss_avx512.so ] ||
+  export BIOMATCH_REQUIRE_FAISS_AVX512=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The CUDA execution provider must keep compiling (there is no GPU here to run it).

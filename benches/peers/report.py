@@ -153,7 +153,8 @@ def biomatch_points(
     shards = idx["shards"]
     build_s = idx["build_seconds"]
     variant = f"{idx['factory']}, {shards} shards, exact fp16 re-rank of k' per shard"
-    lib = f"biomatch {build['result']['machine']['kernel']}"
+    machine_info = build["result"]["machine"]
+    lib = f"biomatch {machine_info['kernel']}, FAISS {machine_info.get('faiss_kernels', 'avx2')}"
     mem = {m["server"]: m for m in read_jsonl(raw / "server-memory.jsonl")}
     empty = mem["empty"]["vm_rss"]
 
@@ -280,6 +281,13 @@ def biomatch_points(
             "the same server with audit_reads = \"batched\": a read's record is sealed "
             "(fsynced) by the audit thread within 1 s instead of before its answer",
         ),
+        (
+            "audit-batched-faiss-avx2",
+            "http_audit_reads_batched_faiss_avx2",
+            "audit_durable",
+            "audit_reads = \"batched\" again with BIOMATCH_FAISS_SIMD=avx2: the linked AVX2 "
+            "FAISS build instead of the AVX-512 one loaded at run time",
+        ),
     ]:
         diag = raw / f"http-index-k{k_default}-{suffix}.jsonl"
         if not diag.exists():
@@ -296,7 +304,57 @@ def biomatch_points(
             f"p99_ms_{base_name}": base["p99_ms"],
             "note": note,
         }
+    # The default point on one thread with the linked AVX2 FAISS build (only where the AVX-512
+    # build served the runs above).
+    avx2 = read_jsonl(raw / "biomatch-inprocess-faiss-avx2.jsonl") if (
+        raw / "biomatch-inprocess-faiss-avx2.jsonl"
+    ).exists() else []
+    if avx2:
+        one, d = by(k_default, True), avx2[0]["result"]
+        diagnostics["inprocess_faiss_avx2"] = {
+            "k_prime_per_shard": k_default,
+            "p50_ms": d["p50_ms"],
+            "p99_ms": d["p99_ms"],
+            "mate_hit_rate": d["mate_hit_rate"],
+            "p50_ms_faiss_avx512": one["p50_ms"],
+            "p99_ms_faiss_avx512": one["p99_ms"],
+            "speedup_p50_avx512_vs_avx2": d["p50_ms"] / one["p50_ms"],
+            "note": "biomatch in-process, one thread, the default k', on the linked AVX2 FAISS "
+            "build (BIOMATCH_FAISS_SIMD=avx2) instead of the AVX-512 build loaded at run time",
+        }
     return points, diagnostics, build
+
+
+def comparison(points: list[dict], diagnostics: dict, min_mate: float = 0.99) -> dict:
+    """The issue's side-by-side test: biomatch's end-to-end (HTTP) p50 against the fastest
+    peer's in-process p50, and bytes per template, among points with mate hit rate ≥ min_mate."""
+    good = [p for p in points if p["mate_hit_rate"] is not None and p["mate_hit_rate"] >= min_mate]
+    peers = [p for p in good if not p["system"].startswith("biomatch") and p["mode"] == "in-process"]
+    http = [p for p in good if p["system"] == "biomatch" and p["mode"] == "http"]
+    if not peers or not http:
+        return {"min_mate_hit_rate": min_mate, "note": "no peer or no biomatch HTTP point qualifies"}
+    fastest = min(peers, key=lambda p: p["p50_ms"])
+    ours = min(http, key=lambda p: p["p50_ms"])
+    out = {
+        "min_mate_hit_rate": min_mate,
+        "fastest_peer": {k: fastest[k] for k in ("system", "variant", "param", "value", "p50_ms")},
+        "biomatch_http": {k: ours[k] for k in ("param", "value", "p50_ms", "p99_ms")},
+        "http_p50_over_fastest_peer_p50": ours["p50_ms"] / fastest["p50_ms"],
+    }
+    batched = diagnostics.get("http_audit_reads_batched")
+    if batched and batched["mate_hit_rate"] >= min_mate:
+        out["http_audit_reads_batched_p50_ms"] = batched["p50_ms"]
+        out["http_audit_reads_batched_p50_over_fastest_peer_p50"] = (
+            batched["p50_ms"] / fastest["p50_ms"]
+        )
+    smallest = min(good, key=lambda p: p["index_bytes_per_template"])
+    out["smallest_bytes_per_template"] = {
+        "system": smallest["system"],
+        "variant": smallest["variant"],
+        "index_bytes_per_template": smallest["index_bytes_per_template"],
+    }
+    out["biomatch_index_bytes_per_template"] = ours["index_bytes_per_template"]
+    return out
 
 
 def plot(points: list[dict], doc: dict, path: Path) -> None:
@@ -441,6 +499,7 @@ def main() -> None:
             "usearch": version("usearch"),
             "numpy": version("numpy"),
             "biomatch_kernel": build["result"]["machine"]["kernel"],
+            "biomatch_faiss_kernels": build["result"]["machine"].get("faiss_kernels", "avx2"),
         },
         "data": {
             "generator": "biomatch-datasets (eval-synthetic's population)",
@@ -458,6 +517,7 @@ def main() -> None:
         "ground_truth": "FAISS IDMap,Flat, inner product on the f32 vectors",
         "results": points,
         "diagnostics": diagnostics,
+        "comparison": comparison(points, diagnostics),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"bench-{args.scale}.json"
@@ -481,6 +541,7 @@ def main() -> None:
         "subjects": n,
         "points": len(points),
         "loadavg_start": doc["machine"]["loadavg_start"],
+        "comparison": doc["comparison"],
         "results": [brief(p) for p in points],
     }
     print(json.dumps(summary, separators=(",", ":")))

@@ -151,7 +151,9 @@ pub async fn stats(State(state): St, caller: Caller) -> Result<Json<serde_json::
         "metadata_bytes": metadata,
         "resident_bytes_per_template": per(index_bytes + metadata),
         "mapped_bytes_per_template": per(mapped),
-        "bytes_per_template": per(index_bytes + metadata + mapped)
+        "bytes_per_template": per(index_bytes + metadata + mapped),
+        // Which FAISS build searches: "avx512" (loaded at run time) or "avx2" (linked), and why.
+        "faiss": biomatch_gallery::ann::ffi::kernels(),
     })))
 }
 

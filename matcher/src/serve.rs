@@ -37,6 +37,8 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
     }
     tracing::info!(subjects = store.len(), "store open");
     let g = Gallery::new(Arc::new(store));
+    let faiss = biomatch_gallery::ann::ffi::kernels();
+    tracing::info!(kernels = faiss.kernels, reason = %faiss.reason, "FAISS build chosen");
     if cfg.search.load_index {
         let opts = LoadOptions {
             memory_budget: cfg.search.memory_budget_mb.map(|m| m << 20),

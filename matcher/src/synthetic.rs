@@ -503,6 +503,7 @@ fn machine() -> serde_json::Value {
         "cpu": cpu,
         "threads": rayon::current_num_threads(),
         "kernel": biomatch_gallery::kernel::kernel_name(),
+        "faiss_kernels": biomatch_gallery::ann::ffi::kernels().kernels,
     })
 }
 
