@@ -291,9 +291,9 @@ impl Adapter {
         engine: Arc<biomatch_engine::Engine>,
     ) -> Result<Response, Failed> {
         let subject = reference(req)?;
-        // Refuse a taken referenceId before fetching anything. A redelivered Insert of the
-        // same data is recognised by the engine below (retry = true), so only check here when
-        // the id is free or after the fetch.
+        // A referenceId already taken is only known to be a conflict once the data is in hand:
+        // an Insert of the same data (a redelivery) is answered as done (retry = true below),
+        // other data gets reason 10.
         let url = req.reference_url.as_deref().unwrap_or_default();
         let samples = self.samples_from_url(url).await?;
         let ctx = self.context(req);
