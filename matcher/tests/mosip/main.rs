@@ -77,7 +77,8 @@ fn http_get(port: u16, path: &str) -> Option<u16> {
     r.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A loopback HTTP server answering GET `path` from a fixed table (404 otherwise).
+/// A loopback HTTP server answering GET `path` from a fixed table (404 otherwise); paths
+/// starting with `/slow` are answered after 1.5 s.
 fn serve_files(files: HashMap<String, Vec<u8>>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -97,6 +98,10 @@ fn serve_files(files: HashMap<String, Vec<u8>>) -> u16 {
                 }
                 let head = String::from_utf8_lossy(&buf);
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                if path.starts_with("/slow") {
+                    // Long enough for the test to kill the ABIS while it waits for this.
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
                 let (status, body) = match files.get(&path) {
                     Some(b) => ("200 OK", b.clone()),
                     None => ("404 Not Found", b"not found".to_vec()),
@@ -290,6 +295,7 @@ fn mosip_abis_over_activemq() {
     files.insert("/a-copy.xml".to_owned(), person(1));
     files.insert("/b.xml".to_owned(), person(2));
     files.insert("/c.xml".to_owned(), person(3));
+    files.insert("/slow.xml".to_owned(), person(4));
     files.insert("/malformed.xml".to_owned(), b"<BIR><BIR><BDB>oops".to_vec());
     files.insert("/empty.xml".to_owned(), cbeff(&[]));
     files
@@ -303,35 +309,39 @@ fn mosip_abis_over_activemq() {
     let files_port = serve_files(files);
     let url = |p: &str| format!("http://127.0.0.1:{files_port}{p}");
 
-    let listen = free_port();
     let log = dir.path().join("biomatch.log");
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_biomatch"))
-            .args(["serve", "--data"])
-            .arg(dir.path().join("store"))
-            .args(["--listen", &format!("127.0.0.1:{listen}")])
-            .env("BIOMATCH_LOG", "info")
-            .env("BIOMATCH__EXTRACTORS__FACE__ENABLED", "false")
-            .env("BIOMATCH__MOSIP__ENABLED", "true")
-            .env("BIOMATCH__MOSIP__BROKER_URL", format!("stomp://127.0.0.1:{}", broker.port))
-            .env("BIOMATCH__MOSIP__INBOUND_QUEUE", INBOUND)
-            .env("BIOMATCH__MOSIP__OUTBOUND_QUEUE", OUTBOUND)
-            .env("BIOMATCH__MOSIP__FETCH_TIMEOUT_MS", "3000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start biomatch serve"),
-    );
-    let ready = Instant::now();
-    while http_get(listen, "/readyz") != Some(200) {
-        assert!(
-            ready.elapsed() < Duration::from_secs(60),
-            "biomatch not ready: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+    let start_server = || {
+        let listen = free_port();
+        let server = Server(
+            Command::new(env!("CARGO_BIN_EXE_biomatch"))
+                .args(["serve", "--data"])
+                .arg(dir.path().join("store"))
+                .args(["--listen", &format!("127.0.0.1:{listen}")])
+                .env("BIOMATCH_LOG", "info")
+                .env("BIOMATCH__EXTRACTORS__FACE__ENABLED", "false")
+                .env("BIOMATCH__MOSIP__ENABLED", "true")
+                .env("BIOMATCH__MOSIP__BROKER_URL", format!("stomp://127.0.0.1:{}", broker.port))
+                .env("BIOMATCH__MOSIP__INBOUND_QUEUE", INBOUND)
+                .env("BIOMATCH__MOSIP__OUTBOUND_QUEUE", OUTBOUND)
+                .env("BIOMATCH__MOSIP__FETCH_TIMEOUT_MS", "3000")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
+                .spawn()
+                .expect("start biomatch serve"),
         );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let ready = Instant::now();
+        while http_get(listen, "/readyz") != Some(200) {
+            assert!(
+                ready.elapsed() < Duration::from_secs(60),
+                "biomatch not ready: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    };
+    let server = start_server();
 
     let mut c = Client::connect(broker.port);
     let wait = Duration::from_secs(30);
@@ -508,6 +518,33 @@ fn mosip_abis_over_activemq() {
     c.wait_for(&["pending-end"], wait);
     assert_eq!(ok(&c, "pending-end")["jobscount"], "0");
     assert_eq!(c.got.len(), phase1.len() + 13 + 6 + 1);
+
+    // Requests sent while the ABIS is down (killed) wait in the broker and are answered after
+    // its restart; what it stored before is still there.
+    drop(server);
+    c.send(&[
+        insert("ins-d", "REF-D", &url("/c.xml")),
+        req(IDF, "idf-d", json!({"referenceId": "REF-D"})),
+        req("mosip.abis.referenceCount", "count-after-restart", json!({})),
+    ]);
+    let server = start_server();
+    c.wait_for(&["ins-d", "idf-d", "count-after-restart"], wait);
+    ok(&c, "ins-d");
+    assert_eq!(candidates(&c, "idf-d"), ["REF-C"], "the same person as REF-C");
+    assert_eq!(ok(&c, "count-after-restart")["count"], "4");
+
+    // An Insert in flight when the ABIS dies (killed while fetching its CBEFF) was not
+    // acknowledged: the broker redelivers it to the restarted ABIS, which answers it once.
+    c.send(&[insert("ins-in-flight", "REF-E", &url("/slow.xml"))]);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(server);
+    let server = start_server();
+    c.wait_for(&["ins-in-flight"], wait);
+    ok(&c, "ins-in-flight");
+    c.send(&[req("mosip.abis.referenceCount", "count-5", json!({}))]);
+    c.wait_for(&["count-5"], wait);
+    assert_eq!(ok(&c, "count-5")["count"], "5");
+
     // The adapter's writes and reads are in the audit log, keyed `mosip`.
     drop(server);
     let audit = std::fs::read_dir(dir.path().join("store/audit"))
