@@ -302,7 +302,16 @@ impl Adapter {
         })
         .await?;
         if !e.created {
+            // Nothing was written, so the engine journaled nothing: this request's own record.
             tracing::info!(request_id = %req.request_id, "MOSIP insert of stored data: answered as done");
+            let subjects = vec![e.view.subject.to_string()];
+            self.audit(
+                req.op.id(),
+                Some(&req.request_id),
+                subjects,
+                format!("replayed:{}", e.view.seq),
+            )
+            .await;
         }
         Ok(Response::success(req.op, &req.request_id))
     }

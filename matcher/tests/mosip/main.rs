@@ -553,5 +553,6 @@ fn mosip_abis_over_activemq() {
         .collect::<String>();
     assert!(audit.contains("\"key_id\":\"mosip\""), "no MOSIP audit records");
     assert!(audit.contains("mosip.abis.identify"));
+    assert!(audit.contains("replayed:"), "the repeated Insert has its own audit record");
     eprintln!("mosip e2e: {:.1} s", t0.elapsed().as_secs_f64());
 }
