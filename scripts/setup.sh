@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # System packages: C/C++ toolchain and BLAS for the bundled FAISS build (sharded ANN index),
 # cmake to drive it, pkg-config for -sys crates.
 apt_ensure setup cmake g++ libopenblas-dev pkg-config fonts-dejavu-core
+# The MOSIP ABIS adapter's end-to-end test runs a throw-away ActiveMQ broker
+# (scripts/activemq.sh): the Debian broker and a headless JRE for it.
+apt_ensure setup activemq default-jre-headless
 
 command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "setup: python3 is required (model preparation)" >&2; exit 1; }

@@ -548,6 +548,31 @@ impl Engine {
         Ok(SubjectView { subject: info.subject_id, seq: info.seq, templates })
     }
 
+    /// The samples stored for a subject, as a probe: its vector templates (the fingers'
+    /// pre-selection codes left out — they are derived again from the minutiae) and its
+    /// minutiae fingers. What a 1:N "identify by reference" (MOSIP's Identify by `referenceId`)
+    /// searches with.
+    pub fn stored_samples(&self, subject: &SubjectId) -> Result<Samples> {
+        let store = self.store();
+        let info = store.get(subject)?;
+        let code = self.fingers.as_ref().map(|f| f.code_model().clone());
+        let mut out = Samples::default();
+        for t in info.templates.into_iter().filter(|t| Some(&t.model) != code.as_ref()) {
+            let (model, vector) = store.template(subject, t.modality)?;
+            let dim = vector.len();
+            out.vectors.push((t.modality, Template::new(model, dim, vector)?));
+        }
+        if !info.fingers.is_empty() {
+            out.fingers = store.fingers(subject)?;
+        }
+        Ok(out)
+    }
+
+    /// Subjects enrolled (live).
+    pub fn subject_count(&self) -> usize {
+        self.store().len()
+    }
+
     /// 1:1: score every modality of the probe against the subject's, fuse, decide.
     pub fn verify(
         &self,

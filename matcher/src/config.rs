@@ -359,6 +359,50 @@ pub struct Config {
     pub extractors: ExtractorsConfig,
     pub fingerprints: FingerprintConfig,
     pub api_keys: Vec<ApiKey>,
+    /// The MOSIP ABIS adapter over ActiveMQ (`[mosip]`, `crate::mosip`).
+    #[serde(default)]
+    pub mosip: MosipConfig,
+}
+
+/// The MOSIP ABIS adapter (`[mosip]`): requests read from `inbound_queue`, responses written to
+/// `outbound_queue`, over STOMP 1.2 to an ActiveMQ broker (docs/mosip-abis.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MosipConfig {
+    /// Start the adapter with `biomatch serve` (once the gallery is loaded).
+    pub enabled: bool,
+    /// `stomp://host:port` of the broker's STOMP connector.
+    pub broker_url: String,
+    /// Queue MOSIP sends its requests to.
+    pub inbound_queue: String,
+    /// Queue MOSIP reads the responses from.
+    pub outbound_queue: String,
+    /// Broker login, if it requires one.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Requests the broker hands over before the earlier ones are acknowledged (PendingJobs
+    /// counts them); they are still handled one at a time.
+    pub prefetch: usize,
+    /// A `referenceURL` must answer completely within this.
+    pub fetch_timeout_ms: u64,
+    /// Largest CBEFF document accepted from a `referenceURL`.
+    pub max_cbeff_bytes: usize,
+}
+
+impl Default for MosipConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            broker_url: "stomp://127.0.0.1:61613".into(),
+            inbound_queue: "mosip-to-abis".into(),
+            outbound_queue: "abis-to-mosip".into(),
+            username: None,
+            password: None,
+            prefetch: 16,
+            fetch_timeout_ms: 10_000,
+            max_cbeff_bytes: 16 << 20,
+        }
+    }
 }
 
 /// See [`Config::audit_reads`].
@@ -427,6 +471,7 @@ impl Default for Config {
             extractors: ExtractorsConfig::default(),
             fingerprints: FingerprintConfig::default(),
             api_keys: Vec::new(),
+            mosip: MosipConfig::default(),
         }
     }
 }
@@ -595,6 +640,34 @@ impl Config {
                 ));
             }
         }
+        let mq = &self.mosip;
+        if mq.enabled {
+            crate::mosip::broker_addr(&mq.broker_url)?;
+            let queue_ok = |q: &str| {
+                !q.is_empty() && q.len() <= 200 && q.bytes().all(|b| b.is_ascii_graphic())
+            };
+            if !queue_ok(&mq.inbound_queue) || !queue_ok(&mq.outbound_queue) {
+                return Err("mosip.inbound_queue and mosip.outbound_queue must be 1..=200 visible ASCII characters".into());
+            }
+            if mq.inbound_queue == mq.outbound_queue {
+                return Err("mosip.inbound_queue and mosip.outbound_queue must differ".into());
+            }
+            if !(1..=1000).contains(&mq.prefetch) {
+                return Err(format!("mosip.prefetch = {} must be in 1..=1000", mq.prefetch));
+            }
+            if !(100..=600_000).contains(&mq.fetch_timeout_ms) {
+                return Err(format!(
+                    "mosip.fetch_timeout_ms = {} must be in 100..=600000",
+                    mq.fetch_timeout_ms
+                ));
+            }
+            if !(1024..=(256 << 20)).contains(&mq.max_cbeff_bytes) {
+                return Err(format!(
+                    "mosip.max_cbeff_bytes = {} must be in 1 KiB..=256 MiB",
+                    mq.max_cbeff_bytes
+                ));
+            }
+        }
         let mut ids = std::collections::HashSet::new();
         for k in &self.api_keys {
             if k.id.is_empty() || !ids.insert(&k.id) {
@@ -687,6 +760,14 @@ mod tests {
         let mut c = Config::default();
         c.limits.body_grace_ms = c.limits.body_timeout_ms + 1;
         assert!(c.validate().unwrap_err().contains("body_grace_ms"));
+        let mut c = Config::default();
+        c.mosip.enabled = true;
+        c.validate().unwrap();
+        c.mosip.outbound_queue = c.mosip.inbound_queue.clone();
+        assert!(c.validate().unwrap_err().contains("must differ"));
+        c.mosip =
+            MosipConfig { enabled: true, broker_url: "stomp://x".into(), ..MosipConfig::default() };
+        assert!(c.validate().unwrap_err().contains("broker_url"));
         let mut c = Config::default();
         c.limits.max_connections = 0;
         assert!(c.validate().unwrap_err().contains("max_connections"));

@@ -15,6 +15,7 @@ pub mod error;
 pub mod import;
 pub mod metrics;
 pub mod middleware;
+pub mod mosip;
 pub mod recall_monitor;
 pub mod routes;
 pub mod samples;

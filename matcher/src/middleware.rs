@@ -25,7 +25,8 @@ pub struct ClientRequestId(pub Option<String>);
 
 /// A new, unique request id: 32 hex digits, the process start time (ms) and a nonce, then a
 /// counter, so ids sort by process and arrival and never repeat.
-fn new_request_id() -> String {
+/// A new unique request id (also used by the MOSIP adapter for its audit records).
+pub fn new_request_id() -> String {
     use std::sync::atomic::AtomicU64;
     use std::sync::OnceLock;
     static PREFIX: OnceLock<u64> = OnceLock::new();

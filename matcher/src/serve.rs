@@ -198,12 +198,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (fatal_tx, fatal_rx) = watch::channel(None);
     let fatal_rx_for_signal = fatal_rx.clone();
     let st = state.clone();
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || match load_engine(&st) {
         Ok(e) => {
             let e = Arc::new(e);
             spawn_maintenance(&e, std::time::Duration::from_millis(500));
             st.attach(e);
             crate::recall_monitor::spawn(&st);
+            if st.config.mosip.enabled {
+                // The adapter consumes only once the engine is there: every request it takes
+                // is served.
+                let _guard = runtime.enter();
+                crate::mosip::spawn(st.clone());
+            }
             tracing::info!("ready");
         }
         Err(e) => {
