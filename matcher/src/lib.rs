@@ -11,6 +11,7 @@ pub mod calibrate;
 pub mod config;
 pub mod conn;
 pub mod decode_budget;
+pub mod dedup;
 pub mod error;
 pub mod import;
 pub mod metrics;
