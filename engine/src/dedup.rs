@@ -433,10 +433,9 @@ impl Engine {
         };
         let mut path: Option<(String, Option<u64>)> = None;
         let mut processed = 0u64;
-        let mut chunks = 0u64;
         let mut stopped = false;
         let stop_after = ctl.stop_after_chunks.load(Ordering::SeqCst);
-        for chunk in todo.chunks(p.chunk) {
+        for (chunks, chunk) in (0u64..).zip(todo.chunks(p.chunk)) {
             if ctl.is_cancelled() || chunks >= stop_after {
                 stopped = true;
                 break;
@@ -483,7 +482,6 @@ impl Engine {
             ck.done_seq = store_seq_of_last(store, chunk).unwrap_or(ck.done_seq);
             write_checkpoint(&ckpt_path, &ck)?;
             processed += chunk.len() as u64;
-            chunks += 1;
             ctl.done.store(ck.done, Ordering::Relaxed);
             ctl.found.store(ck.found, Ordering::Relaxed);
         }

@@ -199,3 +199,290 @@ pub fn run_cli(args: &DedupArgs) -> Result<()> {
     println!("{}", serde_json::to_string(&line)?);
     Ok(())
 }
+
+// ---- The admin endpoint: `POST /v1/admin/dedup`, `GET /v1/admin/dedup/{job_id}`. ----
+
+use crate::api::BuildJobError;
+use crate::config::Role;
+use crate::error::{ApiError, ErrorCode};
+use crate::middleware::{ApiJson, Caller};
+use crate::state::AppState;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+/// `POST /v1/admin/dedup`: every field optional.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DedupRequest {
+    /// Default 1e-3.
+    pub target_fpir: Option<f64>,
+    /// Candidates kept per subject; default 10.
+    pub max_candidates: Option<usize>,
+    /// Continue the interrupted run of this job id (its checkpoint in `<dedup_dir>/<job_id>`,
+    /// e.g. after a restart) instead of starting a new one; its parameters must be the same.
+    pub resume: Option<String>,
+}
+
+/// Status of a deduplication job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupJobStatus {
+    Running,
+    Done,
+    /// Stopped (service shutdown) at a checkpoint: resume it with `"resume": job_id`.
+    Stopped,
+    Failed,
+}
+
+/// A deduplication job as the API shows it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct DedupJobOut {
+    pub job_id: String,
+    pub status: DedupJobStatus,
+    /// Subjects in the run's snapshot (0 until it is taken).
+    pub subjects: u64,
+    /// Subjects done, this run and before it.
+    pub done: u64,
+    /// Subjects an earlier run had done.
+    pub resumed_from: u64,
+    /// Pair findings so far (a pair found from both sides counts twice until the end).
+    pub found: u64,
+    /// done / subjects.
+    pub progress: f64,
+    /// Estimated seconds left, from this run's rate.
+    pub eta_s: Option<f64>,
+    /// Where `clusters.jsonl`, `pairs.csv` and `summary.json` are written (server side).
+    pub out: String,
+    /// The final summary, once done.
+    #[schema(value_type = Option<Object>)]
+    pub summary: Option<DedupSummary>,
+    pub error: Option<BuildJobError>,
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct DedupJob {
+    id: String,
+    out: PathBuf,
+    ctl: Arc<DedupControl>,
+    started: std::time::Instant,
+    state: Mutex<JobState>,
+}
+
+#[derive(Debug)]
+struct JobState {
+    status: DedupJobStatus,
+    summary: Option<DedupSummary>,
+    error: Option<BuildJobError>,
+    started_at: f64,
+    finished_at: Option<f64>,
+}
+
+impl DedupJob {
+    pub fn out(&self) -> DedupJobOut {
+        let st = self.state.lock();
+        let (total, done, before) = (
+            self.ctl.total.load(Ordering::Relaxed),
+            self.ctl.done.load(Ordering::Relaxed),
+            self.ctl.done_before.load(Ordering::Relaxed),
+        );
+        let rate =
+            (done - before.min(done)) as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        DedupJobOut {
+            job_id: self.id.clone(),
+            status: st.status,
+            subjects: total,
+            done,
+            resumed_from: before,
+            found: self.ctl.found.load(Ordering::Relaxed),
+            progress: if total == 0 { 0.0 } else { (done as f64 / total as f64).min(1.0) },
+            eta_s: (st.status == DedupJobStatus::Running && rate > 0.0 && total > 0)
+                .then(|| total.saturating_sub(done) as f64 / rate),
+            out: self.out.display().to_string(),
+            summary: st.summary.clone(),
+            error: st.error.clone(),
+            started_at: st.started_at,
+            finished_at: st.finished_at,
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.state.lock().status == DedupJobStatus::Running
+    }
+}
+
+/// The service's deduplication jobs: one runs at a time, on its own thread (it fans out on the
+/// rayon pool), never on the async threads.
+#[derive(Debug, Default)]
+pub struct DedupJobs {
+    jobs: Mutex<Vec<Arc<DedupJob>>>,
+}
+
+impl DedupJobs {
+    /// Jobs kept for `GET`.
+    pub const KEEP: usize = 20;
+
+    /// Start a run on `engine`'s store writing to `dir/<job id>`; 409 `dedup_running` while one
+    /// runs.
+    pub fn submit(
+        &self,
+        engine: Arc<Engine>,
+        dir: &Path,
+        req: &DedupRequest,
+    ) -> Result<Arc<DedupJob>, ApiError> {
+        let defaults = DedupParams::default();
+        let params = DedupParams {
+            target_fpir: req.target_fpir.unwrap_or(defaults.target_fpir),
+            max_candidates: req.max_candidates.unwrap_or(defaults.max_candidates),
+            ..defaults
+        };
+        let (id, resume) = match &req.resume {
+            Some(id) => {
+                let ok = !id.is_empty()
+                    && id.len() <= 32
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !ok || !biomatch_engine::dedup::has_checkpoint(&dir.join(id)) {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("no deduplication run {id:?} to resume"),
+                    ));
+                }
+                (id.clone(), true)
+            }
+            None => (format!("{:016x}", rand::random::<u64>()), false),
+        };
+        let mut jobs = self.jobs.lock();
+        if jobs.iter().any(|j| j.running()) {
+            return Err(ApiError::new(
+                ErrorCode::DedupRunning,
+                "a deduplication run is in progress; wait for it or poll GET /v1/admin/dedup/{job_id}",
+            ));
+        }
+        let job = Arc::new(DedupJob {
+            id: id.clone(),
+            out: dir.join(&id),
+            ctl: Arc::new(DedupControl::new()),
+            started: std::time::Instant::now(),
+            state: Mutex::new(JobState {
+                status: DedupJobStatus::Running,
+                summary: None,
+                error: None,
+                started_at: crate::admin::unix_now(),
+                finished_at: None,
+            }),
+        });
+        let j = job.clone();
+        std::thread::Builder::new()
+            .name("biomatch-dedup".into())
+            .spawn(move || {
+                let r = engine.dedup(&j.out, &params, resume, &j.ctl);
+                let mut st = j.state.lock();
+                match r {
+                    Ok(s) => {
+                        st.status =
+                            if s.complete { DedupJobStatus::Done } else { DedupJobStatus::Stopped };
+                        st.summary = Some(s);
+                    }
+                    Err(e) => {
+                        let e = ApiError::from(e);
+                        st.status = DedupJobStatus::Failed;
+                        st.error = Some(BuildJobError { code: e.code, message: e.message });
+                    }
+                }
+                st.finished_at = Some(crate::admin::unix_now());
+            })
+            .map_err(ApiError::internal)?;
+        jobs.retain(|j| j.running() || j.id != id);
+        jobs.push(job.clone());
+        while jobs.len() > Self::KEEP {
+            match jobs.iter().position(|j| !j.running()) {
+                Some(i) => drop(jobs.remove(i)),
+                None => break,
+            }
+        }
+        Ok(job)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<DedupJob>> {
+        self.jobs.lock().iter().find(|j| j.id == id).cloned()
+    }
+
+    /// Stop the running job at its next checkpoint (shutdown); it can be resumed later.
+    pub fn stop_all(&self) {
+        for j in self.jobs.lock().iter() {
+            j.ctl.cancel();
+        }
+    }
+
+    /// Wait (at most `limit`) until no job runs.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        while self.jobs.lock().iter().any(|j| j.running()) {
+            if t0.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}
+
+/// Start a backlog deduplication of the serving store (admin role): 202 with the job; it writes
+/// `clusters.jsonl`, `pairs.csv` and `summary.json` to `<dedup_dir>/<job_id>` on the server.
+/// One run at a time (409 `dedup_running`).
+#[utoipa::path(post, path = "/v1/admin/dedup", request_body = DedupRequest,
+    responses(
+        (status = 202, description = "started", body = DedupJobOut),
+        (status = 409, description = "dedup_running", body = crate::api::ErrorBody),
+        (status = 404, description = "resume: no such run", body = crate::api::ErrorBody),
+        (status = 422, description = "invalid_parameter", body = crate::api::ErrorBody)))]
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<DedupRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    if let Some(f) = req.target_fpir.filter(|f| !(*f > 0.0 && *f < 1.0)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("target_fpir must be in (0, 1), got {f}"),
+        ));
+    }
+    if let Some(k) =
+        req.max_candidates.filter(|k| *k == 0 || *k >= biomatch_gallery::MAX_RESULTS_LIMIT)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!(
+                "max_candidates must be in 1..{}, got {k}",
+                biomatch_gallery::MAX_RESULTS_LIMIT
+            ),
+        ));
+    }
+    let engine = state.engine()?.clone();
+    let job = state.dedup.submit(engine, &state.config.dedup_dir(), &req)?;
+    let loc = format!("/v1/admin/dedup/{}", job.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, loc)], Json(job.out())).into_response())
+}
+
+/// A deduplication job: progress, ETA, then its summary or error.
+#[utoipa::path(get, path = "/v1/admin/dedup/{job_id}",
+    params(("job_id" = String, Path, description = "from POST /v1/admin/dedup")),
+    responses((status = 200, body = DedupJobOut), (status = 404, body = crate::api::ErrorBody)))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<DedupJobOut>, ApiError> {
+    caller.require(Role::Admin)?;
+    state
+        .dedup
+        .get(&id)
+        .map(|j| Json(j.out()))
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no deduplication job {id:?}")))
+}

@@ -62,7 +62,9 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         admin::build,
         admin::list_builds,
         admin::get_build,
-        admin::cancel_build
+        admin::cancel_build,
+        dedup::start,
+        dedup::get
     ),
     components(schemas(
         api::TemplateIn,
@@ -97,7 +99,10 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         api::RebuildReason,
         api::BuildJobOut,
         api::BuildJobStatus,
-        api::BuildJobError
+        api::BuildJobError,
+        dedup::DedupRequest,
+        dedup::DedupJobOut,
+        dedup::DedupJobStatus
     ))
 )]
 pub struct ApiDoc;
@@ -116,6 +121,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/admin/index/reload", post(admin::reload))
         .route("/v1/admin/index/builds", get(admin::list_builds))
         .route("/v1/admin/index/builds/{job_id}", get(admin::get_build).delete(admin::cancel_build))
+        .route("/v1/admin/dedup", post(dedup::start))
+        .route("/v1/admin/dedup/{job_id}", get(dedup::get))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
         // Builds are jobs with their own deadline (limits.index_build_timeout_s); a caller may
         // wait for one (`"wait": true`) past the request timeout.

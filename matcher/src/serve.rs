@@ -243,6 +243,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Builds are cancelled first: a caller waiting on one gets its answer, so the drain
         // does not wait for a build to finish.
         st.builds.cancel_all();
+        // A deduplication run stops at its next checkpoint; it resumes with `"resume": job_id`.
+        st.dedup.stop_all();
     };
     crate::conn::serve_connections(listener, app, limits, shutdown).await?;
     // A build still inside a FAISS call (training) stops at its next check; the process does not
@@ -250,6 +252,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // by the next build.
     if !state.builds.wait_idle(std::time::Duration::from_secs(2)) {
         tracing::warn!("an index build is still stopping; exiting without it (nothing published)");
+    }
+    if !state.dedup.wait_idle(std::time::Duration::from_secs(5)) {
+        tracing::warn!("a deduplication run is still stopping; its last checkpoint stands");
     }
     if let Some(e) = fatal_rx.borrow().clone() {
         anyhow::bail!(e);

@@ -83,6 +83,8 @@ pub struct AppState {
     pub finger_extractor: Option<Arc<FingerExtractor>>,
     /// Index build jobs (`POST /v1/admin/index/build`).
     pub builds: crate::admin::BuildJobs,
+    /// Backlog deduplication jobs (`POST /v1/admin/dedup`).
+    pub dedup: crate::dedup::DedupJobs,
     /// The recall samples of the serving index generations (`crate::recall_monitor`).
     pub recall_monitor: crate::recall_monitor::RecallMonitor,
 }
@@ -350,6 +352,7 @@ impl AppState {
             metrics: Metrics::new(),
             idempotency: Mutex::new(IdempotencyCache::default()),
             builds: Default::default(),
+            dedup: Default::default(),
             recall_monitor: Default::default(),
             face: None,
             finger_calibration: None,
