@@ -7,11 +7,11 @@
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod backlog;
 pub mod calibrate;
 pub mod config;
 pub mod conn;
 pub mod decode_budget;
-pub mod dedup;
 pub mod error;
 pub mod import;
 pub mod metrics;
@@ -63,8 +63,8 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         admin::list_builds,
         admin::get_build,
         admin::cancel_build,
-        dedup::start,
-        dedup::get
+        backlog::start,
+        backlog::get
     ),
     components(schemas(
         api::TemplateIn,
@@ -100,9 +100,9 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         api::BuildJobOut,
         api::BuildJobStatus,
         api::BuildJobError,
-        dedup::DedupRequest,
-        dedup::DedupJobOut,
-        dedup::DedupJobStatus
+        backlog::DedupRequest,
+        backlog::DedupJobOut,
+        backlog::DedupJobStatus
     ))
 )]
 pub struct ApiDoc;
@@ -121,8 +121,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/admin/index/reload", post(admin::reload))
         .route("/v1/admin/index/builds", get(admin::list_builds))
         .route("/v1/admin/index/builds/{job_id}", get(admin::get_build).delete(admin::cancel_build))
-        .route("/v1/admin/dedup", post(dedup::start))
-        .route("/v1/admin/dedup/{job_id}", get(dedup::get))
+        .route("/v1/admin/dedup", post(backlog::start))
+        .route("/v1/admin/dedup/{job_id}", get(backlog::get))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
         // Builds are jobs with their own deadline (limits.index_build_timeout_s); a caller may
         // wait for one (`"wait": true`) past the request timeout.

@@ -33,7 +33,7 @@ enum Command {
     Import(biomatch_matcher::import::ImportArgs),
     /// Backlog deduplication: search every subject of a store against all others, write the
     /// duplicate clusters (`clusters.jsonl`, `pairs.csv`); resumable; prints a JSON summary last.
-    DedupGallery(biomatch_matcher::dedup::DedupArgs),
+    DedupGallery(biomatch_matcher::backlog::DedupArgs),
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -175,7 +175,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::DedupGallery(args) => biomatch_matcher::dedup::run_cli(&args),
+        Command::DedupGallery(args) => biomatch_matcher::backlog::run_cli(&args),
         Command::HashKey { key } => {
             println!("{}", biomatch_matcher::config::hash_key(&key));
             Ok(())

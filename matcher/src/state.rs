@@ -84,7 +84,7 @@ pub struct AppState {
     /// Index build jobs (`POST /v1/admin/index/build`).
     pub builds: crate::admin::BuildJobs,
     /// Backlog deduplication jobs (`POST /v1/admin/dedup`).
-    pub dedup: crate::dedup::DedupJobs,
+    pub dedup: crate::backlog::DedupJobs,
     /// The recall samples of the serving index generations (`crate::recall_monitor`).
     pub recall_monitor: crate::recall_monitor::RecallMonitor,
 }

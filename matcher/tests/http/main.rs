@@ -1,10 +1,10 @@
 //! HTTP tests of every route: `app(state)` driven with `tower::ServiceExt::oneshot`, no socket.
 
 mod audit;
+mod backlog;
 mod builds;
 mod common;
 mod conns;
-mod dedup;
 mod errors;
 mod faces;
 mod fingers;

@@ -1,5 +1,5 @@
 //! `biomatch dedup-gallery`: the backlog deduplication of a store from the command line (the
-//! work is [`biomatch_engine::dedup`]), with a progress bar and ETA, resumable (`--resume`), and
+//! work is [`biomatch_engine::backlog`]), with a progress bar and ETA, resumable (`--resume`), and
 //! an optional evaluation against planted duplicates (`--truth`, e.g. the `truth.csv` of
 //! `biomatch export-synthetic-backlog`). The store is opened read-only (a snapshot), so it can
 //! run next to the service on the same data directory.
@@ -7,7 +7,7 @@
 use crate::config::Config;
 use crate::state::{load_finger_calibration, load_models};
 use anyhow::{bail, Context, Result};
-use biomatch_engine::dedup::{DedupCluster, DedupControl, DedupParams, DedupSummary};
+use biomatch_engine::backlog::{DedupCluster, DedupControl, DedupParams, DedupSummary};
 use biomatch_engine::{Engine, SearchKind};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -192,7 +192,7 @@ pub fn run_cli(args: &DedupArgs) -> Result<()> {
     let mut line = serde_json::to_value(&summary)?;
     if let (Some(t), true) = (&args.truth, summary.complete) {
         let truth = read_truth(t)?;
-        let clusters = biomatch_engine::dedup::read_clusters(&args.out)?;
+        let clusters = biomatch_engine::backlog::read_clusters(&args.out)?;
         line["truth"] = serde_json::to_value(evaluate(&clusters, &truth))?;
     }
     line["out"] = serde_json::to_value(&args.out)?;
@@ -346,7 +346,7 @@ impl DedupJobs {
                 let ok = !id.is_empty()
                     && id.len() <= 32
                     && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-                if !ok || !biomatch_engine::dedup::has_checkpoint(&dir.join(id)) {
+                if !ok || !biomatch_engine::backlog::has_checkpoint(&dir.join(id)) {
                     return Err(ApiError::new(
                         ErrorCode::NotFound,
                         format!("no deduplication run {id:?} to resume"),
