@@ -54,7 +54,7 @@ mod rng;
 pub use error::DatasetError;
 pub use format::{read_vectors, write_vectors, VectorFile};
 pub use population::{
-    parse_subject_id, subject_id, ClusterConfig, Population, PopulationConfig, Probe, ProbeSet,
-    CALIBRATION_BASE, GENERATOR_VERSION, MAX_DIM, MAX_IDENTITIES, PROBE_SAMPLE, SUBJECT_DIGITS,
-    SUBJECT_PREFIX,
+    duplicate_id, parse_subject_id, subject_id, ClusterConfig, Population, PopulationConfig, Probe,
+    ProbeSet, CALIBRATION_BASE, DUPLICATE_PREFIX, DUPLICATE_SAMPLE, GENERATOR_VERSION, MAX_DIM,
+    MAX_IDENTITIES, PROBE_SAMPLE, SUBJECT_DIGITS, SUBJECT_PREFIX,
 };

@@ -31,6 +31,13 @@ pub const MAX_DIM: usize = 1 << 16;
 /// enrolment sample).
 pub const PROBE_SAMPLE: u32 = 1;
 
+/// Sample index of a planted duplicate ([`Population::planted_duplicates`]): a fresh sample of an
+/// enrolled identity, neither the enrolment sample (0) nor the probes' ([`PROBE_SAMPLE`]).
+pub const DUPLICATE_SAMPLE: u32 = 2;
+
+/// Prefix of planted duplicates' subject ids: `DUP-` and the duplicate's number, 9 digits.
+pub const DUPLICATE_PREFIX: &str = "DUP-";
+
 /// Prefix of synthetic subject ids.
 pub const SUBJECT_PREFIX: &str = "SYN-";
 
@@ -350,6 +357,30 @@ impl Population {
         Ok(ProbeSet { mated: make(mated_ids), nonmated: make(nonmated_ids) })
     }
 
+    /// Planted duplicates for a backlog deduplication: `round(share · identities)` distinct
+    /// enrolled identities, chosen uniformly, sorted. Duplicate `k` is enrolled again under
+    /// [`duplicate_id`]`(k)` with sample [`DUPLICATE_SAMPLE`] (same identity, fresh sample),
+    /// so the pair (`subject_id(identity)`, `duplicate_id(k)`) is the truth. Deterministic in
+    /// `(seed, dup_seed)`.
+    pub fn planted_duplicates(&self, share: f64, dup_seed: u64) -> Result<Vec<u64>, DatasetError> {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(DatasetError::InvalidConfig {
+                field: "duplicates",
+                reason: format!("must be a share in [0, 1], got {share}"),
+            });
+        }
+        let n = usize::try_from(self.identities()).map_err(|_| DatasetError::InvalidConfig {
+            field: "identities",
+            reason: "exceeds this platform's address space".into(),
+        })?;
+        let count = ((share * n as f64).round() as usize).min(n);
+        let mut rng = self.keys.probes.rng(dup_seed, 2);
+        let mut ids: Vec<u64> =
+            index::sample(&mut rng, n, count).into_iter().map(|i| i as u64).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     /// `count` impostor (different-identity) cosine scores for threshold calibration.
     ///
     /// Two disjoint pools of `a ≈ √count` and `b = ⌈count / a⌉` calibration identities are drawn
@@ -464,6 +495,14 @@ pub fn subject_id(identity: u64) -> SubjectId {
     // Always valid: short printable ASCII.
     SubjectId::new(format!("{SUBJECT_PREFIX}{identity:0SUBJECT_DIGITS$}"))
         .unwrap_or_else(|_| unreachable!("synthetic subject ids are valid"))
+}
+
+/// The subject id of planted duplicate `k` ([`Population::planted_duplicates`]): `DUP-` and 9
+/// zero-padded digits, never a [`subject_id`].
+pub fn duplicate_id(k: u64) -> SubjectId {
+    // Always valid: short printable ASCII.
+    SubjectId::new(format!("{DUPLICATE_PREFIX}{k:0SUBJECT_DIGITS$}"))
+        .unwrap_or_else(|_| unreachable!("duplicate subject ids are valid"))
 }
 
 /// Inverse of [`subject_id`]: `None` unless `id` is exactly what [`subject_id`] produces for

@@ -71,6 +71,10 @@ pub enum ErrorCode {
     /// A write may or may not be durable (its fsync failed and could not be undone): a retry
     /// with the same Idempotency-Key resolves it.
     WriteInDoubt,
+    /// A backlog deduplication is already running (on this output directory, or in the service).
+    DedupRunning,
+    /// A deduplication checkpoint was made with other parameters (or exists and was not resumed).
+    DedupParametersChanged,
     Internal,
 }
 
@@ -123,6 +127,8 @@ impl ErrorCode {
             C::StoreUnavailable => "store_unavailable",
             C::InsufficientStorage => "insufficient_storage",
             C::WriteInDoubt => "write_in_doubt",
+            C::DedupRunning => "dedup_running",
+            C::DedupParametersChanged => "dedup_parameters_changed",
             C::Internal => "internal",
         }
     }

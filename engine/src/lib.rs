@@ -17,6 +17,7 @@
 //! Errors: one enum, [`EngineError`], whose [`ErrorCode`] the HTTP layer maps to a status.
 //! The engine does CPU work on the caller's thread (and rayon): call it off async threads.
 
+pub mod backlog;
 pub mod error;
 
 pub use error::{EngineError, ErrorCode, Result};

@@ -34,7 +34,7 @@ pub use finger_gallery::{
     finger_code_spec, FingerGallery, FingerScore, FingerSearchInfo, FingerSearchParams,
     PreparedFinger, ShortlistInfo, SubjectFingerScores,
 };
-pub use fsutil::atomic_write;
+pub use fsutil::{atomic_write, check_crc, push_crc, sync_dir, try_lock_exclusive};
 pub use gallery::{AnnParams, Gallery, SearchMode, SearchPath};
 pub use minutiae::MAX_FINGERS;
 pub use search::{IdentifyOptions, Probe, MAX_RESULTS_LIMIT, MAX_SHORTLIST};

@@ -1056,6 +1056,19 @@ impl Store {
         Ok((col.model.clone(), crate::kernel::to_f32(col.vector(row))))
     }
 
+    /// Every live subject with its enrollment sequence number, in sequence order (the order
+    /// enrollments were acknowledged: stable across reopen, and a subject enrolled later always
+    /// sorts after). For offline walks of the whole store, such as the backlog deduplication;
+    /// one copy of every id under one read lock.
+    pub fn subjects_by_seq(&self) -> Vec<(u64, SubjectId)> {
+        let st = self.state.read();
+        let mut out: Vec<(u64, SubjectId)> =
+            st.subjects.live().map(|i| (st.subjects.seq(i), st.subjects.id(i))).collect();
+        drop(st);
+        out.sort_unstable_by_key(|(seq, _)| *seq);
+        out
+    }
+
     pub fn contains(&self, subject: &SubjectId) -> bool {
         self.state.read().subjects.contains(subject)
     }

@@ -340,6 +340,9 @@ pub struct Config {
     pub data: PathBuf,
     /// Audit log directory; default `<data>/audit`.
     pub audit_dir: Option<PathBuf>,
+    /// Where `POST /v1/admin/dedup` runs write (one folder per run); default `<data>/dedup`.
+    #[serde(default)]
+    pub dedup_dir: Option<PathBuf>,
     /// The key (hex, 16..=64 bytes) that authenticates the audit log's checkpoints; default
     /// `<audit_dir>/hmac.key`, created on first start. Keep it off the data volume (a secret
     /// mount) so that someone who can edit the log cannot forge its checkpoints.
@@ -425,6 +428,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             data: PathBuf::from("data/store"),
             audit_dir: None,
+            dedup_dir: None,
             audit_key_file: None,
             audit_reads: AuditReads::Durable,
             limits: Limits {
@@ -697,6 +701,10 @@ impl Config {
 
     pub fn audit_dir(&self) -> PathBuf {
         self.audit_dir.clone().unwrap_or_else(|| self.data.join("audit"))
+    }
+
+    pub fn dedup_dir(&self) -> PathBuf {
+        self.dedup_dir.clone().unwrap_or_else(|| self.data.join("dedup"))
     }
 
     pub fn audit_key_file(&self) -> PathBuf {

@@ -27,7 +27,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::Unauthorized => StatusCode::UNAUTHORIZED,
         C::Forbidden => StatusCode::FORBIDDEN,
-        C::AlreadyEnrolled => StatusCode::CONFLICT,
+        C::AlreadyEnrolled | C::DedupRunning | C::DedupParametersChanged => StatusCode::CONFLICT,
         C::InvalidSubjectId
         | C::InvalidFingerPosition
         | C::InvalidRate

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod backlog;
 pub mod calibrate;
 pub mod config;
 pub mod conn;
@@ -62,7 +63,9 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         admin::build,
         admin::list_builds,
         admin::get_build,
-        admin::cancel_build
+        admin::cancel_build,
+        backlog::start,
+        backlog::get
     ),
     components(schemas(
         api::TemplateIn,
@@ -97,7 +100,10 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         api::RebuildReason,
         api::BuildJobOut,
         api::BuildJobStatus,
-        api::BuildJobError
+        api::BuildJobError,
+        backlog::DedupRequest,
+        backlog::DedupJobOut,
+        backlog::DedupJobStatus
     ))
 )]
 pub struct ApiDoc;
@@ -116,6 +122,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/admin/index/reload", post(admin::reload))
         .route("/v1/admin/index/builds", get(admin::list_builds))
         .route("/v1/admin/index/builds/{job_id}", get(admin::get_build).delete(admin::cancel_build))
+        .route("/v1/admin/dedup", post(backlog::start))
+        .route("/v1/admin/dedup/{job_id}", get(backlog::get))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
         // Builds are jobs with their own deadline (limits.index_build_timeout_s); a caller may
         // wait for one (`"wait": true`) past the request timeout.

@@ -31,6 +31,9 @@ enum Command {
     /// Bulk-load templates (NumPy .npy + a text file of ids, see docs/import-format.md) into a
     /// store, resumable after a crash; prints a JSON report last.
     Import(biomatch_matcher::import::ImportArgs),
+    /// Backlog deduplication: search every subject of a store against all others, write the
+    /// duplicate clusters (`clusters.jsonl`, `pairs.csv`); resumable; prints a JSON summary last.
+    DedupGallery(biomatch_matcher::backlog::DedupArgs),
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -42,6 +45,10 @@ enum Command {
     /// Fill a store with a seeded synthetic population (one face template per identity).
     #[cfg(feature = "synthetic")]
     EnrollSynthetic(synthetic::EnrollArgs),
+    /// Write a synthetic face backlog with planted duplicates as `biomatch import` files
+    /// (`backlog.npy`, `backlog.ids`) and its truth (`truth.csv`); prints a JSON line.
+    #[cfg(feature = "synthetic")]
+    ExportSyntheticBacklog(synthetic::ExportBacklogArgs),
     /// Evaluate 1:N identification on a synthetic population; prints one JSON object last.
     #[cfg(feature = "synthetic")]
     EvalSynthetic(synthetic::EvalArgs),
@@ -168,12 +175,15 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::DedupGallery(args) => biomatch_matcher::backlog::run_cli(&args),
         Command::HashKey { key } => {
             println!("{}", biomatch_matcher::config::hash_key(&key));
             Ok(())
         }
         #[cfg(feature = "synthetic")]
         Command::EnrollSynthetic(args) => synthetic::enroll(&args),
+        #[cfg(feature = "synthetic")]
+        Command::ExportSyntheticBacklog(args) => synthetic::export_backlog(&args),
         #[cfg(feature = "synthetic")]
         Command::EvalSynthetic(args) => synthetic::eval(&args),
         #[cfg(feature = "synthetic")]

@@ -4,7 +4,8 @@
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::state::AppState;
+use crate::state::{engine_models_of, model_specs_of, AppState, ServiceModel};
+use biomatch_core::CalibrationTable;
 use biomatch_engine::{Engine, Journal, Settings};
 use biomatch_gallery::ann::LoadOptions;
 use biomatch_gallery::{legacy, FingerGallery, FingerSearchParams, Gallery, Store, StoreOptions};
@@ -15,8 +16,33 @@ use tokio::sync::watch;
 /// engine over them (CPU and disk work: call off the async threads). A store of the earlier
 /// two-store layout is refused with the command that converts it.
 pub fn load_engine(state: &AppState) -> Result<Engine, String> {
-    let cfg = &state.config;
-    let mut opts = StoreOptions::new(state.model_specs());
+    let journal: Arc<dyn Journal> = state.audit.clone();
+    let engine = open_engine(
+        &state.config,
+        &state.models,
+        state.finger_calibration.as_ref(),
+        Some(journal),
+        false,
+    )?;
+    // Audit records of writes a crash kept out of the audit files (they are in the store's log).
+    engine
+        .recover_journal()
+        .map_err(|e| format!("cannot recover the audit records of the store's log: {e}"))?;
+    Ok(engine)
+}
+
+/// The engine over the store at `cfg.data` with `models` (and fingers, scored with
+/// `finger_calibration`, when configured): the store opened (`read_only`: a snapshot next to a
+/// running service, as the offline tools open it), its current index generations loaded.
+pub fn open_engine(
+    cfg: &Config,
+    models: &[ServiceModel],
+    finger_calibration: Option<&CalibrationTable>,
+    journal: Option<Arc<dyn Journal>>,
+    read_only: bool,
+) -> Result<Engine, String> {
+    let specs = model_specs_of(models, cfg.fingerprints.enabled);
+    let mut opts = StoreOptions::new(specs.clone());
     // Checkpoints run on the maintenance thread, off the request path.
     opts.auto_checkpoint = false;
     if legacy::needs_conversion(&cfg.data) {
@@ -29,8 +55,12 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
             cfg.data.display()
         ));
     }
-    let store = Store::open(&cfg.data, opts)
-        .map_err(|e| format!("cannot open the store at {}: {e}", cfg.data.display()))?;
+    let store = if read_only {
+        Store::open_read_only(&cfg.data, opts)
+    } else {
+        Store::open(&cfg.data, opts)
+    }
+    .map_err(|e| format!("cannot open the store at {}: {e}", cfg.data.display()))?;
     let rec = store.recovery();
     if rec.wal_torn_bytes_discarded > 0 || !rec.leftover_files_removed.is_empty() {
         tracing::warn!(recovery = ?rec, "the store recovered from an unclean shutdown");
@@ -44,7 +74,7 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
             memory_budget: cfg.search.memory_budget_mb.map(|m| m << 20),
             ..LoadOptions::default()
         };
-        for m in state.model_specs() {
+        for m in specs {
             match g.load_index(&m.model, &opts) {
                 Ok(Some(i)) => {
                     tracing::info!(model = %m.model, generation = i.manifest.generation, "index loaded")
@@ -59,7 +89,7 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
             }
         }
     }
-    let fingers = match (&state.finger_calibration, cfg.fingerprints.enabled) {
+    let fingers = match (finger_calibration, cfg.fingerprints.enabled) {
         (Some(cal), true) => {
             let fp = &cfg.fingerprints;
             let params = FingerSearchParams {
@@ -79,13 +109,7 @@ pub fn load_engine(state: &AppState) -> Result<Engine, String> {
         _ => None,
     };
     let settings = Settings { k_prime: cfg.search.k_prime, nprobe: None };
-    let journal: Arc<dyn Journal> = state.audit.clone();
-    let engine = Engine::new(Arc::new(g), fingers, state.engine_models(), settings, Some(journal));
-    // Audit records of writes a crash kept out of the audit files (they are in the store's log).
-    engine
-        .recover_journal()
-        .map_err(|e| format!("cannot recover the audit records of the store's log: {e}"))?;
-    Ok(engine)
+    Ok(Engine::new(Arc::new(g), fingers, engine_models_of(models), settings, journal))
 }
 
 /// Checkpoints off the request path: a thread that asks the engine every `period` whether the
@@ -226,6 +250,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Builds are cancelled first: a caller waiting on one gets its answer, so the drain
         // does not wait for a build to finish.
         st.builds.cancel_all();
+        // A deduplication run stops at its next checkpoint; it resumes with `"resume": job_id`.
+        st.dedup.stop_all();
     };
     crate::conn::serve_connections(listener, app, limits, shutdown).await?;
     // A build still inside a FAISS call (training) stops at its next check; the process does not
@@ -233,6 +259,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // by the next build.
     if !state.builds.wait_idle(std::time::Duration::from_secs(2)) {
         tracing::warn!("an index build is still stopping; exiting without it (nothing published)");
+    }
+    if !state.dedup.wait_idle(std::time::Duration::from_secs(5)) {
+        tracing::warn!("a deduplication run is still stopping; its last checkpoint stands");
     }
     if let Some(e) = fatal_rx.borrow().clone() {
         anyhow::bail!(e);

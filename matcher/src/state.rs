@@ -83,6 +83,8 @@ pub struct AppState {
     pub finger_extractor: Option<Arc<FingerExtractor>>,
     /// Index build jobs (`POST /v1/admin/index/build`).
     pub builds: crate::admin::BuildJobs,
+    /// Backlog deduplication jobs (`POST /v1/admin/dedup`).
+    pub dedup: crate::backlog::DedupJobs,
     /// The recall samples of the serving index generations (`crate::recall_monitor`).
     pub recall_monitor: crate::recall_monitor::RecallMonitor,
 }
@@ -220,35 +222,76 @@ pub fn mcc_calibration(bytes: &[u8]) -> Result<CalibrationTable, String> {
     parse_calibration(bytes, &mcc_model(), "MCC calibration table")
 }
 
+/// The configured vector models with their calibration tables: the file in the data
+/// directory when there is one, else the table built into the binary.
+pub fn load_models(config: &Config) -> Result<Vec<ServiceModel>, String> {
+    let mut models = Vec::new();
+    for m in &config.models {
+        let id = ModelId::parse(&m.id).map_err(|e| e.to_string())?;
+        let path = config.calibration_path(m);
+        let (calibration, source) = load_calibration(&id, Some(m.dim), &path, false, &config.data)?;
+        log_calibration(&id, &calibration, &source);
+        models.push(ServiceModel { id, dim: m.dim, kind: m.modality, calibration });
+    }
+    Ok(models)
+}
+
+/// The MCC calibration table when fingerprints are on (`None` when they are off).
+pub fn load_finger_calibration(config: &Config) -> Result<Option<CalibrationTable>, String> {
+    let fp = &config.fingerprints;
+    if !fp.enabled {
+        return Ok(None);
+    }
+    let mcc = mcc_model();
+    // A configured path must exist; by default `<data>/calibration/mcc@1.json` overrides
+    // the built-in table when it is there, like the vector models' tables.
+    let (path, required) = match &fp.calibration {
+        Some(p) if p.is_absolute() => (p.clone(), true),
+        Some(p) => (config.data.join(p), true),
+        None => (config.data.join("calibration").join(format!("{mcc}.json")), false),
+    };
+    let (table, source) = load_calibration(&mcc, None, &path, required, &config.data)?;
+    log_calibration(&mcc, &table, &source);
+    Ok(Some(table))
+}
+
+/// The store specs of `models`; with fingerprints on, the fingers' pre-selection codes too.
+pub fn model_specs_of(models: &[ServiceModel], fingerprints: bool) -> Vec<ModelSpec> {
+    let mut specs: Vec<ModelSpec> =
+        models.iter().map(|m| ModelSpec { model: m.id.clone(), dim: m.dim }).collect();
+    if fingerprints {
+        specs.push(biomatch_gallery::finger_code_spec());
+    }
+    specs
+}
+
+/// The engine's view of `models`.
+pub fn engine_models_of(models: &[ServiceModel]) -> Vec<EngineModel> {
+    models
+        .iter()
+        .map(|m| EngineModel {
+            id: m.id.clone(),
+            dim: m.dim,
+            kind: match m.kind {
+                ModalityKind::Face => ModelKind::Face,
+                ModalityKind::Finger => ModelKind::Finger,
+            },
+            calibration: m.calibration.clone(),
+        })
+        .collect()
+}
+
 impl AppState {
     /// Build the state from a validated configuration; loads every calibration table: the file
     /// in the data directory when there is one, else the table built into the binary. A bad
     /// file, or a model with neither, stops the start-up with a message naming the file and
     /// saying how to make one.
     pub fn new(config: Config, audit: Arc<AuditLog>) -> Result<AppState, String> {
-        let mut models = Vec::new();
-        for m in &config.models {
-            let id = ModelId::parse(&m.id).map_err(|e| e.to_string())?;
-            let path = config.calibration_path(m);
-            let (calibration, source) =
-                load_calibration(&id, Some(m.dim), &path, false, &config.data)?;
-            log_calibration(&id, &calibration, &source);
-            models.push(ServiceModel { id, dim: m.dim, kind: m.modality, calibration });
-        }
+        let models = load_models(&config)?;
+        let finger_calibration = load_finger_calibration(&config)?;
         let fp = config.fingerprints.clone();
         let mut state = Self::with_models(config, audit, models);
-        if fp.enabled {
-            let mcc = mcc_model();
-            // A configured path must exist; by default `<data>/calibration/mcc@1.json` overrides
-            // the built-in table when it is there, like the vector models' tables.
-            let (path, required) = match &fp.calibration {
-                Some(p) if p.is_absolute() => (p.clone(), true),
-                Some(p) => (state.config.data.join(p), true),
-                None => (state.config.data.join("calibration").join(format!("{mcc}.json")), false),
-            };
-            let (table, source) =
-                load_calibration(&mcc, None, &path, required, &state.config.data)?;
-            log_calibration(&mcc, &table, &source);
+        if let Some(table) = finger_calibration {
             let limits = biomatch_models::finger::FingerLimits {
                 image: fp.image_limits(),
                 min_minutiae: fp.min_minutiae,
@@ -309,6 +352,7 @@ impl AppState {
             metrics: Metrics::new(),
             idempotency: Mutex::new(IdempotencyCache::default()),
             builds: Default::default(),
+            dedup: Default::default(),
             recall_monitor: Default::default(),
             face: None,
             finger_calibration: None,
@@ -336,28 +380,12 @@ impl AppState {
     /// The store specs for the configured models.
     /// With fingerprints on, the column of the fingers' pre-selection codes too.
     pub fn model_specs(&self) -> Vec<ModelSpec> {
-        let mut specs: Vec<ModelSpec> =
-            self.models.iter().map(|m| ModelSpec { model: m.id.clone(), dim: m.dim }).collect();
-        if self.config.fingerprints.enabled {
-            specs.push(biomatch_gallery::finger_code_spec());
-        }
-        specs
+        model_specs_of(&self.models, self.config.fingerprints.enabled)
     }
 
     /// The engine's view of the configured models.
     pub fn engine_models(&self) -> Vec<EngineModel> {
-        self.models
-            .iter()
-            .map(|m| EngineModel {
-                id: m.id.clone(),
-                dim: m.dim,
-                kind: match m.kind {
-                    ModalityKind::Face => ModelKind::Face,
-                    ModalityKind::Finger => ModelKind::Finger,
-                },
-                calibration: m.calibration.clone(),
-            })
-            .collect()
+        engine_models_of(&self.models)
     }
 
     /// Attach the loaded engine: the service becomes ready.

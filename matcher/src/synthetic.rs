@@ -23,7 +23,7 @@ use biomatch_datasets::finger::fast::{
     fast_impression, fast_master, FastFingerConfig, FAST_GENERATOR_VERSION,
 };
 use biomatch_datasets::{
-    parse_subject_id, subject_id, ClusterConfig, Population, PopulationConfig,
+    duplicate_id, parse_subject_id, subject_id, ClusterConfig, Population, PopulationConfig,
 };
 use biomatch_engine::{
     Engine, EngineModel, FingerShortlist, IdentifyParams, ModelKind, Samples,
@@ -164,6 +164,152 @@ pub struct EnrollArgs {
     data: PathBuf,
     #[command(flatten)]
     population: PopulationArgs,
+    #[command(flatten)]
+    duplicates: DuplicateArgs,
+}
+
+/// Planted duplicates for `biomatch dedup-gallery`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DuplicateArgs {
+    /// Share of the identities enrolled a second time under a new id (`DUP-…`) with a fresh
+    /// sample (face sample 2, finger impression 2); the planted pairs are written as CSV
+    /// (`subject_a,subject_b`) to `<data>/planted-duplicates.csv` (enroll-synthetic) or
+    /// `<out>/truth.csv` (export-synthetic-backlog).
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
+    /// Seed of the choice of duplicated identities.
+    #[arg(long, default_value_t = 1)]
+    duplicate_seed: u64,
+}
+
+/// `export-synthetic-backlog`: a face-only population with planted duplicates as the files
+/// `biomatch import` reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportBacklogArgs {
+    /// Output directory: `backlog.npy` (float32, (N, d)), `backlog.ids`, `truth.csv`.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    population: PopulationArgs,
+    #[command(flatten)]
+    duplicates: DuplicateArgs,
+}
+
+/// The planted truth as CSV: one `subject_a,subject_b` line per planted pair.
+fn truth_csv(planted: &[u64]) -> String {
+    let mut csv = String::from("subject_a,subject_b\n");
+    for (k, &identity) in planted.iter().enumerate() {
+        csv.push_str(&format!("{},{}\n", subject_id(identity), duplicate_id(k as u64)));
+    }
+    csv
+}
+
+/// Write the backlog (population + planted duplicates) as `biomatch import` files; prints a
+/// JSON line.
+pub fn export_backlog(args: &ExportBacklogArgs) -> Result<()> {
+    if args.population.fingers.enabled() || args.population.fingers.no_face {
+        bail!("export-synthetic-backlog writes face templates only (biomatch import loads one modality)");
+    }
+    let pop = args.population.population()?;
+    let planted =
+        pop.planted_duplicates(args.duplicates.duplicates, args.duplicates.duplicate_seed)?;
+    std::fs::create_dir_all(&args.out)?;
+    let rows = pop.identities() + planted.len() as u64;
+    let d = pop.dim();
+    let npy = args.out.join("backlog.npy");
+    let ids_path = args.out.join("backlog.ids");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&npy)?);
+    // NumPy format 1.0: magic, version, header length, a dict padded to a multiple of 64.
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {d}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    use std::io::Write as _;
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&u16::try_from(header.len())?.to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
+    let mut ids = std::io::BufWriter::new(std::fs::File::create(&ids_path)?);
+    let pb = bar(rows, "export");
+    for batch in pop.enrolment_batches(100_000) {
+        for (i, v) in &batch {
+            for x in v {
+                w.write_all(&x.to_le_bytes())?;
+            }
+            writeln!(ids, "{}", subject_id(*i))?;
+        }
+        pb.inc(batch.len() as u64);
+    }
+    let dups: Vec<Vec<f32>> =
+        planted.par_iter().map(|&i| pop.sample(i, biomatch_datasets::DUPLICATE_SAMPLE)).collect();
+    for (k, v) in dups.iter().enumerate() {
+        for x in v {
+            w.write_all(&x.to_le_bytes())?;
+        }
+        writeln!(ids, "{}", duplicate_id(k as u64))?;
+    }
+    pb.finish_and_clear();
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    ids.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::write(args.out.join("truth.csv"), truth_csv(&planted))?;
+    println!(
+        "{}",
+        json!({
+            "rows": rows,
+            "subjects": pop.identities(),
+            "planted_duplicates": planted.len(),
+            "templates": npy,
+            "ids": ids_path,
+            "truth": args.out.join("truth.csv"),
+            "population": sidecar(&pop, &args.population.fingers)?,
+        })
+    );
+    Ok(())
+}
+
+/// Enroll the planted duplicates of `planted` (identities) into a store holding `pop`: through
+/// the engine with fingers (impression 2), straight into the store for faces only.
+fn enroll_duplicates(
+    store: &Arc<Store>,
+    pop: &Population,
+    fingers: &FingerArgs,
+    planted: &[u64],
+) -> Result<()> {
+    let (m, _) = model(pop.dim());
+    let cfg = FastFingerConfig::default();
+    let items = planted
+        .par_iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let vectors = if fingers.face() {
+                let v = pop.sample(i, biomatch_datasets::DUPLICATE_SAMPLE);
+                vec![(Modality::Face, Template::new(m.clone(), pop.dim(), v)?)]
+            } else {
+                Vec::new()
+            };
+            let f = if fingers.enabled() { fingers.templates(&cfg, i, 2)? } else { Vec::new() };
+            Ok((duplicate_id(k as u64), Samples { vectors, fingers: f }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let engine = Engine::new(
+        Arc::new(Gallery::new(store.clone())),
+        if fingers.enabled() {
+            Some((open_fingers(FingerSearchParams::default())?, finger_calibration()?))
+        } else {
+            None
+        },
+        Vec::new(),
+        Settings::default(),
+        None,
+    );
+    for chunk in items.chunks(10_000) {
+        for r in engine.enroll_batch(chunk.to_vec(), None)? {
+            r?;
+        }
+    }
+    store.checkpoint()?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -462,7 +608,19 @@ fn enroll_with_fingers(store: &Arc<Store>, pop: &Population, fingers: &FingerArg
 
 pub fn enroll(args: &EnrollArgs) -> Result<()> {
     let pop = args.population.population()?;
+    let planted =
+        pop.planted_duplicates(args.duplicates.duplicates, args.duplicates.duplicate_seed)?;
+    if !planted.is_empty()
+        && Store::open_read_only(&args.data, StoreOptions::new(Vec::new()))
+            .is_ok_and(|s| !s.is_empty())
+    {
+        bail!("--duplicates plants into a new store: {} is not empty", args.data.display());
+    }
     let (store, secs) = fill(&args.data, &pop, &args.population.fingers)?;
+    if !planted.is_empty() {
+        enroll_duplicates(&store, &pop, &args.population.fingers, &planted)?;
+        std::fs::write(args.data.join("planted-duplicates.csv"), truth_csv(&planted))?;
+    }
     println!(
         "{}",
         json!({
@@ -472,6 +630,7 @@ pub fn enroll(args: &EnrollArgs) -> Result<()> {
             "data": args.data,
             "fingers": store.stats().fingers.fingers,
             "fingers_per_subject": args.population.fingers.fingers_per_subject,
+            "planted_duplicates": planted.len(),
         })
     );
     Ok(())

@@ -729,3 +729,113 @@ fn sigterm_during_an_index_build_exits_promptly() {
     assert!(!index.join("CURRENT").exists());
     drop(lock);
 }
+
+/// A synthetic backlog with planted duplicates, imported into a store (the `biomatch import`
+/// path): `(store, truth.csv)`.
+fn planted_backlog(dir: &Path, subjects: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let exp = dir.join("exp");
+    let e = exp.to_str().unwrap();
+    let v = last_json(&biomatch(&[
+        "export-synthetic-backlog",
+        "--out",
+        e,
+        "--subjects",
+        subjects,
+        "--duplicates",
+        "0.01",
+        "--seed",
+        "3",
+    ]));
+    assert_eq!(v["planted_duplicates"], subjects.parse::<u64>().unwrap() / 100);
+    let store = dir.join("store");
+    let (t, ids) = (exp.join("backlog.npy"), exp.join("backlog.ids"));
+    last_json(&biomatch(&[
+        "import",
+        "--data",
+        store.to_str().unwrap(),
+        "--model",
+        "synthetic-face@1",
+        "--templates",
+        t.to_str().unwrap(),
+        "--ids",
+        ids.to_str().unwrap(),
+        "--quiet",
+    ]));
+    (store, exp.join("truth.csv"))
+}
+
+fn dedup_args<'a>(store: &'a str, out: &'a str, truth: &'a str) -> Vec<&'a str> {
+    vec![
+        "dedup-gallery",
+        "--data",
+        store,
+        "--out",
+        out,
+        "--truth",
+        truth,
+        "--search",
+        "exact",
+        "--chunk",
+        "16",
+        "--quiet",
+    ]
+}
+
+/// The real binary SIGKILLed mid-run resumes from its checkpoint without redoing finished
+/// subjects, and ends with what an uninterrupted run finds: every planted pair, no other.
+#[test]
+fn dedup_gallery_resumes_after_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, truth) = planted_backlog(dir.path(), "4000");
+    let (s, t) = (store.to_str().unwrap(), truth.to_str().unwrap());
+    let whole = dir.path().join("whole");
+    let full = last_json(&biomatch(&dedup_args(s, whole.to_str().unwrap(), t)));
+    assert_eq!(full["subjects"], 4040);
+    assert_eq!(full["complete"], true);
+    assert_eq!(full["truth"]["planted"], 40);
+    assert_eq!(full["truth"]["found_planted"], 40, "{full}");
+    assert_eq!(full["truth"]["false_pairs"], 0, "{full}");
+
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_biomatch"))
+        .args(dedup_args(s, o, t))
+        .env("BIOMATCH_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = out.join("checkpoint.bin");
+    let t0 = Instant::now();
+    while !ckpt.exists() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.join("clusters.jsonl").exists(), "killed before the end");
+    // Not resumed: refused, naming --resume; other parameters: refused too.
+    let again = biomatch(&dedup_args(s, o, t));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let mut other = dedup_args(s, o, t);
+    other.extend(["--resume", "--target-fpir", "0.01"]);
+    let refused = biomatch(&other);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("dedup_parameters_changed") && err.contains("target_fpir"), "{err}");
+
+    let mut resume = dedup_args(s, o, t);
+    resume.push("--resume");
+    let v = last_json(&biomatch(&resume));
+    let before = v["resumed_from"].as_u64().unwrap();
+    assert!(before > 0 && before < 4040, "killed mid-run: resumed from {before}");
+    assert_eq!(v["processed"].as_u64().unwrap() + before, 4040, "{v}");
+    assert_eq!(v["truth"], full["truth"]);
+    assert_eq!(
+        std::fs::read(out.join("pairs.csv")).unwrap(),
+        std::fs::read(whole.join("pairs.csv")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(out.join("clusters.jsonl")).unwrap(),
+        std::fs::read(whole.join("clusters.jsonl")).unwrap()
+    );
+}

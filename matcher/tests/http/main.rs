@@ -1,6 +1,7 @@
 //! HTTP tests of every route: `app(state)` driven with `tower::ServiceExt::oneshot`, no socket.
 
 mod audit;
+mod backlog;
 mod builds;
 mod common;
 mod conns;
