@@ -28,7 +28,7 @@
 //! Nothing biometric is written: ids, scores and FMRs only.
 
 use crate::error::{EngineError, ErrorCode, Result};
-use crate::{Engine, IdentifyParams, ModalityScore, Samples, SearchKind};
+use crate::{Engine, IdentifyParams, ModalityScore, SearchKind};
 use biomatch_core::fusion::score_of_fmr;
 use biomatch_core::{SubjectId, Template};
 use biomatch_gallery::GalleryError;
@@ -269,37 +269,12 @@ impl Engine {
     /// configured models (the fingers' pre-selection codes are derived, not probed) and its
     /// minutiae fingers. `None`: the subject is gone.
     pub fn stored_probe(&self, subject: &SubjectId) -> Result<Option<crate::PreparedProbe>> {
-        let store = self.store();
-        let info = match store.get(subject) {
-            Ok(i) => i,
-            Err(GalleryError::UnknownSubject(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let code_model = self.fingers().map(|f| f.code_model().clone());
-        let mut samples = Samples::default();
-        for t in &info.templates {
-            if Some(&t.model) == code_model.as_ref() {
-                continue;
-            }
-            let (model, v) = match store.template(subject, t.modality) {
-                Ok(x) => x,
-                Err(GalleryError::UnknownSubject(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let dim = v.len();
-            samples.vectors.push((t.modality, Template::new(model, dim, v)?));
+        match self.stored_samples(subject) {
+            Ok(samples) if samples.is_empty() => Ok(None),
+            Ok(samples) => self.prepare(samples).map(Some),
+            Err(e) if e.code() == ErrorCode::UnknownSubject => Ok(None),
+            Err(e) => Err(e),
         }
-        if !info.fingers.is_empty() && self.fingers().is_some() {
-            samples.fingers = match store.fingers(subject) {
-                Ok(f) => f,
-                Err(GalleryError::UnknownSubject(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-        }
-        if samples.is_empty() {
-            return Ok(None);
-        }
-        self.prepare(samples).map(Some)
     }
 
     /// Deduplicate the store (see the module docs): write `pairs.csv`, `clusters.jsonl` and

@@ -563,7 +563,8 @@ impl Engine {
             let dim = vector.len();
             out.vectors.push((t.modality, Template::new(model, dim, vector)?));
         }
-        if !info.fingers.is_empty() {
+        // Without a finger search the fingers could not be compared: not part of the probe.
+        if !info.fingers.is_empty() && self.fingers.is_some() {
             out.fingers = store.fingers(subject)?;
         }
         Ok(out)
