@@ -48,6 +48,9 @@ pub enum ErrorCode {
     FingerprintsUnavailable,
     // Subjects.
     AlreadyEnrolled,
+    /// Enroll-if-unique found enrolled subjects matching the samples: nothing was stored; the
+    /// answer lists them (`candidates`) for adjudication.
+    Duplicate,
     UnknownSubject,
     NoTemplateForModality,
     // Operations.
@@ -109,6 +112,7 @@ impl ErrorCode {
             C::ExtractorUnavailable => "extractor_unavailable",
             C::FingerprintsUnavailable => "fingerprints_unavailable",
             C::AlreadyEnrolled => "already_enrolled",
+            C::Duplicate => "duplicate",
             C::UnknownSubject => "unknown_subject",
             C::NoTemplateForModality => "no_template_for_modality",
             C::OverMemoryBudget => "over_memory_budget",

@@ -157,6 +157,23 @@ pub struct SearchConfig {
     pub memory_budget_mb: Option<u64>,
 }
 
+/// Enroll-if-unique's defaults (`[dedup]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DedupConfig {
+    /// A subject matches (the enrollment is refused as `duplicate`) when its fused FMR ≤
+    /// target_fpir / N; a request's `target_fpir` overrides it.
+    pub target_fpir: f64,
+    /// The most candidates a `duplicate` answer lists; a request's `max_results` overrides it.
+    pub max_results: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self { target_fpir: 1e-3, max_results: 10 }
+    }
+}
+
 /// The serving index generations: when a rebuild is due, and the recall-drift monitor that says
 /// so (`[index]`, `[index.recall_monitor]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -355,6 +372,9 @@ pub struct Config {
     pub search: SearchConfig,
     #[serde(default)]
     pub index: IndexConfig,
+    /// Enroll-if-unique (`POST /v1/subjects?dedup=true`).
+    #[serde(default)]
+    pub dedup: DedupConfig,
     pub models: Vec<ModelConfig>,
     pub extractors: ExtractorsConfig,
     pub fingerprints: FingerprintConfig,
@@ -410,6 +430,7 @@ impl Default for Config {
                 memory_budget_mb: None,
             },
             index: IndexConfig::default(),
+            dedup: DedupConfig::default(),
             models: vec![
                 ModelConfig {
                     id: "sface@2021dec".into(),
@@ -498,6 +519,16 @@ impl Config {
             return Err(format!(
                 "search.default_target_fmr = {} must be in (0, 1)",
                 s.default_target_fmr
+            ));
+        }
+        let d = &self.dedup;
+        if !(d.target_fpir > 0.0 && d.target_fpir < 1.0) {
+            return Err(format!("dedup.target_fpir = {} must be in (0, 1)", d.target_fpir));
+        }
+        if d.max_results == 0 || d.max_results > biomatch_gallery::MAX_RESULTS_LIMIT {
+            return Err(format!(
+                "dedup.max_results must be in 1..={}",
+                biomatch_gallery::MAX_RESULTS_LIMIT
             ));
         }
         if s.default_max_results == 0 || s.default_max_results > biomatch_gallery::MAX_RESULTS_LIMIT

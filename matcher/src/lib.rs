@@ -87,6 +87,7 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         api::FingerQualityOut,
         api::FingerSearchOut,
         api::ErrorBody,
+        api::DuplicateBody,
         error::ErrorCode,
         api::IndexRequest,
         api::IndexOut,

@@ -4,6 +4,7 @@ mod audit;
 mod builds;
 mod common;
 mod conns;
+mod dedup;
 mod errors;
 mod faces;
 mod fingers;
