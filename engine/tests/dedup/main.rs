@@ -67,7 +67,7 @@ fn engine(dir: &std::path::Path) -> Arc<Engine> {
 }
 
 fn params() -> DedupParams {
-    DedupParams { target_fpir: 1e-3, max_results: 10, mode: SearchKind::Auto }
+    DedupParams { target_fpir: 1e-6, max_results: 10, mode: SearchKind::Auto }
 }
 
 fn id(s: &str) -> SubjectId {

@@ -42,6 +42,7 @@ const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 50..=400;
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+mod dedup;
 mod diskfull;
 
 // ---------------------------------------------------------------------------------------------
