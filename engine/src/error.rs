@@ -67,6 +67,8 @@ pub enum ErrorCode {
     Overloaded,
     /// This API key sent more requests than its configured rate.
     RateLimited,
+    /// The asynchronous job queue holds `jobs.max_pending` jobs: retry later.
+    QueueFull,
     Timeout,
     StoreUnavailable,
     /// The store's disk (or quota) is full: nothing of the write was stored.
@@ -123,6 +125,7 @@ impl ErrorCode {
             C::NotReady => "not_ready",
             C::Overloaded => "overloaded",
             C::RateLimited => "rate_limited",
+            C::QueueFull => "queue_full",
             C::Timeout => "timeout",
             C::StoreUnavailable => "store_unavailable",
             C::InsufficientStorage => "insufficient_storage",

@@ -174,6 +174,24 @@ impl Default for DedupConfig {
     }
 }
 
+/// The asynchronous job queue (`[jobs]`, `crate::jobs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobsConfig {
+    /// Jobs run at the same time.
+    pub workers: usize,
+    /// Jobs queued or running at most; one more is refused (429 `queue_full`).
+    pub max_pending: usize,
+    /// How long a finished job's result is kept (then deleted from memory and disk).
+    pub result_ttl_s: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self { workers: 2, max_pending: 1000, result_ttl_s: 3600 }
+    }
+}
+
 /// The serving index generations: when a rebuild is due, and the recall-drift monitor that says
 /// so (`[index]`, `[index.recall_monitor]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -375,6 +393,9 @@ pub struct Config {
     /// Enroll-if-unique (`POST /v1/subjects?dedup=true`).
     #[serde(default)]
     pub dedup: DedupConfig,
+    /// The asynchronous job queue (`/v1/jobs`).
+    #[serde(default)]
+    pub jobs: JobsConfig,
     pub models: Vec<ModelConfig>,
     pub extractors: ExtractorsConfig,
     pub fingerprints: FingerprintConfig,
@@ -431,6 +452,7 @@ impl Default for Config {
             },
             index: IndexConfig::default(),
             dedup: DedupConfig::default(),
+            jobs: JobsConfig::default(),
             models: vec![
                 ModelConfig {
                     id: "sface@2021dec".into(),
@@ -520,6 +542,13 @@ impl Config {
                 "search.default_target_fmr = {} must be in (0, 1)",
                 s.default_target_fmr
             ));
+        }
+        let j = &self.jobs;
+        if j.workers == 0 || j.workers > 256 || j.max_pending == 0 || j.result_ttl_s == 0 {
+            return Err(
+                "jobs: workers in 1..=256, max_pending >= 1 and result_ttl_s >= 1 are required"
+                    .into(),
+            );
         }
         let d = &self.dedup;
         if !(d.target_fpir > 0.0 && d.target_fpir < 1.0) {

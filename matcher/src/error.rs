@@ -56,7 +56,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         C::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-        C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        C::RateLimited | C::QueueFull => StatusCode::TOO_MANY_REQUESTS,
         C::Timeout => StatusCode::GATEWAY_TIMEOUT,
         C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }

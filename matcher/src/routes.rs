@@ -125,7 +125,8 @@ pub async fn enroll(
     caller.note_subjects(vec![sid.clone()]);
     let key = idempotency_key(&headers)?;
     let ctx = audit_context(&caller);
-    let r = enroll_inner(&state, req, key, ctx, dedup).await;
+    let retry = key.is_some();
+    let r = enroll_inner(&state, req, key, retry, ctx, dedup).await;
     match &r {
         Ok(EnrollOutcome::Created(_)) => {
             // The engine's journal made the audit record durable with the enrollment.
@@ -177,10 +178,13 @@ impl EnrollOutcome {
 /// An enrollment, plain or enroll-if-unique (`dedup`), as `POST /v1/subjects` runs it and the
 /// job queue reruns it: samples decoded, the Idempotency-Key's answer replayed, one engine call
 /// on the blocking pool. A `duplicate` is the error [`ApiError::duplicate`].
+/// `retry`: an identical enrollment already stored answers `Replayed` (the client sent an
+/// Idempotency-Key, `key`; or a job reruns).
 pub async fn enroll_inner(
     state: &Arc<AppState>,
     req: EnrollRequest,
     key: Option<String>,
+    retry: bool,
     ctx: AuditContext,
     dedup: bool,
 ) -> Result<EnrollOutcome, ApiError> {
@@ -205,7 +209,6 @@ pub async fn enroll_inner(
         }
     }
     let engine = state.engine()?.clone();
-    let retry = key.is_some();
     let r = blocking(move || {
         Ok(if dedup {
             engine.enroll_if_unique(subject, samples, &params, retry, Some(ctx))

@@ -204,6 +204,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             spawn_maintenance(&e, std::time::Duration::from_millis(500));
             st.attach(e);
             crate::recall_monitor::spawn(&st);
+            if let Err(e) = crate::jobs::start(&st) {
+                // Jobs are refused (not_ready); the synchronous endpoints serve.
+                tracing::error!(error = %e, "the job queue could not be opened");
+            }
             tracing::info!("ready");
         }
         Err(e) => {

@@ -9,6 +9,7 @@ mod errors;
 mod faces;
 mod fingers;
 mod flows;
+mod jobs;
 mod monitor;
 mod ops;
 mod roles;
