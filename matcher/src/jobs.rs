@@ -330,7 +330,8 @@ fn expired(r: &JobRecord, ttl: Duration) -> bool {
 }
 
 /// Recover the queue from disk and start `jobs.workers` workers and the expiry task on the
-/// current tokio runtime. Call once the engine is attached.
+/// current tokio runtime. Call once, before the engine is attached (readiness then implies a
+/// recovered queue); the workers wait for the engine.
 pub fn start(state: &Arc<AppState>) -> std::io::Result<()> {
     let cfg = &state.config.jobs;
     let ttl = Duration::from_secs(cfg.result_ttl_s);
@@ -339,6 +340,9 @@ pub fn start(state: &Arc<AppState>) -> std::io::Result<()> {
     for _ in 0..cfg.workers {
         let st = state.clone();
         rt.spawn(async move {
+            while !st.is_ready() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             loop {
                 let id = st.jobs.next().await;
                 run(&st, &id).await;

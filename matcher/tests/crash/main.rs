@@ -44,6 +44,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 mod dedup;
 mod diskfull;
+mod jobs;
 
 // ---------------------------------------------------------------------------------------------
 // A minimal blocking HTTP/1.1 client: one connection per request (`Connection: close`).
