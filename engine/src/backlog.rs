@@ -30,7 +30,7 @@
 use crate::error::{EngineError, ErrorCode, Result};
 use crate::{Engine, IdentifyParams, ModalityScore, SearchKind};
 use biomatch_core::fusion::score_of_fmr;
-use biomatch_core::{SubjectId, Template};
+use biomatch_core::SubjectId;
 use biomatch_gallery::GalleryError;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -52,7 +52,7 @@ const FORMAT_VERSION: u32 = 1;
 
 /// Parameters of a deduplication run; a resumed run must give the same ones.
 #[derive(Clone, Debug, PartialEq)]
-pub struct DedupParams {
+pub struct BacklogParams {
     /// Pairs must have a fused FMR ≤ target_fpir / N (N: the store's subjects).
     pub target_fpir: f64,
     /// Candidates kept per subject (besides itself).
@@ -62,7 +62,7 @@ pub struct DedupParams {
     pub chunk: usize,
 }
 
-impl Default for DedupParams {
+impl Default for BacklogParams {
     fn default() -> Self {
         Self { target_fpir: 1e-3, max_candidates: 10, mode: SearchKind::Auto, chunk: 4096 }
     }
@@ -70,7 +70,7 @@ impl Default for DedupParams {
 
 /// Shared with whoever watches or stops a run (a progress bar, the admin endpoint).
 #[derive(Debug, Default)]
-pub struct DedupControl {
+pub struct BacklogControl {
     cancel: AtomicBool,
     /// Subjects in the run's snapshot.
     pub total: AtomicU64,
@@ -84,7 +84,7 @@ pub struct DedupControl {
     stop_after_chunks: AtomicU64,
 }
 
-impl DedupControl {
+impl BacklogControl {
     pub fn new() -> Self {
         Self { stop_after_chunks: AtomicU64::new(u64::MAX), ..Self::default() }
     }
@@ -126,7 +126,7 @@ pub struct DedupPair {
 
 /// A connected component of matched pairs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DedupCluster {
+pub struct BacklogCluster {
     pub cluster: usize,
     pub size: usize,
     /// Sorted.
@@ -136,7 +136,7 @@ pub struct DedupCluster {
 
 /// What a run did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DedupSummary {
+pub struct BacklogSummary {
     /// Subjects in the run's snapshot.
     pub subjects: u64,
     /// Subjects searched by this run.
@@ -284,10 +284,10 @@ impl Engine {
     pub fn dedup(
         &self,
         out: &Path,
-        p: &DedupParams,
+        p: &BacklogParams,
         resume: bool,
-        ctl: &DedupControl,
-    ) -> Result<DedupSummary> {
+        ctl: &BacklogControl,
+    ) -> Result<BacklogSummary> {
         if !(p.target_fpir > 0.0 && p.target_fpir < 1.0) {
             return Err(EngineError::invalid(
                 ErrorCode::InvalidParameter,
@@ -463,7 +463,7 @@ impl Engine {
         let complete = !stopped;
         let seconds = t0.elapsed().as_secs_f64();
         let n = ck.key.subjects;
-        let mut summary = DedupSummary {
+        let mut summary = BacklogSummary {
             subjects: n,
             processed,
             resumed_from,
@@ -538,7 +538,7 @@ fn read_pairs(path: &Path) -> Result<Vec<DedupPair>> {
 
 /// Connected components of `pairs` (union-find), largest first, then by first member; each
 /// cluster's members sorted and its pairs best first.
-pub fn clusters_of(pairs: &[DedupPair]) -> Vec<DedupCluster> {
+pub fn clusters_of(pairs: &[DedupPair]) -> Vec<BacklogCluster> {
     let mut ids: HashMap<&str, usize> = HashMap::new();
     let mut names: Vec<&str> = Vec::new();
     for p in pairs {
@@ -572,14 +572,14 @@ pub fn clusters_of(pairs: &[DedupPair]) -> Vec<DedupCluster> {
         let r = find(&mut parent, ids[p.a.as_str()]);
         groups.entry(r).or_default().1.push(p.clone());
     }
-    let mut out: Vec<DedupCluster> = groups
+    let mut out: Vec<BacklogCluster> = groups
         .into_values()
         .map(|(mut members, mut pairs)| {
             members.sort();
             pairs.sort_by(|x, y| {
                 x.fmr.total_cmp(&y.fmr).then_with(|| (&x.a, &x.b).cmp(&(&y.a, &y.b)))
             });
-            DedupCluster { cluster: 0, size: members.len(), members, pairs }
+            BacklogCluster { cluster: 0, size: members.len(), members, pairs }
         })
         .collect();
     out.sort_by(|x, y| y.size.cmp(&x.size).then_with(|| x.members[0].cmp(&y.members[0])));
@@ -598,7 +598,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn write_outputs(out: &Path, clusters: &[DedupCluster], summary: &DedupSummary) -> Result<()> {
+fn write_outputs(out: &Path, clusters: &[BacklogCluster], summary: &BacklogSummary) -> Result<()> {
     let mut csv = String::from("subject_a,subject_b,cluster,score,fmr,modality_scores\n");
     let mut jsonl = Vec::new();
     for c in clusters {
@@ -626,7 +626,7 @@ fn write_outputs(out: &Path, clusters: &[DedupCluster], summary: &DedupSummary) 
 }
 
 /// Read the pairs of a finished run's `pairs.csv`-producing clusters back (`clusters.jsonl`).
-pub fn read_clusters(out: &Path) -> Result<Vec<DedupCluster>> {
+pub fn read_clusters(out: &Path) -> Result<Vec<BacklogCluster>> {
     let path = out.join(CLUSTERS_JSONL);
     let f = File::open(&path).map_err(io(&path))?;
     BufReader::new(f)
@@ -648,7 +648,7 @@ pub fn read_clusters(out: &Path) -> Result<Vec<DedupCluster>> {
 mod tests {
     use super::*;
     use crate::{EngineModel, ModelKind, Settings};
-    use biomatch_core::{CalibrationTable, Modality, ModelId};
+    use biomatch_core::{CalibrationTable, Modality, ModelId, Template};
     use biomatch_gallery::{Enrollment, Gallery, ModelSpec, Store, StoreOptions};
     use biomatch_testkit::SplitMix64;
     use std::sync::Arc;
@@ -722,12 +722,12 @@ mod tests {
         (Engine::new(g, None, models, Settings::default(), None), planted)
     }
 
-    fn params() -> DedupParams {
+    fn params() -> BacklogParams {
         // Exact: a 2 000-subject gallery has no index; small chunks: many checkpoints.
-        DedupParams { target_fpir: 1e-3, max_candidates: 5, mode: SearchKind::Exact, chunk: 100 }
+        BacklogParams { target_fpir: 1e-3, max_candidates: 5, mode: SearchKind::Exact, chunk: 100 }
     }
 
-    fn pair_set(clusters: &[DedupCluster]) -> Vec<(String, String)> {
+    fn pair_set(clusters: &[BacklogCluster]) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = clusters
             .iter()
             .flat_map(|c| c.pairs.iter().map(|p| (p.a.clone(), p.b.clone())))
@@ -741,7 +741,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (e, planted) = engine(&dir.path().join("store"), 2000);
         let out = dir.path().join("out");
-        let s = e.dedup(&out, &params(), false, &DedupControl::new()).unwrap();
+        let s = e.dedup(&out, &params(), false, &BacklogControl::new()).unwrap();
         assert!(s.complete);
         assert_eq!((s.subjects, s.processed, s.resumed_from), (2004, 2004, 0));
         let clusters = read_clusters(&out).unwrap();
@@ -772,17 +772,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (e, _) = engine(&dir.path().join("store"), 2000);
         let whole = dir.path().join("whole");
-        let full = e.dedup(&whole, &params(), false, &DedupControl::new()).unwrap();
+        let full = e.dedup(&whole, &params(), false, &BacklogControl::new()).unwrap();
 
         let out = dir.path().join("out");
-        let ctl = DedupControl::new();
+        let ctl = BacklogControl::new();
         ctl.stop_after_chunks(7);
         let first = e.dedup(&out, &params(), false, &ctl).unwrap();
         assert!(!first.complete);
         assert_eq!(first.processed, 700);
         assert!(!out.join(CLUSTERS_JSONL).exists(), "no result before the end");
         // A second run without --resume is refused, naming the way out.
-        let err = e.dedup(&out, &params(), false, &DedupControl::new()).unwrap_err();
+        let err = e.dedup(&out, &params(), false, &BacklogControl::new()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::DedupParametersChanged);
         assert!(err.to_string().contains("--resume"), "{err}");
         // Lines a crash left after the last checkpoint are cut off, not counted twice.
@@ -796,7 +796,7 @@ mod tests {
                 b"{\"probe\":\"S0001\",\"candidate\":\"S0002\",\"fmr\":1e-9,\"scores\":[]}\n",
             )
             .unwrap();
-        let second = e.dedup(&out, &params(), true, &DedupControl::new()).unwrap();
+        let second = e.dedup(&out, &params(), true, &BacklogControl::new()).unwrap();
         assert!(second.complete);
         assert_eq!((second.resumed_from, second.processed), (700, 2004 - 700));
         assert!(std::fs::metadata(&log).unwrap().len() >= covered);
@@ -807,7 +807,7 @@ mod tests {
         );
         assert_eq!((second.pairs, second.clusters), (full.pairs, full.clusters));
         // Resuming a finished run does nothing more.
-        let third = e.dedup(&out, &params(), true, &DedupControl::new()).unwrap();
+        let third = e.dedup(&out, &params(), true, &BacklogControl::new()).unwrap();
         assert_eq!((third.processed, third.resumed_from), (0, 2004));
     }
 
@@ -816,19 +816,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (e, _) = engine(&dir.path().join("store"), 500);
         let out = dir.path().join("out");
-        let ctl = DedupControl::new();
+        let ctl = BacklogControl::new();
         ctl.stop_after_chunks(1);
         e.dedup(&out, &params(), false, &ctl).unwrap();
-        let other = DedupParams { target_fpir: 1e-2, ..params() };
-        let err = e.dedup(&out, &other, true, &DedupControl::new()).unwrap_err();
+        let other = BacklogParams { target_fpir: 1e-2, ..params() };
+        let err = e.dedup(&out, &other, true, &BacklogControl::new()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::DedupParametersChanged);
         assert!(err.to_string().contains("target_fpir 0.001 (now 0.01)"), "{err}");
         // Nothing was lost: the run resumes with its own parameters.
-        let s = e.dedup(&out, &params(), true, &DedupControl::new()).unwrap();
+        let s = e.dedup(&out, &params(), true, &BacklogControl::new()).unwrap();
         assert_eq!((s.resumed_from, s.processed, s.complete), (100, 404, true));
         // Bad parameters are refused before anything is written.
-        let bad = DedupParams { max_candidates: 0, ..params() };
-        let err = e.dedup(&dir.path().join("bad"), &bad, false, &DedupControl::new()).unwrap_err();
+        let bad = BacklogParams { max_candidates: 0, ..params() };
+        let err =
+            e.dedup(&dir.path().join("bad"), &bad, false, &BacklogControl::new()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::InvalidParameter);
         assert!(!dir.path().join("bad").exists());
     }
@@ -838,14 +839,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (e, _) = engine(&dir.path().join("store"), 300);
         let out = dir.path().join("out");
-        let ctl = DedupControl::new();
+        let ctl = BacklogControl::new();
         ctl.stop_after_chunks(1);
         e.dedup(&out, &params(), false, &ctl).unwrap();
         let path = out.join(CHECKPOINT);
         let mut b = std::fs::read(&path).unwrap();
         b[5] ^= 0x20;
         std::fs::write(&path, b).unwrap();
-        let err = e.dedup(&out, &params(), true, &DedupControl::new()).unwrap_err();
+        let err = e.dedup(&out, &params(), true, &BacklogControl::new()).unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
     }
 }

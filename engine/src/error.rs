@@ -48,6 +48,9 @@ pub enum ErrorCode {
     FingerprintsUnavailable,
     // Subjects.
     AlreadyEnrolled,
+    /// Enroll-if-unique found enrolled subjects matching the samples: nothing was stored; the
+    /// answer lists them (`candidates`) for adjudication.
+    Duplicate,
     UnknownSubject,
     NoTemplateForModality,
     // Operations.
@@ -64,6 +67,8 @@ pub enum ErrorCode {
     Overloaded,
     /// This API key sent more requests than its configured rate.
     RateLimited,
+    /// The asynchronous job queue holds `jobs.max_pending` jobs: retry later.
+    QueueFull,
     Timeout,
     StoreUnavailable,
     /// The store's disk (or quota) is full: nothing of the write was stored.
@@ -113,6 +118,7 @@ impl ErrorCode {
             C::ExtractorUnavailable => "extractor_unavailable",
             C::FingerprintsUnavailable => "fingerprints_unavailable",
             C::AlreadyEnrolled => "already_enrolled",
+            C::Duplicate => "duplicate",
             C::UnknownSubject => "unknown_subject",
             C::NoTemplateForModality => "no_template_for_modality",
             C::OverMemoryBudget => "over_memory_budget",
@@ -123,6 +129,7 @@ impl ErrorCode {
             C::NotReady => "not_ready",
             C::Overloaded => "overloaded",
             C::RateLimited => "rate_limited",
+            C::QueueFull => "queue_full",
             C::Timeout => "timeout",
             C::StoreUnavailable => "store_unavailable",
             C::InsufficientStorage => "insufficient_storage",

@@ -18,8 +18,10 @@
 //! The engine does CPU work on the caller's thread (and rayon): call it off async threads.
 
 pub mod backlog;
+pub mod dedup;
 pub mod error;
 
+pub use dedup::{DedupParams, UniqueEnrollment};
 pub use error::{EngineError, ErrorCode, Result};
 
 use biomatch_core::finger::FingerTemplate;
@@ -135,6 +137,8 @@ struct WriteNote {
 #[derive(Debug)]
 struct Hook {
     journal: Option<Arc<dyn Journal>>,
+    /// The recently committed enrollments, for enroll-if-unique's re-check ([`dedup`]).
+    recent: Arc<dedup::RecentCommits>,
 }
 
 fn note_of<'a>(c: &'a Committed<'_>) -> Option<&'a WriteNote> {
@@ -172,7 +176,7 @@ impl CommitHook for Hook {
     }
 
     fn applied(&self, group: &[Committed<'_>], journal: Option<&[u8]>) {
-        let _ = group;
+        self.recent.record(group);
         if let (Some(j), Some(bytes)) = (&self.journal, journal) {
             j.committed(bytes);
         }
@@ -337,6 +341,11 @@ pub struct Engine {
     finger_calibration: Option<CalibrationTable>,
     settings: Settings,
     journal: Option<Arc<dyn Journal>>,
+    /// Enroll-if-unique's serialisation: plain enrollments hold it shared across their store
+    /// write, an enroll-if-unique holds it exclusively across its re-check and its commit
+    /// ([`dedup`]).
+    dedup_lock: parking_lot::RwLock<()>,
+    recent: Arc<dedup::RecentCommits>,
 }
 
 impl Engine {
@@ -354,8 +363,20 @@ impl Engine {
             Some((f, c)) => (Some(f), Some(c)),
             None => (None, None),
         };
-        gallery.store().set_commit_hook(Arc::new(Hook { journal: journal.clone() }));
-        Self { gallery, fingers, models, finger_calibration, settings, journal }
+        let recent = Arc::new(dedup::RecentCommits::new(dedup::RECENT_CAPACITY));
+        gallery
+            .store()
+            .set_commit_hook(Arc::new(Hook { journal: journal.clone(), recent: recent.clone() }));
+        Self {
+            gallery,
+            fingers,
+            models,
+            finger_calibration,
+            settings,
+            journal,
+            dedup_lock: parking_lot::RwLock::new(()),
+            recent,
+        }
     }
 
     /// Hand the journal records found in the store's log at open to the engine's journal (see
@@ -430,7 +451,16 @@ impl Engine {
         audit: Option<AuditContext>,
     ) -> Result<Enrolled> {
         let note = self.write_note(audit);
-        let e = self.enrollment(subject.clone(), samples)?;
+        let e = self.enrollment(subject, samples)?;
+        // Held shared across the write: an enroll-if-unique's re-check sees this enrollment.
+        let _shared = self.dedup_lock.read();
+        self.commit_enrollment(e, note, retry)
+    }
+
+    /// Store an enrollment record; with `retry`, an identical one already stored is answered as
+    /// found (`created: false`).
+    fn commit_enrollment(&self, e: Enrollment, note: Note, retry: bool) -> Result<Enrolled> {
+        let subject = e.subject.clone();
         // Only a retry needs the samples again after the store took them.
         let retried = retry.then(|| e.clone());
         match self.store().write(WriteOp::Enroll(e), Some(note)) {
@@ -467,7 +497,10 @@ impl Engine {
                 Err(err) => refused.push(Some(err)),
             }
         }
-        let mut written = self.store().write_batch(ops)?.into_iter();
+        let mut written = {
+            let _shared = self.dedup_lock.read();
+            self.store().write_batch(ops)?.into_iter()
+        };
         Ok(refused
             .into_iter()
             .map(|r| match r {
@@ -629,6 +662,18 @@ impl Engine {
     /// 1:N: candidates from every modality of the probe, filled in, fused, cut at the target
     /// FPIR, ranked.
     pub fn identify(&self, probe: &PreparedProbe, p: &IdentifyParams) -> Result<Identification> {
+        self.identify_at(probe, p, None)
+    }
+
+    /// [`identify`](Self::identify), with the FPIR cut made for a gallery of `gallery_size`
+    /// subjects instead of the searched one's (a re-check over a subset keeps the threshold of
+    /// the full search it completes).
+    fn identify_at(
+        &self,
+        probe: &PreparedProbe,
+        p: &IdentifyParams,
+        gallery_size: Option<u64>,
+    ) -> Result<Identification> {
         if p.max_results == 0 || p.max_results > MAX_RESULTS_LIMIT {
             return Err(EngineError::invalid(
                 ErrorCode::InvalidParameter,
@@ -661,12 +706,12 @@ impl Engine {
         }
         let store = self.store();
         let nf = store.finger_counts().0;
-        let n = match &p.subset {
+        let n = gallery_size.unwrap_or(match &p.subset {
             Some(s) => s.len(),
             None if probe.vectors.is_empty() => nf,
             None if probe.fingers.is_empty() => store.len(),
             None => store.len().max(nf),
-        } as u64;
+        } as u64);
         let single = probe.len() == 1;
         // Single modality: the candidate threshold applies directly to the raw score.
         let raw_threshold = |cal: &CalibrationTable| -> Result<Option<f32>> {

@@ -174,6 +174,16 @@ pub struct ErrorBody {
     pub request_id: String,
 }
 
+/// 409 `duplicate` of `POST /v1/subjects?dedup=true`: the error body plus the enrolled subjects
+/// that matched (the candidates of `/v1/identify`, best first; never the request's own id).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct DuplicateBody {
+    pub code: biomatch_engine::ErrorCode,
+    pub message: String,
+    pub request_id: String,
+    pub candidates: Vec<CandidateOut>,
+}
+
 /// Where an index build job is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

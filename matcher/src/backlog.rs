@@ -7,7 +7,7 @@
 use crate::config::Config;
 use crate::state::{load_finger_calibration, load_models};
 use anyhow::{bail, Context, Result};
-use biomatch_engine::backlog::{DedupCluster, DedupControl, DedupParams, DedupSummary};
+use biomatch_engine::backlog::{BacklogCluster, BacklogControl, BacklogParams, BacklogSummary};
 use biomatch_engine::{Engine, SearchKind};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -61,7 +61,7 @@ pub struct DedupArgs {
     #[arg(long, value_enum, default_value_t = DedupSearch::Auto)]
     pub search: DedupSearch,
     /// Subjects per checkpoint.
-    #[arg(long, default_value_t = DedupParams::default().chunk)]
+    #[arg(long, default_value_t = BacklogParams::default().chunk)]
     pub chunk: usize,
     /// Planted pairs (CSV `subject_a,subject_b` with a header line): report found/planted and
     /// the pairs found outside them (false pairs).
@@ -113,7 +113,7 @@ pub fn read_truth(path: &Path) -> Result<HashSet<(String, String)>> {
 }
 
 /// Count found/planted and false pairs of finished clusters.
-pub fn evaluate(clusters: &[DedupCluster], truth: &HashSet<(String, String)>) -> TruthReport {
+pub fn evaluate(clusters: &[BacklogCluster], truth: &HashSet<(String, String)>) -> TruthReport {
     let found: HashSet<(String, String)> =
         clusters.iter().flat_map(|c| c.pairs.iter().map(|p| ordered(&p.a, &p.b))).collect();
     let found_planted = truth.iter().filter(|p| found.contains(*p)).count() as u64;
@@ -148,13 +148,13 @@ pub fn run_cli(args: &DedupArgs) -> Result<()> {
         read_truth(t)?;
     }
     let engine = open_engine(args.config.as_deref(), &args.data)?;
-    let params = DedupParams {
+    let params = BacklogParams {
         target_fpir: args.target_fpir,
         max_candidates: args.max_candidates,
         mode: args.search.into(),
         chunk: args.chunk,
     };
-    let ctl = Arc::new(DedupControl::new());
+    let ctl = Arc::new(BacklogControl::new());
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let watcher = {
         let ctl = ctl.clone();
@@ -188,7 +188,7 @@ pub fn run_cli(args: &DedupArgs) -> Result<()> {
     let result = engine.dedup(&args.out, &params, args.resume, &ctl);
     drop(stop);
     let _ = watcher.join();
-    let summary: DedupSummary = result.map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+    let summary: BacklogSummary = result.map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
     let mut line = serde_json::to_value(&summary)?;
     if let (Some(t), true) = (&args.truth, summary.complete) {
         let truth = read_truth(t)?;
@@ -259,7 +259,7 @@ pub struct DedupJobOut {
     pub out: String,
     /// The final summary, once done.
     #[schema(value_type = Option<Object>)]
-    pub summary: Option<DedupSummary>,
+    pub summary: Option<BacklogSummary>,
     pub error: Option<BuildJobError>,
     pub started_at: f64,
     pub finished_at: Option<f64>,
@@ -269,7 +269,7 @@ pub struct DedupJobOut {
 pub struct DedupJob {
     id: String,
     out: PathBuf,
-    ctl: Arc<DedupControl>,
+    ctl: Arc<BacklogControl>,
     started: std::time::Instant,
     state: Mutex<JobState>,
 }
@@ -277,7 +277,7 @@ pub struct DedupJob {
 #[derive(Debug)]
 struct JobState {
     status: DedupJobStatus,
-    summary: Option<DedupSummary>,
+    summary: Option<BacklogSummary>,
     error: Option<BuildJobError>,
     started_at: f64,
     finished_at: Option<f64>,
@@ -335,8 +335,8 @@ impl DedupJobs {
         dir: &Path,
         req: &DedupRequest,
     ) -> Result<Arc<DedupJob>, ApiError> {
-        let defaults = DedupParams::default();
-        let params = DedupParams {
+        let defaults = BacklogParams::default();
+        let params = BacklogParams {
             target_fpir: req.target_fpir.unwrap_or(defaults.target_fpir),
             max_candidates: req.max_candidates.unwrap_or(defaults.max_candidates),
             ..defaults
@@ -366,7 +366,7 @@ impl DedupJobs {
         let job = Arc::new(DedupJob {
             id: id.clone(),
             out: dir.join(&id),
-            ctl: Arc::new(DedupControl::new()),
+            ctl: Arc::new(BacklogControl::new()),
             started: std::time::Instant::now(),
             state: Mutex::new(JobState {
                 status: DedupJobStatus::Running,

@@ -157,6 +157,41 @@ pub struct SearchConfig {
     pub memory_budget_mb: Option<u64>,
 }
 
+/// Enroll-if-unique's defaults (`[dedup]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DedupConfig {
+    /// A subject matches (the enrollment is refused as `duplicate`) when its fused FMR ≤
+    /// target_fpir / N; a request's `target_fpir` overrides it.
+    pub target_fpir: f64,
+    /// The most candidates a `duplicate` answer lists; a request's `max_results` overrides it.
+    pub max_results: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self { target_fpir: 1e-3, max_results: 10 }
+    }
+}
+
+/// The asynchronous job queue (`[jobs]`, `crate::jobs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobsConfig {
+    /// Jobs run at the same time.
+    pub workers: usize,
+    /// Jobs queued or running at most; one more is refused (429 `queue_full`).
+    pub max_pending: usize,
+    /// How long a finished job's result is kept (then deleted from memory and disk).
+    pub result_ttl_s: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self { workers: 2, max_pending: 1000, result_ttl_s: 3600 }
+    }
+}
+
 /// The serving index generations: when a rebuild is due, and the recall-drift monitor that says
 /// so (`[index]`, `[index.recall_monitor]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -358,6 +393,12 @@ pub struct Config {
     pub search: SearchConfig,
     #[serde(default)]
     pub index: IndexConfig,
+    /// Enroll-if-unique (`POST /v1/subjects?dedup=true`).
+    #[serde(default)]
+    pub dedup: DedupConfig,
+    /// The asynchronous job queue (`/v1/jobs`).
+    #[serde(default)]
+    pub jobs: JobsConfig,
     pub models: Vec<ModelConfig>,
     pub extractors: ExtractorsConfig,
     pub fingerprints: FingerprintConfig,
@@ -458,6 +499,8 @@ impl Default for Config {
                 memory_budget_mb: None,
             },
             index: IndexConfig::default(),
+            dedup: DedupConfig::default(),
+            jobs: JobsConfig::default(),
             models: vec![
                 ModelConfig {
                     id: "sface@2021dec".into(),
@@ -547,6 +590,23 @@ impl Config {
             return Err(format!(
                 "search.default_target_fmr = {} must be in (0, 1)",
                 s.default_target_fmr
+            ));
+        }
+        let j = &self.jobs;
+        if j.workers == 0 || j.workers > 256 || j.max_pending == 0 || j.result_ttl_s == 0 {
+            return Err(
+                "jobs: workers in 1..=256, max_pending >= 1 and result_ttl_s >= 1 are required"
+                    .into(),
+            );
+        }
+        let d = &self.dedup;
+        if !(d.target_fpir > 0.0 && d.target_fpir < 1.0) {
+            return Err(format!("dedup.target_fpir = {} must be in (0, 1)", d.target_fpir));
+        }
+        if d.max_results == 0 || d.max_results > biomatch_gallery::MAX_RESULTS_LIMIT {
+            return Err(format!(
+                "dedup.max_results must be in 1..={}",
+                biomatch_gallery::MAX_RESULTS_LIMIT
             ));
         }
         if s.default_max_results == 0 || s.default_max_results > biomatch_gallery::MAX_RESULTS_LIMIT

@@ -27,7 +27,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         C::Unauthorized => StatusCode::UNAUTHORIZED,
         C::Forbidden => StatusCode::FORBIDDEN,
-        C::AlreadyEnrolled | C::DedupRunning | C::DedupParametersChanged => StatusCode::CONFLICT,
+        C::AlreadyEnrolled | C::Duplicate | C::DedupRunning | C::DedupParametersChanged => {
+            StatusCode::CONFLICT
+        }
         C::InvalidSubjectId
         | C::InvalidFingerPosition
         | C::InvalidRate
@@ -56,7 +58,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         C::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-        C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        C::RateLimited | C::QueueFull => StatusCode::TOO_MANY_REQUESTS,
         C::Timeout => StatusCode::GATEWAY_TIMEOUT,
         C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -69,11 +71,34 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a Retry-After header (load shedding).
     pub retry_after: Option<u64>,
+    /// `duplicate` only: the enrolled subjects that matched, rendered as `candidates` next to
+    /// the code and message.
+    pub candidates: Option<Vec<crate::api::CandidateOut>>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status: status_of(code), code, message: message.into(), retry_after: None }
+        Self {
+            status: status_of(code),
+            code,
+            message: message.into(),
+            retry_after: None,
+            candidates: None,
+        }
+    }
+
+    /// 409 `duplicate`: enroll-if-unique found these enrolled subjects matching; nothing stored.
+    pub fn duplicate(candidates: Vec<crate::api::CandidateOut>) -> Self {
+        let mut e = Self::new(
+            ErrorCode::Duplicate,
+            format!(
+                "{} enrolled subject(s) match these samples at the target FPIR: nothing was \
+                 enrolled",
+                candidates.len()
+            ),
+        );
+        e.candidates = Some(candidates);
+        e
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

@@ -14,6 +14,7 @@ pub mod conn;
 pub mod decode_budget;
 pub mod error;
 pub mod import;
+pub mod jobs;
 pub mod metrics;
 pub mod middleware;
 pub mod mosip;
@@ -58,6 +59,9 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         routes::verify,
         routes::identify,
         routes::extract,
+        jobs::submit,
+        jobs::get,
+        jobs::list,
         admin::stats,
         admin::reload,
         admin::build,
@@ -91,6 +95,13 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         api::FingerQualityOut,
         api::FingerSearchOut,
         api::ErrorBody,
+        api::DuplicateBody,
+        jobs::JobKind,
+        jobs::JobStatus,
+        jobs::JobRequest,
+        jobs::JobAccepted,
+        jobs::JobOut,
+        jobs::JobsOut,
         error::ErrorCode,
         api::IndexRequest,
         api::IndexOut,
@@ -117,6 +128,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/subjects/{id}", get(routes::get_subject).delete(routes::delete_subject))
         .route("/v1/verify", post(routes::verify))
         .route("/v1/identify", post(routes::identify))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/extract", post(routes::extract))
         .route("/v1/admin/stats", get(admin::stats))
         .route("/v1/admin/index/reload", post(admin::reload))

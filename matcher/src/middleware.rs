@@ -157,8 +157,11 @@ pub async fn envelope(
         }
     }
     if let Some(err) = err {
-        let body =
+        let mut body =
             serde_json::json!({ "code": err.code, "message": err.message, "request_id": id });
+        if let Some(c) = &err.candidates {
+            body["candidates"] = serde_json::to_value(c).unwrap_or_default();
+        }
         let mut headers = std::mem::take(resp.headers_mut());
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let mut r = (err.status, body.to_string()).into_response();

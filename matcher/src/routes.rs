@@ -13,14 +13,17 @@ use crate::samples::{
     samples,
 };
 use crate::state::{mcc_model, AppState};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use base64::Engine as _;
 use biomatch_core::calibration::fpir_from_mosip;
 use biomatch_core::fusion::score_of_fmr;
 use biomatch_core::{FingerPosition, Modality, SubjectId};
-use biomatch_engine::{AuditContext, IdentifyParams, ModalityScore, SearchKind, SubjectView};
+use biomatch_engine::{
+    AuditContext, CandidateView, DedupParams, IdentifyParams, ModalityScore, SearchKind,
+    SubjectView, UniqueEnrollment,
+};
 use biomatch_fingerprint::iso;
 use std::sync::Arc;
 
@@ -72,23 +75,126 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// `?dedup=true` (enroll-if-unique) or `?dedup=false`/absent (plain enrollment).
+fn dedup_query(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut dedup = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("dedup", "true")) => dedup = true,
+            Some(("dedup", "false")) => dedup = false,
+            Some(("dedup", _)) | None if pair.starts_with("dedup") => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "dedup must be `true` or `false`",
+                ))
+            }
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "the only query parameter of this endpoint is `dedup`",
+                ))
+            }
+        }
+    }
+    Ok(dedup)
+}
+
 #[utoipa::path(post, path = "/v1/subjects", request_body = EnrollRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes retries of this enrollment safe")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes retries of this enrollment safe"),
+        ("dedup" = Option<bool>, Query, description = "enroll-if-unique: enroll only if no enrolled subject matches at `target_fpir` (atomically with every other enrollment); otherwise 409 `duplicate` with the candidates")),
     responses((status = 201, body = SubjectOut), (status = 200, body = SubjectOut, description = "a retry found this enrollment already stored"),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 409, body = DuplicateBody, description = "`duplicate` (with `?dedup=true`): enrolled subjects match, nothing was stored; or `already_enrolled` (then without `candidates`)"),
+        (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "with Retry-After: store_unavailable (nothing was stored) or write_in_doubt (retry with the same Idempotency-Key to resolve it)"),
         (status = 507, body = ErrorBody, description = "insufficient_storage: the disk is full, nothing was stored")))]
 pub async fn enroll(
     State(state): St,
     caller: Caller,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<SubjectOut>), ApiError> {
     caller.require(Role::Enroll)?;
-    let subject = SubjectId::new(req.subject_id)?;
-    caller.note_subjects(vec![subject.to_string()]);
+    let dedup = dedup_query(query.as_deref())?;
+    if !dedup && req.has_dedup_fields() {
+        return Err(ApiError::bad_request(
+            "target_fpir and max_results apply with ?dedup=true only",
+        ));
+    }
+    let sid = req.subject_id.clone();
+    caller.note_subjects(vec![sid.clone()]);
     let key = idempotency_key(&headers)?;
-    let samples = samples(&state, &req.face, &req.fingers).await?;
+    let ctx = audit_context(&caller);
+    let retry = key.is_some();
+    let r = enroll_inner(&state, req, key, retry, ctx, dedup).await;
+    match &r {
+        Ok(EnrollOutcome::Created(_)) => {
+            // The engine's journal made the audit record durable with the enrollment.
+            caller.journaled();
+        }
+        Ok(EnrollOutcome::Replayed(out) | EnrollOutcome::Cached(out)) => {
+            caller.note(
+                if dedup { "enroll_if_unique" } else { "enroll" },
+                vec![out.subject_id.clone()],
+                format!("replayed:{}", out.seq),
+            );
+            caller.about_stored_write();
+        }
+        Err(e) if e.code == ErrorCode::Duplicate => {
+            // The audit record names the subject and the candidates it was refused for.
+            let mut subjects = vec![sid];
+            subjects.extend(e.candidates.iter().flatten().map(|c| c.subject_id.clone()));
+            caller.note(
+                "enroll_if_unique",
+                subjects,
+                format!("duplicate:{}", e.candidates.as_ref().map_or(0, Vec::len)),
+            );
+        }
+        Err(_) => {}
+    }
+    r.map(EnrollOutcome::into_response)
+}
+
+/// What an enrollment answered.
+#[derive(Clone, Debug)]
+pub enum EnrollOutcome {
+    /// Stored now (201).
+    Created(SubjectOut),
+    /// A retry the engine found already stored (200: e.g. answered by a server that died).
+    Replayed(SubjectOut),
+    /// A retry whose answer this process remembers (its Idempotency-Key): the same 201 again.
+    Cached(SubjectOut),
+}
+
+impl EnrollOutcome {
+    pub fn into_response(self) -> (StatusCode, Json<SubjectOut>) {
+        match self {
+            EnrollOutcome::Created(o) | EnrollOutcome::Cached(o) => (StatusCode::CREATED, Json(o)),
+            EnrollOutcome::Replayed(o) => (StatusCode::OK, Json(o)),
+        }
+    }
+}
+
+/// An enrollment, plain or enroll-if-unique (`dedup`), as `POST /v1/subjects` runs it and the
+/// job queue reruns it: samples decoded, the Idempotency-Key's answer replayed, one engine call
+/// on the blocking pool. A `duplicate` is the error [`ApiError::duplicate`].
+/// `retry`: an identical enrollment already stored answers `Replayed` (the client sent an
+/// Idempotency-Key, `key`; or a job reruns).
+pub async fn enroll_inner(
+    state: &Arc<AppState>,
+    req: EnrollRequest,
+    key: Option<String>,
+    retry: bool,
+    ctx: AuditContext,
+    dedup: bool,
+) -> Result<EnrollOutcome, ApiError> {
+    let subject = SubjectId::new(req.subject_id)?;
+    let params = DedupParams {
+        target_fpir: req.target_fpir.unwrap_or(state.config.dedup.target_fpir),
+        max_results: req.max_results.unwrap_or(state.config.dedup.max_results),
+        mode: SearchKind::Auto,
+    };
+    let samples = samples(state, &req.face, &req.fingers).await?;
     let fp = fingerprint(&subject, &samples);
     if let Some(k) = &key {
         let seen = state.idempotency.lock().get(k).cloned();
@@ -99,32 +205,31 @@ pub async fn enroll(
                     "this Idempotency-Key was used for a different request",
                 ));
             }
-            caller.note("enroll", vec![subject.to_string()], format!("replayed:{}", out.seq));
-            caller.about_stored_write();
-            return Ok((StatusCode::CREATED, Json(out)));
+            return Ok(EnrollOutcome::Cached(out));
         }
     }
     let engine = state.engine()?.clone();
-    let (s2, ctx, retry) = (subject.clone(), audit_context(&caller), key.is_some());
-    let r = blocking(move || Ok(engine.enroll(s2, samples, retry, Some(ctx)))).await?;
-    match r {
-        Ok(e) if e.created => {
-            // The engine's journal made the audit record durable with the enrollment.
-            caller.journaled();
+    let r = blocking(move || {
+        Ok(if dedup {
+            engine.enroll_if_unique(subject, samples, &params, retry, Some(ctx))
+        } else {
+            engine.enroll(subject, samples, retry, Some(ctx)).map(UniqueEnrollment::Enrolled)
+        })
+    })
+    .await?;
+    match r? {
+        UniqueEnrollment::Enrolled(e) if e.created => {
             let out = subject_out(e.view);
             if let Some(k) = key {
                 state.idempotency.lock().put(k, fp, out.clone());
             }
-            Ok((StatusCode::CREATED, Json(out)))
+            Ok(EnrollOutcome::Created(out))
         }
-        Ok(e) => {
-            // A retry of an enrollment that had landed (e.g. answered by a server that died).
-            let out = subject_out(e.view);
-            caller.note("enroll", vec![subject.to_string()], format!("replayed:{}", out.seq));
-            caller.about_stored_write();
-            Ok((StatusCode::OK, Json(out)))
+        // A retry of an enrollment that had landed (e.g. answered by a server that died).
+        UniqueEnrollment::Enrolled(e) => Ok(EnrollOutcome::Replayed(subject_out(e.view))),
+        UniqueEnrollment::Duplicate(d) => {
+            Err(ApiError::duplicate(d.candidates.iter().map(candidate_out).collect()))
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -138,6 +243,11 @@ pub async fn enroll_batch(
     ApiJson(req): ApiJson<BatchEnrollRequest>,
 ) -> Result<Json<BatchEnrollResponse>, ApiError> {
     caller.require(Role::Enroll)?;
+    if req.subjects.iter().any(EnrollRequest::has_dedup_fields) {
+        return Err(ApiError::bad_request(
+            "target_fpir and max_results apply to POST /v1/subjects?dedup=true only",
+        ));
+    }
     let max = state.config.limits.max_batch;
     if req.subjects.is_empty() || req.subjects.len() > max {
         return Err(ApiError::new(
@@ -294,7 +404,16 @@ pub async fn identify(
     Ok(Json(r))
 }
 
-async fn identify_inner(
+fn candidate_out(c: &CandidateView) -> CandidateOut {
+    CandidateOut {
+        subject_id: c.subject.to_string(),
+        score: score_of_fmr(c.fmr),
+        fmr: c.fmr,
+        scores: c.scores.iter().map(score_out).collect(),
+    }
+}
+
+pub async fn identify_inner(
     state: &Arc<AppState>,
     req: IdentifyRequest,
 ) -> Result<IdentifyResponse, ApiError> {
@@ -336,16 +455,7 @@ async fn identify_inner(
     })
     .await?;
     Ok(IdentifyResponse {
-        candidates: r
-            .candidates
-            .iter()
-            .map(|c| CandidateOut {
-                subject_id: c.subject.to_string(),
-                score: score_of_fmr(c.fmr),
-                fmr: c.fmr,
-                scores: c.scores.iter().map(score_out).collect(),
-            })
-            .collect(),
+        candidates: r.candidates.iter().map(candidate_out).collect(),
         gallery_size: r.gallery_size,
         target_fpir: r.target_fpir,
         search: r.search,

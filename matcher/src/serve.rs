@@ -227,6 +227,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(e) => {
             let e = Arc::new(e);
             spawn_maintenance(&e, std::time::Duration::from_millis(500));
+            // The queue is read before readiness, so a ready service knows every job.
+            if let Err(e) = crate::jobs::start(&st) {
+                // Jobs are refused (not_ready); the synchronous endpoints serve.
+                tracing::error!(error = %e, "the job queue could not be opened");
+            }
             st.attach(e);
             crate::recall_monitor::spawn(&st);
             if st.config.mosip.enabled {

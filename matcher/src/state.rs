@@ -87,6 +87,8 @@ pub struct AppState {
     pub dedup: crate::backlog::DedupJobs,
     /// The recall samples of the serving index generations (`crate::recall_monitor`).
     pub recall_monitor: crate::recall_monitor::RecallMonitor,
+    /// The asynchronous job queue (`crate::jobs`), started once the gallery is attached.
+    pub jobs: crate::jobs::Jobs,
 }
 
 /// The MCC calibration table built into the binary (synthetic prints, see the file's basis).
@@ -354,6 +356,7 @@ impl AppState {
             builds: Default::default(),
             dedup: Default::default(),
             recall_monitor: Default::default(),
+            jobs: Default::default(),
             face: None,
             finger_calibration: None,
             finger_extractor: None,

@@ -46,6 +46,21 @@ pub struct EnrollRequest {
     pub face: Option<SampleIn>,
     #[serde(default)]
     pub fingers: Vec<FingerIn>,
+    /// With `?dedup=true` only: a subject matches when its fused FMR ≤ target_fpir / N
+    /// (default `dedup.target_fpir`).
+    #[serde(default)]
+    pub target_fpir: Option<f64>,
+    /// With `?dedup=true` only: the most candidates a `duplicate` answer lists (default
+    /// `dedup.max_results`).
+    #[serde(default)]
+    pub max_results: Option<usize>,
+}
+
+impl EnrollRequest {
+    /// Whether the request sets parameters that only an enroll-if-unique reads.
+    pub fn has_dedup_fields(&self) -> bool {
+        self.target_fpir.is_some() || self.max_results.is_some()
+    }
 }
 
 /// `POST /v1/subjects/batch`: many enrollments in one request, stored with one fsync. Each

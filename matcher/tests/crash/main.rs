@@ -42,7 +42,9 @@ const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 50..=400;
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+mod dedup;
 mod diskfull;
+mod jobs;
 
 // ---------------------------------------------------------------------------------------------
 // A minimal blocking HTTP/1.1 client: one connection per request (`Connection: close`).
