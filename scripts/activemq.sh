@@ -105,18 +105,9 @@ stop() {
   [ -f "$dir/activemq.pid" ] || return 0
   local pid
   pid=$(cat "$dir/activemq.pid")
-  # Not our child here (another invocation started it): stop_pid's wait is a no-op, so poll.
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 300); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "activemq.sh: broker $pid ignored SIGTERM for 30 s; killing it" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
+  # Not our child here (another invocation started it): stop_pid polls until it is gone (its
+  # final wait is a no-op for a non-child).
+  stop_pid activemq.sh "$pid"
   rm -f "$dir/activemq.pid"
 }
 
