@@ -8,6 +8,7 @@
 use base64::Engine as _;
 use biomatch_fingerprint::iso;
 use biomatch_matcher::mosip::stomp::{self, Frame};
+use biomatch_testkit::fixtures;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -318,7 +319,13 @@ fn mosip_abis_over_activemq() {
                 .arg(dir.path().join("store"))
                 .args(["--listen", &format!("127.0.0.1:{listen}")])
                 .env("BIOMATCH_LOG", "info")
-                .env("BIOMATCH__EXTRACTORS__FACE__ENABLED", "false")
+                // Face images in CBEFF go through the real extractor (YuNet + SFace).
+                .env("BIOMATCH__EXTRACTORS__FACE__ENABLED", "true")
+                .env("BIOMATCH_MODELS_DIR", fixtures::setup_dir().join("models"))
+                .env(
+                    "ORT_DYLIB_PATH",
+                    fixtures::setup_dir().join("onnxruntime/libonnxruntime.so.1.31.1"),
+                )
                 .env("BIOMATCH__MOSIP__ENABLED", "true")
                 .env("BIOMATCH__MOSIP__BROKER_URL", format!("stomp://127.0.0.1:{}", broker.port))
                 .env("BIOMATCH__MOSIP__INBOUND_QUEUE", INBOUND)
@@ -544,6 +551,50 @@ fn mosip_abis_over_activemq() {
     c.send(&[req("mosip.abis.referenceCount", "count-5", json!({}))]);
     c.wait_for(&["count-5"], wait);
     assert_eq!(ok(&c, "count-5")["count"], "5");
+
+    // Faces: CBEFF face BIRs holding the fixture photos (JPEG), extracted by the real face
+    // pipeline. Two photos of person A are found as duplicates; an impostor is not. The
+    // gallery restriction keeps the fingerprint subjects above out of these searches.
+    let face =
+        |name: &str| cbeff(&[bir("Face", "", 8, &fixtures::read(&fixtures::face_photo(name)))]);
+    let face_files = serve_files(HashMap::from([
+        ("/a1.xml".to_owned(), face("person_a_1.jpg")),
+        ("/a2.xml".to_owned(), face("person_a_2.jpg")),
+        ("/imp.xml".to_owned(), face("impostor_1.jpg")),
+    ]));
+    let face_url = |p: &str| format!("http://127.0.0.1:{face_files}{p}");
+    let faces = ["REF-FACE-A1", "REF-FACE-A2", "REF-FACE-IMP"];
+    c.send(&[
+        insert("ins-face-a1", faces[0], &face_url("/a1.xml")),
+        insert("ins-face-a2", faces[1], &face_url("/a2.xml")),
+        insert("ins-face-imp", faces[2], &face_url("/imp.xml")),
+        req(IDF, "idf-face-a1", json!({"referenceId": faces[0], "gallery": gallery(&faces)})),
+        req(IDF, "idf-face-imp", json!({"referenceId": faces[2], "gallery": gallery(&faces)})),
+        req(
+            IDF,
+            "idf-face-url",
+            json!({"referenceURL": face_url("/a2.xml"), "gallery": gallery(&faces)}),
+        ),
+    ]);
+    c.wait_for(
+        &[
+            "ins-face-a1",
+            "ins-face-a2",
+            "ins-face-imp",
+            "idf-face-a1",
+            "idf-face-imp",
+            "idf-face-url",
+        ],
+        wait,
+    );
+    for id in ["ins-face-a1", "ins-face-a2", "ins-face-imp"] {
+        ok(&c, id);
+    }
+    assert_eq!(candidates(&c, "idf-face-a1"), ["REF-FACE-A2"], "{}", c.response("idf-face-a1"));
+    assert_eq!(candidates(&c, "idf-face-imp"), Vec::<String>::new());
+    let by_url = candidates(&c, "idf-face-url");
+    assert!(by_url.contains(&"REF-FACE-A1".to_owned()), "{by_url:?}");
+    assert!(!by_url.contains(&"REF-FACE-IMP".to_owned()), "{by_url:?}");
 
     // The adapter's writes and reads are in the audit log, keyed `mosip`.
     drop(server);
