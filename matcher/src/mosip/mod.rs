@@ -10,9 +10,10 @@
 //!   consumer loop ([`spawn`]).
 //!
 //! Delivery: requests are consumed with `client-individual` acknowledgement and handled one
-//! at a time in arrival order (so an Identify sees every earlier Insert). A request is
-//! acknowledged only after its response was accepted by the broker (a SEND with a receipt,
-//! persistent) and its effect is durable in the store. A crash in between redelivers it:
+//! at a time in arrival order (so an Identify sees every earlier Insert). A request's response
+//! (persistent) and its acknowledgement are sent in one STOMP transaction, committed with a
+//! receipt after its effect is durable in the store: each request is answered exactly once. A
+//! crash before the commit redelivers it:
 //! Insert of the same data answers success again, and answers of writes are remembered per
 //! message (`requestId` + body) for the process's lifetime. A storage failure that may heal
 //! (`store_unavailable`, `write_in_doubt`) is not answered: the adapter reconnects after a
@@ -602,38 +603,57 @@ async fn session(a: &Arc<Adapter>) -> Result<(), String> {
                 .to_owned();
             match a.handle(&msg.body).await {
                 Outcome::Answer(json) => {
+                    // The response and the request's acknowledgement in one broker transaction:
+                    // committed together (a crash before the COMMIT discards the response and
+                    // the request is redelivered), so each request is answered exactly once.
                     receipt_no += 1;
                     let rid = format!("r-{receipt_no}");
+                    let tx = format!("t-{receipt_no}");
+                    writer.send(&stomp::Frame::new("BEGIN").header("transaction", &tx)).await?;
                     writer
                         .send(
                             &stomp::Frame::new("SEND")
                                 .header("destination", &outbound)
                                 .header("persistent", "true")
-                                .header("receipt", &rid)
+                                .header("transaction", &tx)
                                 .body(json.into_bytes()),
                         )
                         .await?;
-                    // The broker has the response (persisted) before the request is acknowledged.
+                    writer
+                        .send(
+                            &stomp::Frame::new("ACK")
+                                .header("id", &ack_id)
+                                .header("transaction", &tx),
+                        )
+                        .await?;
+                    writer
+                        .send(
+                            &stomp::Frame::new("COMMIT")
+                                .header("transaction", &tx)
+                                .header("receipt", &rid),
+                        )
+                        .await?;
+                    // The broker has committed the response (persisted) and the acknowledgement.
                     let wait = async {
                         while let Some(got) = receipts.recv().await {
                             if got == rid {
                                 return Ok(());
                             }
                         }
-                        Err("the connection ended before the response's receipt".to_owned())
+                        Err("the connection ended before the commit's receipt".to_owned())
                     };
                     tokio::time::timeout(Duration::from_secs(30), wait)
                         .await
-                        .map_err(|_| "no receipt for a response within 30 s".to_owned())??;
+                        .map_err(|_| "no receipt for a commit within 30 s".to_owned())??;
                 }
                 Outcome::Drop => {
                     tracing::warn!(
                         "MOSIP message without a readable requestId acknowledged without an answer"
                     );
+                    writer.send(&stomp::Frame::new("ACK").header("id", &ack_id)).await?;
                 }
                 Outcome::Retry(e) => return Err(e),
             }
-            writer.send(&stomp::Frame::new("ACK").header("id", &ack_id)).await?;
             a.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
