@@ -5,7 +5,7 @@
 //! after every restart: exactly one of the two ids is enrolled, its request answered 201 (or 200:
 //! a retry that had landed), the other answered 409 `duplicate` naming it; never both enrolled.
 
-use super::{log_tail, request, Response, Server, DIM, FACE_MODEL};
+use super::{enrolled, log_tail, request, seeded_rng, Response, Server, DIM, FACE_MODEL};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -57,12 +57,6 @@ fn resend(addr: SocketAddr, req: &(String, String, Vec<u8>)) -> Response {
     panic!("{}: no answer after 100 tries", req.0);
 }
 
-fn enrolled(addr: SocketAddr, id: &str) -> bool {
-    let r = request(addr, "GET", &format!("/v1/subjects/{id}"), None, None).expect("GET answered");
-    assert!(matches!(r.status, 200 | 404), "GET {id}: {}", r.summary());
-    r.status == 200
-}
-
 /// The pair's final answers and the store agree: one enrolled, the other a duplicate naming it.
 fn check_pair(addr: SocketAddr, pair: u64, answers: &[Response; 2]) -> Result<(), String> {
     let reqs = pair_requests(pair);
@@ -98,10 +92,7 @@ fn check_pair(addr: SocketAddr, pair: u64, answers: &[Response; 2]) -> Result<()
 
 #[test]
 fn sigkill_during_concurrent_duplicate_pairs_never_enrolls_both() {
-    let seed: u64 =
-        std::env::var("BIOMATCH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261202);
-    eprintln!("dedup crash test seed: {seed} (set BIOMATCH_TEST_SEED to replay)");
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = seeded_rng("dedup crash test", 20261202);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");

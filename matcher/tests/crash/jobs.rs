@@ -4,7 +4,7 @@
 //! pair exactly one id is enrolled (never both: a rerun of an interrupted job is not a second
 //! enrollment), its job `done`, the other's `failed` with `duplicate` naming it.
 
-use super::{log_tail, request, Server, DIM, FACE_MODEL};
+use super::{enrolled, log_tail, request, seeded_rng, Server, DIM, FACE_MODEL};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -57,17 +57,9 @@ fn wait_finished(addr: SocketAddr, id: &str) -> Value {
     }
 }
 
-fn enrolled(addr: SocketAddr, id: &str) -> bool {
-    let r = request(addr, "GET", &format!("/v1/subjects/{id}"), None, None).expect("GET answered");
-    r.status == 200
-}
-
 #[test]
 fn jobs_accepted_before_sigkill_all_finish_and_enroll_at_most_once() {
-    let seed: u64 =
-        std::env::var("BIOMATCH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261203);
-    eprintln!("jobs crash test seed: {seed} (set BIOMATCH_TEST_SEED to replay)");
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = seeded_rng("jobs crash test", 20261203);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");

@@ -591,12 +591,25 @@ fn check_audit(shared: &Shared, data: &Path, round: usize) -> usize {
     checked
 }
 
+/// The crash tests' generator: seeded from `BIOMATCH_TEST_SEED` when set (to replay a run),
+/// else `default`; the seed is printed under `what`.
+fn seeded_rng(what: &str, default: u64) -> ChaCha8Rng {
+    let seed: u64 =
+        std::env::var("BIOMATCH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    eprintln!("{what} seed: {seed} (set BIOMATCH_TEST_SEED to replay)");
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Whether `id` is enrolled (GET answers 200; anything but 200 or 404 fails the test).
+fn enrolled(addr: SocketAddr, id: &str) -> bool {
+    let r = request(addr, "GET", &format!("/v1/subjects/{id}"), None, None).expect("GET answered");
+    assert!(matches!(r.status, 200 | 404), "GET {id}: {}", r.summary());
+    r.status == 200
+}
+
 #[test]
 fn sigkill_under_concurrent_enrollments_keeps_every_acknowledged_write() {
-    let seed: u64 =
-        std::env::var("BIOMATCH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261201);
-    eprintln!("crash test seed: {seed} (set BIOMATCH_TEST_SEED to replay)");
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = seeded_rng("crash test", 20261201);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
