@@ -124,20 +124,21 @@ fn now_ms() -> u64 {
 fn encode(r: &JobRecord) -> Vec<u8> {
     let mut buf = MAGIC.to_vec();
     buf.extend(serde_json::to_vec(r).expect("a job record serialises"));
-    let crc = crc32fast::hash(&buf);
-    buf.extend_from_slice(&crc.to_le_bytes());
+    biomatch_gallery::push_crc(&mut buf);
     buf
 }
 
-fn decode(bytes: &[u8]) -> Result<JobRecord, String> {
+fn decode(path: &Path, bytes: &[u8]) -> Result<JobRecord, String> {
     if bytes.len() < MAGIC.len() + 4 || !bytes.starts_with(MAGIC) {
         return Err("not a job record (magic or length)".into());
     }
-    let (body, tail) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body) != u32::from_le_bytes(tail.try_into().expect("4 bytes")) {
-        return Err("checksum mismatch: truncated or damaged".into());
-    }
+    let body = biomatch_gallery::check_crc(path, bytes).map_err(|e| e.to_string())?;
     serde_json::from_slice(&body[MAGIC.len()..]).map_err(|e| format!("bad job record: {e}"))
+}
+
+/// Read and check the job record at `path`.
+fn read_record(path: &Path) -> Result<JobRecord, String> {
+    std::fs::read(path).map_err(|e| e.to_string()).and_then(|b| decode(path, &b))
 }
 
 fn valid_id(id: &str) -> bool {
@@ -182,7 +183,7 @@ impl Jobs {
                 }
                 continue;
             };
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| decode(&b)) {
+            match read_record(&path) {
                 Ok(mut r) if r.job_id == id => {
                     if r.status == JobStatus::Queued || r.status == JobStatus::Running {
                         r.status = JobStatus::Queued;
@@ -317,7 +318,7 @@ impl Jobs {
             }
         }
         if !gone.is_empty() {
-            if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            if let Err(e) = biomatch_gallery::sync_dir(dir) {
                 tracing::warn!(error = %e, "jobs directory not synced after expiry");
             }
         }
@@ -409,11 +410,9 @@ async fn run(state: &Arc<AppState>, id: &str) {
     let Ok(dir) = state.jobs.dir().map(Path::to_owned) else { return };
     let loaded = {
         let path = Jobs::path(&dir, id);
-        tokio::task::spawn_blocking(move || {
-            std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| decode(&b))
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()))
+        tokio::task::spawn_blocking(move || read_record(&path))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
     };
     let mut record = match loaded {
         Ok(r) => r,
@@ -683,12 +682,13 @@ mod tests {
             error: None,
         };
         let mut bytes = encode(&r);
-        let back = decode(&bytes).unwrap();
+        let path = Path::new("t.job");
+        let back = decode(path, &bytes).unwrap();
         assert_eq!((back.job_id, back.status, back.request), (r.job_id, r.status, r.request));
         let n = bytes.len();
         bytes[n / 2] ^= 1;
-        assert!(decode(&bytes).unwrap_err().contains("checksum"));
-        assert!(decode(&bytes[..n - 3]).is_err());
-        assert!(decode(b"BMJOB1\n").is_err());
+        assert!(decode(path, &bytes).unwrap_err().contains("checksum"));
+        assert!(decode(path, &bytes[..n - 3]).is_err());
+        assert!(decode(path, b"BMJOB1\n").is_err());
     }
 }
