@@ -115,12 +115,6 @@ pub struct Jobs {
     wake: tokio::sync::Notify,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn encode(r: &JobRecord) -> Vec<u8> {
     let mut buf = MAGIC.to_vec();
     buf.extend(serde_json::to_vec(r).expect("a job record serialises"));
@@ -242,7 +236,7 @@ impl Jobs {
             job_id: id.clone(),
             kind,
             status: JobStatus::Queued,
-            created_unix_ms: now_ms(),
+            created_unix_ms: crate::audit::now_ms(),
             finished_unix_ms: None,
             key_id: ctx.key_id.clone(),
             request_id: ctx.request_id.clone(),
@@ -327,7 +321,8 @@ impl Jobs {
 }
 
 fn expired(r: &JobRecord, ttl: Duration) -> bool {
-    r.finished_unix_ms.is_some_and(|f| now_ms() >= f.saturating_add(ttl.as_millis() as u64))
+    r.finished_unix_ms
+        .is_some_and(|f| crate::audit::now_ms() >= f.saturating_add(ttl.as_millis() as u64))
 }
 
 /// Recover the queue from disk and start `jobs.workers` workers and the expiry task on the
@@ -453,7 +448,7 @@ async fn run(state: &Arc<AppState>, id: &str) {
         }
     }
     record.request = None;
-    record.finished_unix_ms = Some(now_ms());
+    record.finished_unix_ms = Some(crate::audit::now_ms());
     // A stored enrollment is journaled with the store's commit; every other outcome gets a
     // record here, before the result is visible (an identify names its candidates).
     let stored = record.kind == JobKind::EnrollIfUnique && record.status == JobStatus::Done;

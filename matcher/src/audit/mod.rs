@@ -129,7 +129,8 @@ pub struct AuditRecord {
     pub mac: Option<String>,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch (0 before it).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
