@@ -18,3 +18,11 @@ mod rng;
 pub mod tmpfs;
 
 pub use rng::SplitMix64;
+
+/// A loopback TCP port free right now (bound and released), for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}

@@ -293,7 +293,7 @@ struct Server {
 impl Server {
     /// Start `biomatch serve ARGS --listen 127.0.0.1:<free port>` with `envs` set.
     fn start(args: &[&str], envs: &[(&str, &Path)]) -> Server {
-        let port = free_port();
+        let port = biomatch_testkit::free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_biomatch"));
         cmd.arg("serve").args(args).args(["--listen", &format!("127.0.0.1:{port}")]);
         for (k, v) in envs {
@@ -366,10 +366,6 @@ fn http(
         _ => serde_json::Value::Null,
     };
     Some((status, json))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A store of 300 synthetic subjects and a configuration file serving it with templates only

@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -185,10 +185,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -206,7 +202,8 @@ impl Server {
 
     /// [`Server::start`] with more `BIOMATCH__*` environment variables.
     fn start_with(data: &Path, log: &Path, env: &[(&str, &Path)]) -> Server {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr =
+            format!("127.0.0.1:{}", biomatch_testkit::free_port()).parse().unwrap();
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = biomatch()
             .args(["serve", "--data"])

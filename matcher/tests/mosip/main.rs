@@ -66,10 +66,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn http_get(port: u16, path: &str) -> Option<u16> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
@@ -290,7 +286,7 @@ fn mosip_abis_over_activemq() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("amq"));
 
-    let closed_port = free_port();
+    let closed_port = biomatch_testkit::free_port();
     let mut files = HashMap::new();
     files.insert("/a.xml".to_owned(), person(1));
     files.insert("/a-copy.xml".to_owned(), person(1));
@@ -312,7 +308,7 @@ fn mosip_abis_over_activemq() {
 
     let log = dir.path().join("biomatch.log");
     let start_server = || {
-        let listen = free_port();
+        let listen = biomatch_testkit::free_port();
         let server = Server(
             Command::new(env!("CARGO_BIN_EXE_biomatch"))
                 .args(["serve", "--data"])
