@@ -35,6 +35,7 @@ fi
 
 echo "build-faiss-avx512: building FAISS for AVX-512 from $src (several minutes, once)" >&2
 start=$(date +%s)
+mkdir -p "$build"   # and target/ itself: a fresh clone has none before the first cargo build
 # x86-64-v4 is AVX-512 F/CD/VL/DQ/BW, the set FAISS's avx512 level compiles for.
 CXXFLAGS="-O3 -march=x86-64-v4" CFLAGS="-O3 -march=x86-64-v4" \
   cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFAISS_OPT_LEVEL=avx512 \
