@@ -9,13 +9,17 @@
 //!   moments; the parent checks what the child acknowledged);
 //! - [`fixtures`]: where the fetched fixture files (`.setup/`) are;
 //! - [`fingers`]: seeded synthetic minutiae templates (no images needed);
-//! - [`tmpfs`]: a small tmpfs of a test's own, to fill up (disk-full tests; needs root).
+//! - [`http`]: a blocking HTTP/1.1 client for tests that drive a real server over loopback;
+//! - [`tmpfs`]: a small tmpfs of a test's own, to fill up (disk-full tests; needs root);
+//! - [`vectors`]: seeded random vector templates and other captures of one.
 
 pub mod crash;
 pub mod fingers;
 pub mod fixtures;
+pub mod http;
 mod rng;
 pub mod tmpfs;
+pub mod vectors;
 
 pub use rng::SplitMix64;
 

@@ -7,7 +7,7 @@ use biomatch_engine::{
     UniqueEnrollment,
 };
 use biomatch_gallery::{Gallery, ModelSpec, Store, StoreOptions};
-use biomatch_testkit::SplitMix64;
+use biomatch_testkit::{vectors, SplitMix64};
 use std::sync::{Arc, Barrier};
 
 const DIM: usize = 64;
@@ -19,15 +19,12 @@ fn model() -> ModelId {
 }
 
 fn unit(rng: &mut SplitMix64) -> Vec<f32> {
-    let v: Vec<f32> = (0..DIM).map(|_| rng.uniform(-1.0, 1.0)).collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.into_iter().map(|x| x / n).collect()
+    vectors::unit(rng, DIM)
 }
 
 /// Another capture of the same person: cosine ≈ 0.95 to `v`.
 fn capture(v: &[f32], rng: &mut SplitMix64) -> Vec<f32> {
-    let noise = unit(rng);
-    v.iter().zip(noise).map(|(a, b)| a + 0.3 * b).collect()
+    vectors::capture(v, rng, 0.3)
 }
 
 fn samples(v: Vec<f32>) -> Samples {

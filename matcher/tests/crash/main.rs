@@ -21,8 +21,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,29 +47,9 @@ mod diskfull;
 mod jobs;
 
 // ---------------------------------------------------------------------------------------------
-// A minimal blocking HTTP/1.1 client: one connection per request (`Connection: close`).
+// HTTP: the test kit's blocking client, one connection per request.
 
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    /// The Retry-After header, in seconds.
-    retry_after: Option<u64>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    fn summary(&self) -> String {
-        format!("{} {}", self.status, String::from_utf8_lossy(&self.body))
-    }
-}
-
-fn io_err(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, msg.into())
-}
+use biomatch_testkit::http::Response;
 
 /// One request. Any error (refused, reset, timed out, cut short) means "no answer": the caller
 /// cannot know whether the server acted on it.
@@ -80,87 +60,9 @@ fn request(
     idempotency_key: Option<&str>,
     body: Option<&[u8]>,
 ) -> io::Result<Response> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    s.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    s.set_nodelay(true)?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(k) = idempotency_key {
-        head.push_str(&format!("Idempotency-Key: {k}\r\n"));
-    }
-    let body = body.unwrap_or_default();
-    if method == "POST" {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    let mut msg = head.into_bytes();
-    msg.extend_from_slice(body);
-    s.write_all(&msg)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    parse_response(&raw)
-}
-
-/// Parse a complete response; one cut short (the server died while sending) is an error.
-fn parse_response(raw: &[u8]) -> io::Result<Response> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| io_err(format!("response cut short in its head ({} bytes)", raw.len())))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| io_err("response head not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| io_err("bad status line"))?;
-    let (mut length, mut chunked, mut retry_after) = (None, false, None);
-    for l in lines {
-        let Some((name, value)) = l.split_once(':') else { continue };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("retry-after") {
-            retry_after = value.parse::<u64>().ok();
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        }
-    }
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else if let Some(n) = length {
-        if rest.len() != n {
-            return Err(io_err(format!("body of {} bytes, {n} announced", rest.len())));
-        }
-        rest.to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(Response { status, retry_after, body })
-}
-
-fn dechunk(mut rest: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(|| io_err("chunk cut"))?;
-        let size = std::str::from_utf8(&rest[..nl])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
-            .ok_or_else(|| io_err("bad chunk size"))?;
-        rest = &rest[nl + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if rest.len() < size + 2 {
-            return Err(io_err("chunk cut"));
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
+    let headers: Vec<(&str, &str)> =
+        idempotency_key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+    biomatch_testkit::http::request(addr, method, path, &headers, body, REQUEST_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------------------------
