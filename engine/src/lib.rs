@@ -20,9 +20,14 @@
 pub mod backlog;
 pub mod dedup;
 pub mod error;
+pub mod fanout;
 
 pub use dedup::{DedupParams, UniqueEnrollment};
 pub use error::{EngineError, ErrorCode, Result};
+pub use fanout::{
+    merge_parts, IdentifyPart, PartCandidate, PartFingerSearch, PartScore, PartShortlist,
+    ProbeKinds, ScoreSource, VectorKind,
+};
 
 use biomatch_core::finger::FingerTemplate;
 use biomatch_core::fusion::{fuse_fmr, score_of_fmr};
@@ -674,80 +679,89 @@ impl Engine {
         p: &IdentifyParams,
         gallery_size: Option<u64>,
     ) -> Result<Identification> {
-        if p.max_results == 0 || p.max_results > MAX_RESULTS_LIMIT {
-            return Err(EngineError::invalid(
-                ErrorCode::InvalidParameter,
-                format!("max_results must be in 1..={MAX_RESULTS_LIMIT}"),
-            ));
-        }
-        if probe.is_empty() {
-            return Err(EngineError::invalid(ErrorCode::BadRequest, "the probe has no samples"));
-        }
-        if p.threshold.is_some() && p.target_fpir.is_some() {
-            return Err(EngineError::invalid(
-                ErrorCode::BadRequest,
-                "give either `threshold` or a target FPIR, not both",
-            ));
-        }
-        if p.threshold.is_some() && probe.len() > 1 {
-            return Err(EngineError::invalid(
-                ErrorCode::BadRequest,
-                "a raw `threshold` applies to single-modality probes only; use target_fpir",
-            ));
-        }
-        if let Some(t) = p.threshold.filter(|t| !t.is_finite()) {
-            return Err(EngineError::invalid(
-                ErrorCode::InvalidParameter,
-                format!("threshold {t} is not finite"),
-            ));
-        }
-        if let Some(f) = p.target_fpir {
-            check_rate("target_fpir", f)?;
-        }
+        check_identify_params(probe.len(), p)?;
         let store = self.store();
-        let nf = store.finger_counts().0;
-        let n = gallery_size.unwrap_or(match &p.subset {
-            Some(s) => s.len(),
-            None if probe.vectors.is_empty() => nf,
-            None if probe.fingers.is_empty() => store.len(),
-            None => store.len().max(nf),
-        } as u64);
+        let n = gallery_size.unwrap_or(cut_gallery_size(
+            p.subset.as_ref().map(Vec::len),
+            !probe.vectors.is_empty(),
+            !probe.fingers.is_empty(),
+            store.len(),
+            store.finger_counts().0,
+        ));
         let single = probe.len() == 1;
         // Single modality: the candidate threshold applies directly to the raw score.
-        let raw_threshold = |cal: &CalibrationTable| -> Result<Option<f32>> {
-            Ok(match (single, p.threshold, p.target_fpir) {
-                (true, Some(t), _) => Some(t),
-                (true, None, Some(f)) => Some(cal.threshold_for_fpir(f, n.max(1))?),
-                _ => None,
-            })
-        };
+        let threshold =
+            |cal: &CalibrationTable| raw_threshold(single, p.threshold, p.target_fpir, n, cal);
+        let pool = self.search_pool(probe, p, &threshold, FingerKeep::Best)?;
+        // Fill in the modalities a candidate was not returned for, then fuse and cut.
+        let mut candidates = Vec::with_capacity(pool.per_subject.len());
+        for (subject, mut scores) in pool.per_subject {
+            if !single {
+                self.fill_in(&subject, probe, &mut scores)?;
+            }
+            let scores: Vec<ModalityScore> = scores.into_iter().map(|s| s.score).collect();
+            let fmr = fuse_fmr(scores.iter().map(|s| s.fmr));
+            if !single && !passes_fpir_cut(fmr, p.target_fpir, n) {
+                continue;
+            }
+            candidates.push(CandidateView { subject, fmr, scores });
+        }
+        candidates.sort_by(rank_candidates);
+        candidates.truncate(p.max_results);
+        Ok(Identification {
+            candidates,
+            gallery_size: n,
+            target_fpir: reported_target_fpir(p),
+            search: pool.search,
+            index_generation: pool.index_generation,
+            finger_search: pool.finger_search,
+            finger_shortlist: pool.shortlist,
+        })
+    }
+
+    /// The searches of a 1:N probe, before fill-in, fusion and the FPIR cut: each vector
+    /// modality's best [`list_depth`] subjects through the gallery (raw scores at or above
+    /// `threshold(its calibration)` only), and the subjects the finger search ranks best by
+    /// their fused finger FMR (kept as `keep` says); per subject, the scores found, in search
+    /// order.
+    fn search_pool(
+        &self,
+        probe: &PreparedProbe,
+        p: &IdentifyParams,
+        threshold: &dyn Fn(&CalibrationTable) -> Result<Option<f32>>,
+        keep: FingerKeep,
+    ) -> Result<Pool> {
         // Several modalities: over-fetch per modality, since fusion reorders.
-        let k = if single { p.max_results } else { (p.max_results * 3).min(MAX_RESULTS_LIMIT) };
+        let k = list_depth(probe.len() == 1, p.max_results);
         let ann = self.settings.ann_params();
         let mode = match p.mode {
             SearchKind::Auto => SearchMode::Auto(ann),
             SearchKind::Exact => SearchMode::Exact,
             SearchKind::Index => SearchMode::Index(ann),
         };
-        let mut per_subject: BTreeMap<SubjectId, Vec<ModalityScore>> = BTreeMap::new();
+        let mut per_subject: BTreeMap<SubjectId, Vec<PoolScore>> = BTreeMap::new();
         let mut path: Option<(String, Option<u64>)> = None;
         let mut finger_search = Vec::new();
-        for (modality, template) in &probe.vectors {
+        for (i, (modality, template)) in probe.vectors.iter().enumerate() {
             let cal = self.calibration(template.model())?;
             let opts = IdentifyOptions {
                 max_results: k,
-                threshold: raw_threshold(cal)?,
+                threshold: threshold(cal)?,
                 subset: p.subset.clone(),
             };
             let q = Probe { modality: *modality, template: template.clone() };
             let (cands, sp) = self.gallery.identify(&q, &opts, mode)?;
             path = Some((sp.kind.to_owned(), sp.generation));
             for c in cands {
-                per_subject.entry(c.subject_id).or_default().push(ModalityScore {
-                    modality: *modality,
-                    score: c.score,
-                    fmr: cal.fmr_at(c.score),
-                    threshold: None,
+                per_subject.entry(c.subject_id).or_default().push(PoolScore {
+                    score: ModalityScore {
+                        modality: *modality,
+                        score: c.score,
+                        fmr: cal.fmr_at(c.score),
+                        threshold: None,
+                    },
+                    sample: ProbeSample::Vector(i),
+                    source: ScoreSource::Search,
                 });
             }
         }
@@ -755,7 +769,7 @@ impl Engine {
         if !probe.fingers.is_empty() {
             let fg = self.finger_search()?;
             let cal = self.calibration(&mcc_model())?;
-            let floor = raw_threshold(cal)?;
+            let floor = threshold(cal)?;
             let (scored, infos, sl) =
                 fg.identify(&self.gallery, &probe.fingers, p.subset.as_deref(), mode)?;
             for (f, info) in probe.fingers.iter().zip(infos) {
@@ -765,24 +779,32 @@ impl Engine {
                 ((if sl.preselected { "index" } else { "exact" }).to_owned(), None)
             });
             // The best `k` subjects by their fused finger FMR go on to fusion with the face.
-            // A best-of-m score (wrong-position check) is read as m times its FMR.
-            let fmr_of =
-                |x: &FingerScore| (cal.fmr_at(x.score) * f64::from(x.comparisons.max(1))).min(1.0);
+            let fmr_of = |x: &FingerScore| best_of_fmr(cal, x.score, x.comparisons);
             let mut ranked: Vec<(f64, SubjectFingerScores)> = scored
                 .into_iter()
                 .filter(|s| floor.is_none_or(|t| s.scores.iter().any(|x| x.score >= t)))
                 .map(|s| (fuse_fmr(s.scores.iter().map(fmr_of)), s))
                 .collect();
-            ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.subject.cmp(&b.1.subject)));
-            ranked.truncate(k);
+            ranked.sort_by(|a, b| finger_order((a.0, &a.1.subject), (b.0, &b.1.subject)));
+            match keep {
+                FingerKeep::Best => ranked.truncate(k),
+                FingerKeep::EveryFloor => fanout::keep_for_every_floor(&mut ranked, k),
+            }
             for (_, s) in ranked {
                 let e = per_subject.entry(s.subject).or_default();
                 for x in s.scores {
-                    e.push(ModalityScore {
-                        modality: Modality::Finger(x.position),
-                        score: x.score,
-                        fmr: fmr_of(&x),
-                        threshold: None,
+                    e.push(PoolScore {
+                        score: ModalityScore {
+                            modality: Modality::Finger(x.position),
+                            score: x.score,
+                            fmr: fmr_of(&x),
+                            threshold: None,
+                        },
+                        sample: ProbeSample::Finger,
+                        source: ScoreSource::FingerSearch {
+                            comparisons: x.comparisons,
+                            matched: x.matched,
+                        },
                     });
                 }
             }
@@ -795,40 +817,8 @@ impl Engine {
                 shortlisted: if p.keep_shortlist { sl.subjects } else { Vec::new() },
             });
         }
-        // Fill in the modalities a candidate was not returned for, then fuse and cut.
-        let mut candidates = Vec::with_capacity(per_subject.len());
-        for (subject, mut scores) in per_subject {
-            if !single {
-                self.fill_in(&subject, probe, &mut scores)?;
-            }
-            let fmr = fuse_fmr(scores.iter().map(|s| s.fmr));
-            if !single {
-                if let Some(f) = p.target_fpir {
-                    if fmr > f / n.max(1) as f64 {
-                        continue;
-                    }
-                }
-            }
-            candidates.push(CandidateView { subject, fmr, scores });
-        }
-        let raw_sum = |c: &CandidateView| c.scores.iter().map(|s| s.score).sum::<f32>();
-        candidates.sort_by(|a, b| {
-            score_of_fmr(b.fmr)
-                .total_cmp(&score_of_fmr(a.fmr))
-                .then_with(|| raw_sum(b).total_cmp(&raw_sum(a)))
-                .then_with(|| a.subject.cmp(&b.subject))
-        });
-        candidates.truncate(p.max_results);
         let (search, index_generation) = path.expect("at least one modality was searched");
-        Ok(Identification {
-            candidates,
-            gallery_size: n,
-            target_fpir: if p.threshold.is_some() { None } else { p.target_fpir },
-            search,
-            index_generation,
-            finger_search,
-            finger_shortlist: shortlist,
-        })
+        Ok(Pool { per_subject, search, index_generation, finger_search, shortlist })
     }
 
     /// Score a candidate on the probe's modalities it was not returned for; a candidate
@@ -837,16 +827,20 @@ impl Engine {
         &self,
         subject: &SubjectId,
         probe: &PreparedProbe,
-        scores: &mut Vec<ModalityScore>,
+        scores: &mut Vec<PoolScore>,
     ) -> Result<()> {
-        let has = |scores: &[ModalityScore], m: Modality| scores.iter().any(|s| s.modality == m);
-        for (modality, template) in &probe.vectors {
+        let has = |scores: &[PoolScore], m: Modality| scores.iter().any(|s| s.score.modality == m);
+        for (i, (modality, template)) in probe.vectors.iter().enumerate() {
             if has(scores, *modality) {
                 continue;
             }
             let q = Probe { modality: *modality, template: template.clone() };
             if let Some(score) = absent_is_none(self.store().verify(subject, &q))? {
-                scores.push(self.scored(*modality, template.model(), score, None)?);
+                scores.push(PoolScore {
+                    score: self.scored(*modality, template.model(), score, None)?,
+                    sample: ProbeSample::Vector(i),
+                    source: ScoreSource::FillIn,
+                });
             }
         }
         for f in &probe.fingers {
@@ -857,7 +851,11 @@ impl Engine {
             if let Some(score) =
                 absent_is_none(self.finger_search()?.verify(&self.gallery, subject, f))?
             {
-                scores.push(self.scored(modality, &mcc_model(), score, None)?);
+                scores.push(PoolScore {
+                    score: self.scored(modality, &mcc_model(), score, None)?,
+                    sample: ProbeSample::Finger,
+                    source: ScoreSource::FillIn,
+                });
             }
         }
         Ok(())
@@ -917,4 +915,159 @@ fn check_rate(name: &str, v: f64) -> Result<f64> {
             format!("{name} must be in (0, 1); got {v}"),
         ))
     }
+}
+
+/// The checks of a 1:N search's parameters for a probe of `probe_len` samples (shared by
+/// [`Engine::identify`], [`Engine::identify_part`] and [`merge_parts`]: the same errors).
+fn check_identify_params(probe_len: usize, p: &IdentifyParams) -> Result<()> {
+    if p.max_results == 0 || p.max_results > MAX_RESULTS_LIMIT {
+        return Err(EngineError::invalid(
+            ErrorCode::InvalidParameter,
+            format!("max_results must be in 1..={MAX_RESULTS_LIMIT}"),
+        ));
+    }
+    if probe_len == 0 {
+        return Err(EngineError::invalid(ErrorCode::BadRequest, "the probe has no samples"));
+    }
+    if p.threshold.is_some() && p.target_fpir.is_some() {
+        return Err(EngineError::invalid(
+            ErrorCode::BadRequest,
+            "give either `threshold` or a target FPIR, not both",
+        ));
+    }
+    if p.threshold.is_some() && probe_len > 1 {
+        return Err(EngineError::invalid(
+            ErrorCode::BadRequest,
+            "a raw `threshold` applies to single-modality probes only; use target_fpir",
+        ));
+    }
+    if let Some(t) = p.threshold.filter(|t| !t.is_finite()) {
+        return Err(EngineError::invalid(
+            ErrorCode::InvalidParameter,
+            format!("threshold {t} is not finite"),
+        ));
+    }
+    if let Some(f) = p.target_fpir {
+        check_rate("target_fpir", f)?;
+    }
+    Ok(())
+}
+
+/// N of the FPIR cut: the subset's length when the search is restricted to one; else the
+/// subjects the probe's samples are searched among: every live subject for vector templates,
+/// the subjects holding fingers for minutiae fingers, the larger of the two for both.
+fn cut_gallery_size(
+    subset: Option<usize>,
+    vectors: bool,
+    fingers: bool,
+    subjects: usize,
+    finger_subjects: usize,
+) -> u64 {
+    (match subset {
+        Some(s) => s,
+        None if !vectors => finger_subjects,
+        None if !fingers => subjects,
+        None => subjects.max(finger_subjects),
+    }) as u64
+}
+
+/// The raw-score threshold a modality's search of a 1:N search applies: a single-modality
+/// probe's `threshold`, or the score at FMR = `target_fpir` / N read on the modality's
+/// calibration; none for several modalities (they are cut on the fused FMR).
+fn raw_threshold(
+    single: bool,
+    threshold: Option<f32>,
+    target_fpir: Option<f64>,
+    n: u64,
+    cal: &CalibrationTable,
+) -> Result<Option<f32>> {
+    Ok(match (single, threshold, target_fpir) {
+        (true, Some(t), _) => Some(t),
+        (true, None, Some(f)) => Some(cal.threshold_for_fpir(f, n.max(1))?),
+        _ => None,
+    })
+}
+
+/// Whether a candidate of a several-modality probe with fused FMR `fmr` survives the FPIR cut:
+/// FMR ≤ target FPIR / N (no target: every candidate does).
+fn passes_fpir_cut(fmr: f64, target_fpir: Option<f64>, n: u64) -> bool {
+    target_fpir.is_none_or(|f| fmr <= f / n.max(1) as f64)
+}
+
+/// The target FPIR an identification reports (none when a raw threshold decided).
+fn reported_target_fpir(p: &IdentifyParams) -> Option<f64> {
+    if p.threshold.is_some() {
+        None
+    } else {
+        p.target_fpir
+    }
+}
+
+/// How many subjects each modality's search of a 1:N search returns: `max_results` for a
+/// single modality, three times that (bounded) for several, since fusion reorders.
+fn list_depth(single: bool, max_results: usize) -> usize {
+    if single {
+        max_results
+    } else {
+        (max_results * 3).min(MAX_RESULTS_LIMIT)
+    }
+}
+
+/// The FMR of a finger search's score: a best-of-`comparisons` score (the wrong-position
+/// check) is read as that many times its FMR.
+fn best_of_fmr(cal: &CalibrationTable, score: f32, comparisons: u32) -> f64 {
+    (cal.fmr_at(score) * f64::from(comparisons.max(1))).min(1.0)
+}
+
+/// The finger search's ranking of subjects: fused finger FMR, then subject id.
+fn finger_order(a: (f64, &SubjectId), b: (f64, &SubjectId)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1))
+}
+
+/// The order of a 1:N search's candidates, best first: fused score (−log10 FMR), then the sum
+/// of raw scores, then subject id (see [`Identification::candidates`]).
+fn rank_candidates(a: &CandidateView, b: &CandidateView) -> std::cmp::Ordering {
+    let raw_sum = |c: &CandidateView| c.scores.iter().map(|s| s.score).sum::<f32>();
+    score_of_fmr(b.fmr)
+        .total_cmp(&score_of_fmr(a.fmr))
+        .then_with(|| raw_sum(b).total_cmp(&raw_sum(a)))
+        .then_with(|| a.subject.cmp(&b.subject))
+}
+
+/// What the searches of a 1:N probe found ([`Engine::search_pool`]).
+#[derive(Debug)]
+struct Pool {
+    /// Per subject, its scores in search order (vector modalities in probe order, then its
+    /// fingers).
+    per_subject: BTreeMap<SubjectId, Vec<PoolScore>>,
+    search: String,
+    index_generation: Option<u64>,
+    finger_search: Vec<(Modality, FingerSearchInfo)>,
+    shortlist: Option<FingerShortlist>,
+}
+
+/// A score of a 1:N candidate, with the probe sample it compares and where it came from.
+#[derive(Clone, Debug)]
+struct PoolScore {
+    score: ModalityScore,
+    sample: ProbeSample,
+    source: ScoreSource,
+}
+
+/// A sample of the probe: its `i`-th vector template, or one of its minutiae fingers (scored
+/// under [`mcc_model`]).
+#[derive(Clone, Copy, Debug)]
+enum ProbeSample {
+    Vector(usize),
+    Finger,
+}
+
+/// Which of the finger search's ranked subjects a 1:N search keeps.
+#[derive(Clone, Copy, Debug)]
+enum FingerKeep {
+    /// The best [`list_depth`] ([`Engine::identify`]).
+    Best,
+    /// Those among the best [`list_depth`] for some raw-score floor not yet known
+    /// ([`fanout::keep_for_every_floor`]).
+    EveryFloor,
 }
