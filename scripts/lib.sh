@@ -22,6 +22,22 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+# free_ports N: N distinct free TCP ports on 127.0.0.1, one a line (all bound at once, so no two
+# are the same; a port may still be taken by someone else before its user binds it).
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])
+    s.close()
+PY
+}
+
 # stop_pid WHO PID: stop a server gracefully (SIGTERM, up to 30 s), then SIGKILL it; reap it.
 # Nothing happens when PID is empty or gone.
 stop_pid() {

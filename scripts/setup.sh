@@ -11,6 +11,10 @@ apt_ensure setup cmake g++ libopenblas-dev pkg-config fonts-dejavu-core
 # The MOSIP ABIS adapter's end-to-end test runs a throw-away ActiveMQ broker
 # (scripts/activemq.sh): the Debian broker and a headless JRE for it.
 apt_ensure setup activemq default-jre-headless
+# Cluster mode (scripts/cluster.sh): etcd for cluster metadata (etcdctl is etcd-client), NATS
+# JetStream for the replicated enrollment log, protoc and its well-known types for the etcd
+# client crate's build.
+apt_ensure setup etcd-server etcd-client nats-server protobuf-compiler libprotobuf-dev
 
 command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "setup: python3 is required (model preparation)" >&2; exit 1; }

@@ -80,6 +80,13 @@ pub enum ErrorCode {
     DedupRunning,
     /// A deduplication checkpoint was made with other parameters (or exists and was not resumed).
     DedupParametersChanged,
+    /// Cluster: no replica of a shard answered (503; nothing partial is answered).
+    ShardUnavailable,
+    /// Cluster: etcd or the NATS log is unreachable from this node (503).
+    ClusterUnavailable,
+    /// This endpoint or option is not available in this deployment (501), e.g. on a cluster
+    /// node.
+    NotSupported,
     Internal,
 }
 
@@ -136,6 +143,9 @@ impl ErrorCode {
             C::WriteInDoubt => "write_in_doubt",
             C::DedupRunning => "dedup_running",
             C::DedupParametersChanged => "dedup_parameters_changed",
+            C::ShardUnavailable => "shard_unavailable",
+            C::ClusterUnavailable => "cluster_unavailable",
+            C::NotSupported => "not_supported",
             C::Internal => "internal",
         }
     }

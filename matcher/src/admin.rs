@@ -30,6 +30,14 @@ pub async fn healthz() -> impl IntoResponse {
 /// 200 once the gallery is loaded, while writes can be made durable (503 while they cannot:
 /// a full disk or a storage I/O error, until a write or the maintenance probe succeeds).
 pub async fn readyz(State(state): St) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(node) = state.cluster() {
+        // A cluster node: joined, and its active replicas caught up with the log.
+        return if node?.is_ready() {
+            Ok(Json(serde_json::json!({ "status": "ready" })))
+        } else {
+            Err(ApiError::not_ready())
+        };
+    }
     if let Some(fault) = state.gallery()?.store().write_fault() {
         return Err(ApiError::unwritable(&fault));
     }
@@ -594,4 +602,19 @@ pub async fn cancel_build(
         j.cancel();
     }
     Ok(Json(j.out()))
+}
+
+/// `GET /v1/admin/cluster`: nodes, shards, replicas, lag, the map's epoch (cluster nodes only).
+pub async fn cluster(
+    State(state): St,
+    caller: Caller,
+) -> Result<Json<biomatch_cluster::ClusterStatus>, ApiError> {
+    caller.require(Role::Admin)?;
+    let Some(node) = state.cluster() else {
+        return Err(ApiError::new(
+            ErrorCode::NotSupported,
+            "this service is not a cluster node ([cluster] enabled = false)",
+        ));
+    };
+    Ok(Json(node?.status().await))
 }

@@ -406,6 +406,10 @@ pub struct Config {
     /// The MOSIP ABIS adapter over ActiveMQ (`[mosip]`, `crate::mosip`).
     #[serde(default)]
     pub mosip: MosipConfig,
+    /// Cluster membership (`[cluster]`, `biomatch-cluster`; docs/cluster.md). Off: this node
+    /// serves its own store alone.
+    #[serde(default)]
+    pub cluster: biomatch_cluster::ClusterConfig,
 }
 
 /// The MOSIP ABIS adapter (`[mosip]`): requests read from `inbound_queue`, responses written to
@@ -519,6 +523,7 @@ impl Default for Config {
             fingerprints: FingerprintConfig::default(),
             api_keys: Vec::new(),
             mosip: MosipConfig::default(),
+            cluster: biomatch_cluster::ClusterConfig::default(),
         }
     }
 }
@@ -703,6 +708,12 @@ impl Config {
                     cost.div_ceil(1 << 20)
                 ));
             }
+        }
+        self.cluster.validate()?;
+        if self.cluster.enabled && self.mosip.enabled {
+            return Err("the MOSIP adapter runs on a single-node service for now: set \
+                        mosip.enabled = false on cluster nodes"
+                .into());
         }
         let mq = &self.mosip;
         if mq.enabled {

@@ -54,9 +54,13 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::OverMemoryBudget
         | C::InvalidFactory
         | C::RecallBelowFloor => StatusCode::UNPROCESSABLE_ENTITY,
-        C::NotReady | C::Overloaded | C::StoreUnavailable | C::WriteInDoubt => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        C::NotReady
+        | C::Overloaded
+        | C::StoreUnavailable
+        | C::WriteInDoubt
+        | C::ShardUnavailable
+        | C::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::NotSupported => StatusCode::NOT_IMPLEMENTED,
         C::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         C::RateLimited | C::QueueFull => StatusCode::TOO_MANY_REQUESTS,
         C::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -206,7 +210,14 @@ impl IntoResponse for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let retry = e.is_retryable();
+        // A cluster's missing replica or unreachable log is transient (failover, restart).
+        let retry = e.is_retryable()
+            || matches!(
+                e.code(),
+                ErrorCode::ShardUnavailable
+                    | ErrorCode::ClusterUnavailable
+                    | ErrorCode::WriteInDoubt
+            );
         let mut api = match e.code() {
             ErrorCode::Internal => ApiError::internal(e),
             ErrorCode::StoreUnavailable => {
@@ -225,6 +236,11 @@ impl From<EngineError> for ApiError {
                     "the store's disk is full: nothing of the write was stored; retry once space \
                      is freed",
                 )
+            }
+            // A cluster's log holds the write but not every replica confirmed it: its message.
+            ErrorCode::WriteInDoubt if matches!(e, EngineError::Invalid { .. }) => {
+                tracing::warn!(error = %e, "write in doubt");
+                ApiError::new(ErrorCode::WriteInDoubt, e.to_string())
             }
             ErrorCode::WriteInDoubt => {
                 tracing::error!(error = %e, "write in doubt");

@@ -132,6 +132,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/extract", post(routes::extract))
         .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/admin/cluster", get(admin::cluster))
         .route("/v1/admin/index/reload", post(admin::reload))
         .route("/v1/admin/index/builds", get(admin::list_builds))
         .route("/v1/admin/index/builds/{job_id}", get(admin::get_build).delete(admin::cancel_build))

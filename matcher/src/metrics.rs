@@ -261,6 +261,10 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding cannot fail");
-        String::from_utf8(out).expect("prometheus text is UTF-8")
+        let mut text = String::from_utf8(out).expect("prometheus text is UTF-8");
+        if let Some(Ok(node)) = state.cluster() {
+            text.push_str(&node.prometheus());
+        }
+        text
     }
 }

@@ -128,6 +128,12 @@ pub async fn enroll(
     let retry = key.is_some();
     let r = enroll_inner(&state, req, key, retry, ctx, dedup).await;
     match &r {
+        Ok(EnrollOutcome::Created(out)) if state.config.cluster.enabled => {
+            // A cluster's write is in the log and the replicas' stores; this node's audit log
+            // records the request (durably, before the answer leaves).
+            caller.note("enroll", vec![out.subject_id.clone()], format!("log:{}", out.seq));
+            caller.about_stored_write();
+        }
         Ok(EnrollOutcome::Created(_)) => {
             // The engine's journal made the audit record durable with the enrollment.
             caller.journaled();
@@ -208,6 +214,28 @@ pub async fn enroll_inner(
             return Ok(EnrollOutcome::Cached(out));
         }
     }
+    if let Some(node) = state.cluster() {
+        if dedup {
+            return Err(ApiError::new(
+                ErrorCode::NotSupported,
+                "enroll-if-unique (?dedup=true) is not available on a cluster yet: it needs one \
+                 serialisation point across the shards; identify, then enroll",
+            ));
+        }
+        // The Idempotency-Key, scoped by the caller, is the log message's id: a retry through
+        // any node within the log's de-duplication window is the same write.
+        let msg_id = key.as_ref().map(|k| format!("{}:{k}", ctx.key_id));
+        let e = node?.enroll(subject, &samples, msg_id).await?;
+        let out = subject_out(e.view);
+        return Ok(if e.created {
+            if let Some(k) = key {
+                state.idempotency.lock().put(k, fp, out.clone());
+            }
+            EnrollOutcome::Created(out)
+        } else {
+            EnrollOutcome::Replayed(out)
+        });
+    }
     let engine = state.engine()?.clone();
     let r = blocking(move || {
         Ok(if dedup {
@@ -273,9 +301,20 @@ pub async fn enroll_batch(
         }
     }
     let subjects: Vec<SubjectId> = items.iter().map(|(s, _)| s.clone()).collect();
-    let engine = state.engine()?.clone();
-    let ctx = audit_context(&caller);
-    let written = blocking(move || Ok(engine.enroll_batch(items, Some(ctx))?)).await?;
+    let written: Vec<Result<u64, biomatch_engine::EngineError>> =
+        if let Some(node) = state.cluster() {
+            // Each item is its own log write, all in flight together.
+            let node = node?.clone();
+            let writes = items.into_iter().map(|(s, x)| {
+                let node = node.clone();
+                async move { node.enroll(s, &x, None).await.map(|e| e.view.seq) }
+            });
+            futures_util::future::join_all(writes).await
+        } else {
+            let engine = state.engine()?.clone();
+            let ctx = audit_context(&caller);
+            blocking(move || Ok(engine.enroll_batch(items, Some(ctx))?)).await?
+        };
     let mut written = subjects.into_iter().zip(written);
     let mut out = Vec::with_capacity(results.len());
     let mut refused = Vec::new();
@@ -325,6 +364,9 @@ pub async fn get_subject(
     caller.require(Role::Enroll)?;
     let subject = SubjectId::new(id)?;
     caller.note_subjects(vec![subject.to_string()]);
+    if let Some(node) = state.cluster() {
+        return Ok(Json(subject_out(node?.subject(&subject).await?)));
+    }
     Ok(Json(subject_out(state.engine()?.subject(&subject)?)))
 }
 
@@ -340,6 +382,12 @@ pub async fn delete_subject(
     caller.require(Role::Enroll)?;
     let subject = SubjectId::new(id)?;
     caller.note_subjects(vec![subject.to_string()]);
+    if let Some(node) = state.cluster() {
+        let seq = node?.delete(subject.clone()).await?;
+        caller.note("delete", vec![subject.to_string()], format!("log:{seq}"));
+        caller.about_stored_write();
+        return Ok(Json(DeleteOut { subject_id: subject.to_string(), deleted: true, seq }));
+    }
     let engine = state.engine()?.clone();
     let (s2, ctx) = (subject.clone(), audit_context(&caller));
     let seq = blocking(move || Ok(engine.delete(&s2, Some(ctx))?)).await?;
@@ -369,12 +417,16 @@ async fn verify_inner(
     let subject = SubjectId::new(req.subject_id)?;
     let target = req.target_fmr.unwrap_or(state.config.search.default_target_fmr);
     let samples = samples(state, &req.face, &req.fingers).await?;
-    let engine = state.engine()?.clone();
-    let v = blocking(move || {
-        let probe = engine.prepare(samples)?;
-        Ok(engine.verify(&subject, &probe, target)?)
-    })
-    .await?;
+    let v = if let Some(node) = state.cluster() {
+        node?.verify(&subject, &samples, target).await?
+    } else {
+        let engine = state.engine()?.clone();
+        blocking(move || {
+            let probe = engine.prepare(samples)?;
+            Ok(engine.verify(&subject, &probe, target)?)
+        })
+        .await?
+    };
     Ok(VerifyResponse {
         subject_id: v.subject.to_string(),
         decision: if v.is_match { "match" } else { "no_match" }.into(),
@@ -448,12 +500,16 @@ pub async fn identify_inner(
         },
         keep_shortlist: false,
     };
-    let engine = state.engine()?.clone();
-    let r = blocking(move || {
-        let probe = engine.prepare(samples)?;
-        Ok(engine.identify(&probe, &params)?)
-    })
-    .await?;
+    let r = if let Some(node) = state.cluster() {
+        node?.identify(&samples, &params).await?
+    } else {
+        let engine = state.engine()?.clone();
+        blocking(move || {
+            let probe = engine.prepare(samples)?;
+            Ok(engine.identify(&probe, &params)?)
+        })
+        .await?
+    };
     Ok(IdentifyResponse {
         candidates: r.candidates.iter().map(candidate_out).collect(),
         gallery_size: r.gallery_size,

@@ -130,6 +130,51 @@ pub fn spawn_maintenance(engine: &Arc<Engine>, period: std::time::Duration) {
     }
 }
 
+/// Join the cluster `[cluster]` names: each shard replica this node is given is a store of its
+/// own under `<data>/shards/<shard>/`, opened like the single-node store, with the journal that
+/// persists its applied log position.
+async fn join_cluster(state: &Arc<AppState>) -> Result<Arc<biomatch_cluster::Node>, String> {
+    let cfg = state.config.clone();
+    let models = state.models.clone();
+    let finger_calibration = state.finger_calibration.clone();
+    let factory: biomatch_cluster::EngineFactory = Arc::new(move |_shard, dir, journal| {
+        let mut c = cfg.clone();
+        c.data = dir.to_path_buf();
+        open_engine(&c, &models, finger_calibration.as_ref(), Some(journal), false)
+    });
+    let calibrations = biomatch_cluster::Calibrations {
+        models: state.engine_models(),
+        fingers: state.finger_calibration.clone(),
+    };
+    biomatch_cluster::Node::start(
+        state.config.cluster.clone(),
+        format!("http://{}", state.config.listen),
+        state.config.data.clone(),
+        calibrations,
+        factory,
+    )
+    .await
+}
+
+/// Checkpoints of a cluster node's replicas, off the request path (as [`spawn_maintenance`]).
+fn spawn_cluster_maintenance(node: &Arc<biomatch_cluster::Node>, period: std::time::Duration) {
+    let weak = Arc::downgrade(node);
+    let spawned = std::thread::Builder::new().name("biomatch-maintenance".into()).spawn(move || {
+        loop {
+            std::thread::sleep(period);
+            let Some(n) = weak.upgrade() else { return };
+            for l in n.local_shards() {
+                if let Err(err) = l.engine.maintain() {
+                    tracing::error!(shard = l.id, error = %err, "checkpoint failed; the write-ahead log keeps the data");
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the maintenance thread");
+    }
+}
+
 async fn shutdown_signal(mut fatal: watch::Receiver<Option<String>>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -223,30 +268,49 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let fatal_rx_for_signal = fatal_rx.clone();
     let st = state.clone();
     let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || match load_engine(&st) {
-        Ok(e) => {
-            let e = Arc::new(e);
-            spawn_maintenance(&e, std::time::Duration::from_millis(500));
-            // The queue is read before readiness, so a ready service knows every job.
-            if let Err(e) = crate::jobs::start(&st) {
-                // Jobs are refused (not_ready); the synchronous endpoints serve.
-                tracing::error!(error = %e, "the job queue could not be opened");
+    if state.config.cluster.enabled {
+        tokio::spawn(async move {
+            match join_cluster(&st).await {
+                Ok(node) => {
+                    spawn_cluster_maintenance(&node, std::time::Duration::from_millis(500));
+                    if let Err(e) = crate::jobs::start(&st) {
+                        tracing::error!(error = %e, "the job queue could not be opened");
+                    }
+                    st.attach_cluster(node);
+                    tracing::info!("joined; ready once this node's replicas caught up");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot join the cluster; shutting down");
+                    let _ = fatal_tx.send(Some(e));
+                }
             }
-            st.attach(e);
-            crate::recall_monitor::spawn(&st);
-            if st.config.mosip.enabled {
-                // The adapter consumes only once the engine is there: every request it takes
-                // is served.
-                let _guard = runtime.enter();
-                crate::mosip::spawn(st.clone());
+        });
+    } else {
+        tokio::task::spawn_blocking(move || match load_engine(&st) {
+            Ok(e) => {
+                let e = Arc::new(e);
+                spawn_maintenance(&e, std::time::Duration::from_millis(500));
+                // The queue is read before readiness, so a ready service knows every job.
+                if let Err(e) = crate::jobs::start(&st) {
+                    // Jobs are refused (not_ready); the synchronous endpoints serve.
+                    tracing::error!(error = %e, "the job queue could not be opened");
+                }
+                st.attach(e);
+                crate::recall_monitor::spawn(&st);
+                if st.config.mosip.enabled {
+                    // The adapter consumes only once the engine is there: every request it takes
+                    // is served.
+                    let _guard = runtime.enter();
+                    crate::mosip::spawn(st.clone());
+                }
+                tracing::info!("ready");
             }
-            tracing::info!("ready");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "gallery failed to load; shutting down");
-            let _ = fatal_tx.send(Some(e));
-        }
-    });
+            Err(e) => {
+                tracing::error!(error = %e, "gallery failed to load; shutting down");
+                let _ = fatal_tx.send(Some(e));
+            }
+        });
+    }
     let app = crate::app(state.clone());
     let limits = crate::conn::ConnLimits::from_config(&state.config.limits);
     let st = state.clone();

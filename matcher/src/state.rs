@@ -4,7 +4,7 @@
 use crate::audit::AuditLog;
 use crate::config::{Config, ModalityKind, Role};
 use crate::decode_budget::DecodeBudget;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use biomatch_core::{CalibrationTable, Modality, ModelId};
 pub use biomatch_engine::mcc_model;
@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
 /// A model the service accepts, with its calibration.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ServiceModel {
     pub id: ModelId,
     pub dim: usize,
@@ -65,6 +65,9 @@ impl IdempotencyCache {
 pub struct AppState {
     pub config: Config,
     engine: OnceLock<Arc<Engine>>,
+    /// This node's membership of a cluster (`[cluster] enabled`): then the subject endpoints
+    /// go through it, and there is no local engine.
+    cluster: OnceLock<Arc<biomatch_cluster::Node>>,
     pub models: Vec<ServiceModel>,
     /// SHA-256 (hex) of the key → who it is. Empty: authentication is off (loopback only).
     keys: HashMap<String, KeyInfo>,
@@ -348,6 +351,7 @@ impl AppState {
             decode_budget: DecodeBudget::new(config.decode_budget_bytes()),
             config,
             engine: OnceLock::new(),
+            cluster: OnceLock::new(),
             models,
             keys,
             audit,
@@ -396,9 +400,28 @@ impl AppState {
         let _ = self.engine.set(engine);
     }
 
-    /// The engine, or `not_ready` while the store is loading.
+    /// The engine, or `not_ready` while the store is loading; on a cluster node (which has
+    /// no one engine) `not_supported`.
     pub fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
+        if self.config.cluster.enabled {
+            return Err(ApiError::new(
+                ErrorCode::NotSupported,
+                "not available on a cluster node yet (its replicas' stores are per shard): \
+                 enroll, verify, identify, subject reads and deletes are; see docs/cluster.md",
+            ));
+        }
         self.engine.get().ok_or_else(ApiError::not_ready)
+    }
+
+    /// Attach this node's cluster membership: the service becomes ready once it is.
+    pub fn attach_cluster(&self, node: Arc<biomatch_cluster::Node>) {
+        let _ = self.cluster.set(node);
+    }
+
+    /// The cluster node, when this service is one (`None` on a single-node service);
+    /// `not_ready` while it is joining.
+    pub fn cluster(&self) -> Option<Result<&Arc<biomatch_cluster::Node>, ApiError>> {
+        self.config.cluster.enabled.then(|| self.cluster.get().ok_or_else(ApiError::not_ready))
     }
 
     pub fn gallery(&self) -> Result<&Arc<Gallery>, ApiError> {
@@ -406,7 +429,10 @@ impl AppState {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.engine.get().is_some()
+        match self.cluster.get() {
+            Some(n) => n.is_ready(),
+            None => self.engine.get().is_some(),
+        }
     }
 
     pub fn auth_enabled(&self) -> bool {
