@@ -24,8 +24,11 @@ GALLERY=${CLUSTER_BENCH_GALLERY:-20000}
 out=target/cluster-bench
 mkdir -p "$out"
 export OPENBLAS_NUM_THREADS=1
-cargo build --release --locked -p biomatch-matcher
-export BIOMATCH_BIN=${BIOMATCH_BIN:-target/release/biomatch}
+# BIOMATCH_BIN: another build (e.g. target/debug/biomatch); default: the release build.
+if [ -z "${BIOMATCH_BIN:-}" ]; then
+  cargo build --release --locked -p biomatch-matcher
+  export BIOMATCH_BIN=target/release/biomatch
+fi
 export BIOMATCH_LOG=${BIOMATCH_LOG:-warn}
 
 dir=""
