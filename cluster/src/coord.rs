@@ -23,7 +23,7 @@ use async_nats::jetstream::message::PublishMessage as Publish;
 use biomatch_core::SubjectId;
 use biomatch_engine::{
     merge_parts, EngineError, Enrolled, ErrorCode, Identification, IdentifyParams, IdentifyPart,
-    ProbeKinds, Samples, SubjectView, VectorKind, Verification,
+    ProbeKinds, Samples, SubjectView, Verification,
 };
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,7 +47,7 @@ impl Node {
     }
 
     /// Ask node `to`; a transport failure is `Err(None)`, an error it answered `Err(Some)`.
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         to: &str,
         req: &Request,
@@ -342,19 +342,7 @@ impl Node {
                 return Err(shard_unavailable(s, "timed out"));
             }
         }
-        let kinds = kinds_of(samples);
+        let kinds = ProbeKinds::of_samples(samples);
         merge_parts(parts.into_values().collect(), &kinds, params, |m| self.calibrations.table(m))
-    }
-}
-
-/// What a probe holds, for the merge (the coordinator has the samples, not a prepared probe).
-fn kinds_of(samples: &Samples) -> ProbeKinds {
-    ProbeKinds {
-        vectors: samples
-            .vectors
-            .iter()
-            .map(|(m, t)| VectorKind { modality: *m, model: t.model().clone() })
-            .collect(),
-        fingers: samples.fingers.iter().filter_map(|f| f.position).collect(),
     }
 }

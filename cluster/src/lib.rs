@@ -23,6 +23,7 @@ pub mod map;
 pub mod meta;
 pub mod node;
 pub mod rpc;
+pub mod snapshot;
 
 pub use config::ClusterConfig;
 pub use map::ShardMap;

@@ -106,23 +106,27 @@ impl Meta {
             .collect())
     }
 
-    /// The live nodes (those whose lease holds).
-    pub async fn nodes(&self) -> Result<BTreeMap<String, NodeInfo>> {
+    /// The JSON values under a prefix by the rest of their key (unreadable ones skipped).
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        p: &str,
+    ) -> Result<BTreeMap<String, T>> {
         Ok(self
-            .get_prefix("nodes/")
+            .get_prefix(p)
             .await?
             .into_iter()
             .filter_map(|(id, v)| Some((id, serde_json::from_slice(&v).ok()?)))
             .collect())
     }
 
+    /// The live nodes (those whose lease holds).
+    pub async fn nodes(&self) -> Result<BTreeMap<String, NodeInfo>> {
+        self.get_json("nodes/").await
+    }
+
+    /// Each live node's applied position per replica.
     pub async fn progress(&self) -> Result<BTreeMap<String, Progress>> {
-        Ok(self
-            .get_prefix("progress/")
-            .await?
-            .into_iter()
-            .filter_map(|(id, v)| Some((id, serde_json::from_slice(&v).ok()?)))
-            .collect())
+        self.get_json("progress/").await
     }
 
     /// The shard map and its revision (0 when there is none yet).

@@ -46,11 +46,47 @@ pub struct LocalShard {
     /// Every log message of this shard up to here is applied.
     through: AtomicU64,
     dir: PathBuf,
+    /// Checkpoints are held until this instant (ms since the epoch) while another node copies
+    /// this replica ([`crate::snapshot`]); the lock is held across a checkpoint and a listing.
+    hold_until_ms: AtomicU64,
+    maintain: Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl LocalShard {
     pub fn through(&self) -> u64 {
         self.through.load(Ordering::Acquire)
+    }
+
+    /// The maintenance thread's turn ([`Engine::maintain`]), unless a copy holds checkpoints.
+    pub fn maintain(&self) -> biomatch_engine::Result<bool> {
+        let _g = self.maintain.lock();
+        if now_ms() < self.hold_until_ms.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.engine.maintain()
+    }
+
+    fn hold(&self) {
+        self.hold_until_ms
+            .store(now_ms() + crate::snapshot::HOLD.as_millis() as u64, Ordering::Release);
+    }
+
+    /// The files to copy, checkpoints held from now: the write-ahead log listed up to the end
+    /// of its last durable commit group.
+    fn snapshot_list(&self) -> Result<Vec<crate::snapshot::FileEntry>, EngineError> {
+        let _g = self.maintain.lock();
+        self.hold();
+        let wal_len = self.engine.store().wal_durable_len();
+        crate::snapshot::list_store(&self.dir, wal_len).map_err(|e| {
+            EngineError::invalid(ErrorCode::Internal, format!("cannot list the replica: {e}"))
+        })
     }
 }
 
@@ -298,6 +334,10 @@ impl Node {
         let have: Vec<u32> = self.shards.read().keys().copied().collect();
         for s in want.iter().filter(|s| !have.contains(s)) {
             let dir = self.data.join("shards").join(s.to_string());
+            // Nothing to copy before the log's first write (a new cluster).
+            if !dir.join("MANIFEST").exists() && self.head.load(Ordering::Acquire) > 0 {
+                self.copy_replica(map, *s, &dir).await;
+            }
             let factory = self.factory.clone();
             let s = *s;
             let opened = tokio::task::spawn_blocking(move || open_shard(s, dir, factory)).await;
@@ -322,6 +362,91 @@ impl Node {
             // Searches still holding the engine keep their mapped files (unlinked, not unmapped).
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }
+    }
+
+    /// Copy shard `s` from one of its active replicas into `dir` (absent): then the new replica
+    /// replays the log only from the copy's position. On any failure the directory is left
+    /// absent and the replica replays the log from its start instead.
+    async fn copy_replica(&self, map: &ShardMap, s: u32, dir: &Path) {
+        let sources: Vec<String> = map
+            .shards
+            .get(s as usize)
+            .map(|r| r.active.iter().filter(|n| *n != self.id()).cloned().collect())
+            .unwrap_or_default();
+        let incoming = dir.with_extension("incoming");
+        for src in sources {
+            let t = std::time::Instant::now();
+            let _ = tokio::fs::remove_dir_all(&incoming).await;
+            match self.copy_from(&src, s, &incoming).await {
+                Ok((files, bytes)) => {
+                    let moved = std::fs::rename(&incoming, dir)
+                        .and_then(|()| std::fs::File::open(self.data.join("shards"))?.sync_all());
+                    match moved {
+                        Ok(()) => {
+                            tracing::info!(shard = s, from = %src, files, bytes, seconds = t.elapsed().as_secs_f64(), "replica copied");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(shard = s, error = %e, "cannot move the copied replica into place")
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(shard = s, from = %src, error = %e, "replica copy failed"),
+            }
+            let _ = self
+                .call::<()>(&src, &Request::SnapshotDone { shard: s }, Duration::from_secs(2))
+                .await;
+        }
+        let _ = tokio::fs::remove_dir_all(&incoming).await;
+        tracing::warn!(
+            shard = s,
+            "no replica to copy from: replaying the shard's log from its start"
+        );
+    }
+
+    async fn copy_from(&self, src: &str, s: u32, into: &Path) -> Result<(usize, u64), String> {
+        use base64::Engine as _;
+        use tokio::io::AsyncWriteExt;
+        let t = Duration::from_secs(10);
+        let what = |e: Option<EngineError>| e.map_or("no answer".to_string(), |e| e.to_string());
+        let files: Vec<crate::snapshot::FileEntry> =
+            self.call(src, &Request::SnapshotList { shard: s }, t).await.map_err(what)?;
+        let mut bytes = 0u64;
+        for f in &files {
+            let path = crate::snapshot::resolve(into, &f.path)
+                .ok_or_else(|| format!("refused file name {:?}", f.path))?;
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| e.to_string())?;
+            }
+            let mut out = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
+            let mut offset = 0;
+            while offset < f.len {
+                let req = Request::SnapshotChunk {
+                    shard: s,
+                    path: f.path.clone(),
+                    offset,
+                    len: (f.len - offset).min(crate::snapshot::CHUNK),
+                };
+                let b64: String = self.call(src, &req, t).await.map_err(what)?;
+                let chunk = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| e.to_string())?;
+                if chunk.is_empty() {
+                    return Err(format!("{} ended before its listed length", f.path));
+                }
+                out.write_all(&chunk).await.map_err(|e| e.to_string())?;
+                offset += chunk.len() as u64;
+            }
+            out.flush().await.map_err(|e| e.to_string())?;
+            bytes += f.len;
+        }
+        let _ = self.call::<()>(src, &Request::SnapshotDone { shard: s }, t).await;
+        let dir = into.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::snapshot::sync_tree(&dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok((files.len(), bytes))
     }
 
     /// The log's last sequence number.
@@ -585,6 +710,30 @@ impl Node {
                 blocking(move || Ok(ViewDto::from(l.engine.subject(&subject)?))).await
             }
             .await),
+            Request::SnapshotList { shard } => enc(async {
+                let l = self.replica(shard)?;
+                blocking(move || l.snapshot_list()).await
+            }
+            .await),
+            Request::SnapshotChunk { shard, path, offset, len } => enc(async {
+                let l = self.replica(shard)?;
+                l.hold();
+                blocking(move || {
+                    let bytes =
+                        crate::snapshot::read_chunk(&l.dir, &path, offset, len).map_err(|e| {
+                            EngineError::invalid(ErrorCode::BadRequest, format!("{path}: {e}"))
+                        })?;
+                    use base64::Engine as _;
+                    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+                })
+                .await
+            }
+            .await),
+            Request::SnapshotDone { shard } => enc(async {
+                self.replica(shard)?.hold_until_ms.store(0, Ordering::Release);
+                Ok(())
+            }
+            .await),
             Request::Identify { shards, min_seq, samples, params } => enc(async {
                 let mut replicas = Vec::with_capacity(shards.len());
                 for s in shards {
@@ -630,6 +779,8 @@ fn open_shard(s: u32, dir: PathBuf, factory: EngineFactory) -> Result<LocalShard
         journal,
         through: AtomicU64::new(through),
         dir,
+        hold_until_ms: AtomicU64::new(0),
+        maintain: Mutex::new(()),
     })
 }
 

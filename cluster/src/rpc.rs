@@ -20,6 +20,13 @@ pub enum Request {
     Identify { shards: Vec<u32>, min_seq: u64, samples: WireSamples, params: ParamsDto },
     /// What is enrolled for a subject of `shard`.
     Subject { shard: u32, min_seq: u64, subject: SubjectId },
+    /// List the files of this node's replica of `shard` for a copy, and hold its checkpoints
+    /// until `SnapshotDone` (or [`crate::snapshot::HOLD`] without a chunk request).
+    SnapshotList { shard: u32 },
+    /// Up to `len` bytes (at most [`crate::snapshot::CHUNK`]) of a listed file, base64.
+    SnapshotChunk { shard: u32, path: String, offset: u64, len: u64 },
+    /// The copy is done: checkpoints may run again.
+    SnapshotDone { shard: u32 },
 }
 
 /// An error answered by a node: the engine's code and message.

@@ -106,13 +106,13 @@
 //!   only its own ids; a part's [`IdentifyPart::subset_len`] is informational.
 
 use crate::{
-    absent_is_none, best_of_fmr, check_identify_params, cut_gallery_size, finger_order, list_depth,
-    mcc_model, passes_fpir_cut, rank_candidates, raw_threshold, reported_target_fpir,
-    CandidateView, Engine, EngineError, ErrorCode, FingerKeep, FingerShortlist, Identification,
-    IdentifyParams, ModalityScore, PoolScore, PreparedProbe, ProbeSample, Result,
+    best_of_fmr, check_identify_params, cut_gallery_size, finger_order, list_depth, mcc_model,
+    passes_fpir_cut, rank_candidates, raw_threshold, reported_target_fpir, CandidateView, Engine,
+    EngineError, ErrorCode, FingerKeep, FingerShortlist, Identification, IdentifyParams,
+    ModalityScore, PoolScore, PreparedProbe, ProbeSample, Result, Samples,
 };
 use biomatch_core::fusion::fuse_fmr;
-use biomatch_core::{CalibrationTable, FingerPosition, Modality, ModelId, SubjectId};
+use biomatch_core::{CalibrationTable, FingerPosition, Modality, ModelId, SubjectId, Template};
 use biomatch_gallery::{FingerSearchInfo, SubjectFingerScores};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -143,17 +143,31 @@ impl ProbeKinds {
     }
 }
 
+fn vector_kinds(vectors: &[(Modality, Template)]) -> Vec<VectorKind> {
+    vectors
+        .iter()
+        .map(|(modality, t)| VectorKind { modality: *modality, model: t.model().clone() })
+        .collect()
+}
+
 impl PreparedProbe {
     /// What this probe holds, for [`merge_parts`] (a coordinator without the probe's engine
     /// can have a node send it).
     pub fn kinds(&self) -> ProbeKinds {
         ProbeKinds {
-            vectors: self
-                .vectors
-                .iter()
-                .map(|(modality, t)| VectorKind { modality: *modality, model: t.model().clone() })
-                .collect(),
+            vectors: vector_kinds(&self.vectors),
             fingers: self.fingers.iter().map(|f| f.position).collect(),
+        }
+    }
+}
+
+impl ProbeKinds {
+    /// What a probe of `samples` holds (its fingers with their positions): for a coordinator
+    /// that has the samples, not a prepared probe.
+    pub fn of_samples(samples: &Samples) -> ProbeKinds {
+        ProbeKinds {
+            vectors: vector_kinds(&samples.vectors),
+            fingers: samples.fingers.iter().filter_map(|f| f.position).collect(),
         }
     }
 }
@@ -352,17 +366,8 @@ impl Engine {
                 }
                 ScoreSource::Search | ScoreSource::FillIn => false,
             });
-            if !elsewhere {
-                continue;
-            }
-            if let Some(score) =
-                absent_is_none(self.finger_search()?.verify(&self.gallery, subject, f))?
-            {
-                scores.push(PoolScore {
-                    score: self.scored(modality, &mcc_model(), score, None)?,
-                    sample: ProbeSample::Finger,
-                    source: ScoreSource::FillIn,
-                });
+            if elsewhere {
+                self.fill_in_finger(subject, f, scores)?;
             }
         }
         Ok(())

@@ -844,19 +844,30 @@ impl Engine {
             }
         }
         for f in &probe.fingers {
-            let modality = Modality::Finger(f.position);
-            if has(scores, modality) {
-                continue;
+            if !has(scores, Modality::Finger(f.position)) {
+                self.fill_in_finger(subject, f, scores)?;
             }
-            if let Some(score) =
-                absent_is_none(self.finger_search()?.verify(&self.gallery, subject, f))?
-            {
-                scores.push(PoolScore {
-                    score: self.scored(modality, &mcc_model(), score, None)?,
-                    sample: ProbeSample::Finger,
-                    source: ScoreSource::FillIn,
-                });
-            }
+        }
+        Ok(())
+    }
+
+    /// The 1:1 MCC score of probe finger `f` against the subject's finger at its position, as
+    /// a fill-in score; nothing when the subject has no finger there.
+    fn fill_in_finger(
+        &self,
+        subject: &SubjectId,
+        f: &PreparedFinger,
+        scores: &mut Vec<PoolScore>,
+    ) -> Result<()> {
+        let modality = Modality::Finger(f.position);
+        if let Some(score) =
+            absent_is_none(self.finger_search()?.verify(&self.gallery, subject, f))?
+        {
+            scores.push(PoolScore {
+                score: self.scored(modality, &mcc_model(), score, None)?,
+                sample: ProbeSample::Finger,
+                source: ScoreSource::FillIn,
+            });
         }
         Ok(())
     }

@@ -1122,6 +1122,13 @@ impl Store {
     }
 
     /// Seal the WAL into segments now (normally automatic).
+    /// The write-ahead log's length up to the end of its last durable commit group (`None`:
+    /// read-only): a copy of the log's first bytes up to here holds whole groups — a journal
+    /// frame never without the records it was logged with. Waits for a group being committed.
+    pub fn wal_durable_len(&self) -> Option<u64> {
+        self.writer.lock().wal.as_ref().map(|w| w.len())
+    }
+
     pub fn checkpoint(&self) -> Result<()> {
         let mut w = self.writer.lock();
         if w.wal.is_none() {

@@ -164,7 +164,7 @@ fn spawn_cluster_maintenance(node: &Arc<biomatch_cluster::Node>, period: std::ti
             std::thread::sleep(period);
             let Some(n) = weak.upgrade() else { return };
             for l in n.local_shards() {
-                if let Err(err) = l.engine.maintain() {
+                if let Err(err) = l.maintain() {
                     tracing::error!(shard = l.id, error = %err, "checkpoint failed; the write-ahead log keeps the data");
                 }
             }

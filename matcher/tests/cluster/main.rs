@@ -467,6 +467,25 @@ fn three_nodes_answer_like_one_and_survive_kill_9() {
     }
     cluster.settled(0, 2, Duration::from_secs(120));
     let after = replicas_per_node(&cluster.status(3), 4);
+    // Its replicas were copied from active ones (segments, log, position), not replayed.
+    let log = cluster.manifest()["nodes"][3]["log"].as_str().expect("log path").to_owned();
+    let copied = std::fs::read_to_string(&log)
+        .expect("node log")
+        .lines()
+        .filter(|l| l.contains("replica copied"))
+        .count();
+    assert_eq!(copied, after[3], "replicas copied by the fourth node (its log: {log})");
+    for (i, node) in cluster.manifest()["nodes"].as_array().expect("nodes").iter().enumerate() {
+        let text = std::fs::read_to_string(node["log"].as_str().expect("log")).unwrap_or_default();
+        let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+        eprintln!(
+            "node {i}: {} replicas copied, {} copies failed, {} replayed from the log's start; last copy: {}",
+            count("replica copied"),
+            count("replica copy failed"),
+            count("replaying the shard's log from its start"),
+            text.lines().rfind(|l| l.contains("replica copied")).unwrap_or("-")
+        );
+    }
     eprintln!("replicas per node: 3 nodes {before:?}, after adding a fourth {after:?}");
     assert_eq!(after.iter().sum::<usize>(), 24);
     assert!(after.iter().all(|&c| (3..=9).contains(&c)), "unbalanced: {after:?}");
