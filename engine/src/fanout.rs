@@ -224,18 +224,6 @@ pub struct PartFingerSearch {
     pub preselected: bool,
 }
 
-/// A shard's finger pre-selection ([`FingerShortlist`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartShortlist {
-    pub gallery_subjects: usize,
-    pub subjects: usize,
-    pub preselected: bool,
-    pub mcc_comparisons: usize,
-    pub mapped_subjects: usize,
-    /// When [`IdentifyParams::keep_shortlist`] asked for them.
-    pub shortlisted: Vec<SubjectId>,
-}
-
 /// One shard's answer to a 1:N search, for [`merge_parts`]: uncut candidates and the counts
 /// N is computed from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -260,7 +248,7 @@ pub struct IdentifyPart {
     pub search: String,
     pub index_generation: Option<u64>,
     pub finger_search: Vec<PartFingerSearch>,
-    pub finger_shortlist: Option<PartShortlist>,
+    pub finger_shortlist: Option<FingerShortlist>,
 }
 
 impl Engine {
@@ -338,14 +326,7 @@ impl Engine {
                     preselected: i.preselected,
                 })
                 .collect(),
-            finger_shortlist: pool.shortlist.map(|s| PartShortlist {
-                gallery_subjects: s.gallery_subjects,
-                subjects: s.subjects,
-                preselected: s.preselected,
-                mcc_comparisons: s.mcc_comparisons,
-                mapped_subjects: s.mapped_subjects,
-                shortlisted: s.shortlisted,
-            }),
+            finger_shortlist: pool.shortlist,
         })
     }
 

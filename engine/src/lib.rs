@@ -25,8 +25,8 @@ pub mod fanout;
 pub use dedup::{DedupParams, UniqueEnrollment};
 pub use error::{EngineError, ErrorCode, Result};
 pub use fanout::{
-    merge_parts, IdentifyPart, PartCandidate, PartFingerSearch, PartScore, PartShortlist,
-    ProbeKinds, ScoreSource, VectorKind,
+    merge_parts, IdentifyPart, PartCandidate, PartFingerSearch, PartScore, ProbeKinds, ScoreSource,
+    VectorKind,
 };
 
 use biomatch_core::finger::FingerTemplate;
@@ -319,8 +319,9 @@ pub struct Identification {
     pub finger_shortlist: Option<FingerShortlist>,
 }
 
-/// What the subject-level finger pre-selection of a 1:N search did.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What the subject-level finger pre-selection of a 1:N search did (serialisable: a shard's
+/// part of a cluster's 1:N carries it, [`fanout`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FingerShortlist {
     /// Subjects holding fingers (the pre-selection's gallery).
     pub gallery_subjects: usize,
