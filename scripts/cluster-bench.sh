@@ -3,9 +3,10 @@
 # every node and every engine (etcd ×3, NATS ×3) on this one machine: the nodes share its cores,
 # so the numbers compare configurations on the same hardware, not capacity.
 #
-#   scripts/cluster-bench.sh                       # nodes 1 2 3, 10 s a run
+#   scripts/cluster-bench.sh                       # the single-node baseline, then 1 2 3 nodes
 #   CLUSTER_BENCH_NODES="3" CLUSTER_BENCH_DURATION=20 scripts/cluster-bench.sh
 #
+# "single" is the baseline: one plain `biomatch serve` (no cluster) on the same machine and load.
 # Per cluster size N (replication min(2, N), 12 shards): `cluster.sh up`, preload
 # CLUSTER_BENCH_GALLERY (default 20000) subjects through POST /v1/subjects/batch, then
 #   enroll:   one wrk per node at once (scripts/wrk/enroll.lua, -t1 -c4), every request a new
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 apt_ensure cluster-bench wrk curl
-NODES=${CLUSTER_BENCH_NODES:-1 2 3}
+NODES=${CLUSTER_BENCH_NODES:-single 1 2 3}
 DURATION=${CLUSTER_BENCH_DURATION:-10}
 GALLERY=${CLUSTER_BENCH_GALLERY:-20000}
 out=target/cluster-bench
@@ -32,7 +33,11 @@ fi
 export BIOMATCH_LOG=${BIOMATCH_LOG:-warn}
 
 dir=""
-cleanup() { [ -z "$dir" ] || scripts/cluster.sh down "$dir" >/dev/null 2>&1 || true; }
+single_pid=""
+cleanup() {
+  [ -z "$dir" ] || scripts/cluster.sh down "$dir" >/dev/null 2>&1 || true
+  [ -z "$single_pid" ] || stop_pid cluster-bench "$single_pid"
+}
 trap cleanup EXIT
 
 python3 - "$out" <<'PY'
@@ -52,9 +57,19 @@ PY
 
 for n in $NODES; do
   dir=$(mktemp -d /tmp/biomatch-cluster-bench.XXXXXX)
-  rep=$((n < 2 ? n : 2))
-  scripts/cluster.sh up "$dir" --nodes "$n" --replication "$rep" >"$out/up-$n.log" 2>&1
-  mapfile -t urls < <(python3 -c 'import json,sys; [print(n["url"]) for n in json.load(open(sys.argv[1]))["nodes"]]' "$dir/nodes.json")
+  if [ "$n" = single ]; then
+    port=$(free_port)
+    BIOMATCH__EXTRACTORS__FACE__ENABLED=false \
+      BIOMATCH__MODELS='[{id="synthetic-face@1",dim=128,modality="face",calibration="calibration/synthetic-face@1.json"}]' \
+      "$BIOMATCH_BIN" serve --data "$dir/store" --listen "127.0.0.1:$port" 2>"$out/single.log" &
+    single_pid=$!
+    urls=("http://127.0.0.1:$port")
+    for _ in $(seq 1 300); do curl -fsS -m 2 "${urls[0]}/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+  else
+    rep=$((n < 2 ? n : 2))
+    scripts/cluster.sh up "$dir" --nodes "$n" --replication "$rep" >"$out/up-$n.log" 2>&1
+    mapfile -t urls < <(python3 -c 'import json,sys; [print(n["url"]) for n in json.load(open(sys.argv[1]))["nodes"]]' "$dir/nodes.json")
+  fi
   # Preload: batches of 500 through node 0.
   python3 - "${urls[0]}" "$GALLERY" <<'PY'
 import json, math, random, sys, urllib.request
@@ -90,7 +105,7 @@ PY
     for p in "${pids[@]}"; do wait "$p"; done
     python3 - "$out" "$n" "$op" "$GALLERY" <<'PY' | tee -a "$out/results.jsonl"
 import glob, json, sys
-out, n, op, gallery = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+out, n, op, gallery = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 runs = []
 for path in sorted(glob.glob(f"{out}/{op}-{n}-*.out")):
     line = [l for l in open(path) if l.startswith("{")][-1]
@@ -98,7 +113,7 @@ for path in sorted(glob.glob(f"{out}/{op}-{n}-*.out")):
 reqs = sum(r["requests"] for r in runs)
 dur = max(r["duration_us"] for r in runs) / 1e6
 print(json.dumps({
-    "nodes": n, "op": op, "gallery": gallery, "clients": 4 * n,
+    "nodes": n if n == "single" else int(n), "op": op, "gallery": gallery, "clients": 4 * len(runs),
     "requests_per_s": round(reqs / dur, 1),
     "ok": sum(r["created"] for r in runs),
     "non_2xx": sum(r["other_status"] for r in runs),
@@ -109,7 +124,12 @@ print(json.dumps({
 }))
 PY
   done
-  scripts/cluster.sh down "$dir" >/dev/null 2>&1 || true
+  if [ "$n" = single ]; then
+    stop_pid cluster-bench "$single_pid"
+    single_pid=""
+  else
+    scripts/cluster.sh down "$dir" >/dev/null 2>&1 || true
+  fi
   rm -rf "$dir"
   dir=""
 done
