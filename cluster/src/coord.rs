@@ -197,7 +197,8 @@ impl Node {
         }
         let outcome = match outcome {
             Some(o) => o,
-            // Every replica applied it before its last restart: the outcome is read back.
+            // Every replica applied it before its last restart: the outcome is read back. (An
+            // enrollment refused then as already_enrolled reads as found: a known gap.)
             None => match &op {
                 LogOp::Enroll { subject, .. } => match self.subject(subject).await {
                     Ok(v) => Outcome::Enrolled { view: v.into(), created: false },

@@ -268,25 +268,42 @@ impl Node {
     /// lease when it was lost (etcd unreachable for longer than the TTL).
     async fn lease_loop(self: Arc<Self>) {
         let period = Duration::from_millis((self.cfg.lease_ttl_s * 1000 / 3).max(200));
+        let ttl = Duration::from_secs(self.cfg.lease_ttl_s);
+        let mut renewed = std::time::Instant::now();
         loop {
             tokio::time::sleep(period).await;
             let lease = self.lease.load(Ordering::Acquire);
-            match self.meta.renew(lease).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!("the etcd lease expired: registering again");
-                    match self.meta.grant(self.cfg.lease_ttl_s).await {
-                        Ok(l) => {
-                            self.lease.store(l, Ordering::Release);
-                            self.controller.store(false, Ordering::Release);
-                            if let Err(e) = self.register().await {
-                                tracing::warn!(error = %e, "cannot register again");
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot get a new etcd lease"),
-                    }
+            // Unrenewed for a whole TTL (etcd answers "lease not found" once it expired while
+            // a member was down): gone, register again.
+            // A call stuck on a dead etcd member is abandoned after one period and retried.
+            let expired = match tokio::time::timeout(period, self.meta.renew(lease)).await {
+                Ok(Ok(true)) => {
+                    renewed = std::time::Instant::now();
+                    false
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the etcd lease"),
+                Ok(Ok(false)) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot renew the etcd lease");
+                    renewed.elapsed() > ttl
+                }
+                Err(_) => {
+                    tracing::warn!("etcd lease renewal timed out");
+                    renewed.elapsed() > ttl
+                }
+            };
+            if expired {
+                tracing::warn!("the etcd lease expired: registering again");
+                match self.meta.grant(self.cfg.lease_ttl_s).await {
+                    Ok(l) => {
+                        self.lease.store(l, Ordering::Release);
+                        self.controller.store(false, Ordering::Release);
+                        match self.register().await {
+                            Ok(()) => renewed = std::time::Instant::now(),
+                            Err(e) => tracing::warn!(error = %e, "cannot register again"),
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot get a new etcd lease"),
+                }
             }
             let progress: Progress =
                 self.shards.read().values().map(|l| (l.id, l.through())).collect();
