@@ -18,7 +18,7 @@
 
 use crate::log::{shard_of, LogOp, WireSamples};
 use crate::node::Node;
-use crate::rpc::{Outcome, ParamsDto, RemoteError, Reply, Request, VerificationDto, ViewDto};
+use crate::rpc::{Outcome, RemoteError, Reply, Request};
 use async_nats::jetstream::message::PublishMessage as Publish;
 use biomatch_core::SubjectId;
 use biomatch_engine::{
@@ -201,7 +201,7 @@ impl Node {
             // enrollment refused then as already_enrolled reads as found: a known gap.)
             None => match &op {
                 LogOp::Enroll { subject, .. } => match self.subject(subject).await {
-                    Ok(v) => Outcome::Enrolled { view: v.into(), created: false },
+                    Ok(view) => Outcome::Enrolled { view, created: false },
                     Err(e) => Outcome::Failed { code: e.code(), message: e.to_string() },
                 },
                 LogOp::Delete { .. } => Outcome::Deleted,
@@ -220,7 +220,7 @@ impl Node {
         let retry = idempotency_key.is_some();
         let op = LogOp::Enroll { subject, samples: samples.into(), retry };
         match self.write(op, idempotency_key.map(|k| format!("enroll:{k}"))).await?.1 {
-            Outcome::Enrolled { view, created } => Ok(Enrolled { view: view.into(), created }),
+            Outcome::Enrolled { view, created } => Ok(Enrolled { view, created }),
             Outcome::Failed { code, message } => Err(RemoteError { code, message }.into()),
             Outcome::Deleted => {
                 Err(EngineError::invalid(ErrorCode::Internal, "unexpected outcome"))
@@ -259,14 +259,12 @@ impl Node {
     /// What is enrolled for a subject.
     pub async fn subject(&self, subject: &SubjectId) -> Result<SubjectView, EngineError> {
         let shard = shard_of(subject, self.cfg.shards);
-        let v: ViewDto = self
-            .read_shard(shard, |min_seq| Request::Subject {
-                shard,
-                min_seq,
-                subject: subject.clone(),
-            })
-            .await?;
-        Ok(v.into())
+        self.read_shard(shard, |min_seq| Request::Subject {
+            shard,
+            min_seq,
+            subject: subject.clone(),
+        })
+        .await
     }
 
     /// 1:1 against an enrolled subject.
@@ -278,16 +276,14 @@ impl Node {
     ) -> Result<Verification, EngineError> {
         let shard = shard_of(subject, self.cfg.shards);
         let wire = WireSamples::from(samples);
-        let v: VerificationDto = self
-            .read_shard(shard, |min_seq| Request::Verify {
-                shard,
-                min_seq,
-                subject: subject.clone(),
-                samples: wire.clone(),
-                target_fmr,
-            })
-            .await?;
-        Ok(v.into())
+        self.read_shard(shard, |min_seq| Request::Verify {
+            shard,
+            min_seq,
+            subject: subject.clone(),
+            samples: wire.clone(),
+            target_fmr,
+        })
+        .await
     }
 
     /// 1:N over every shard, merged and cut at the cluster-wide N.
@@ -299,7 +295,6 @@ impl Node {
         let min_seq = self.read_position().await;
         let deadline = self.deadline();
         let wire = WireSamples::from(samples);
-        let dto = ParamsDto::from(params);
         let shards = self.cfg.shards;
         let mut parts: BTreeMap<u32, IdentifyPart> = BTreeMap::new();
         let mut failed_nodes: BTreeSet<String> = BTreeSet::new();
@@ -321,7 +316,7 @@ impl Node {
                     shards: ss.clone(),
                     min_seq,
                     samples: wire.clone(),
-                    params: dto.clone(),
+                    params: params.clone(),
                 };
                 async move {
                     let r = self.call::<Vec<IdentifyPart>>(&n, &req, RPC_TIMEOUT).await;

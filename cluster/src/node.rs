@@ -9,7 +9,7 @@ use crate::journal::{request_id_of, AppliedJournal};
 use crate::log::LogOp;
 use crate::map::{plan, Progress, ShardMap};
 use crate::meta::{ids, Meta, NodeInfo};
-use crate::rpc::{Outcome, Reply, Request, VerificationDto, ViewDto};
+use crate::rpc::{Outcome, Reply, Request};
 use async_nats::jetstream;
 use biomatch_core::{CalibrationTable, ModelId};
 use biomatch_engine::{
@@ -500,10 +500,12 @@ impl Node {
     }
 
     async fn control_once(&self) -> Result<(), String> {
+        // The map with its revision, read now (the swap is conditional on it); the live nodes,
+        // their progress and the log head as the map loop read them (every 200 ms).
         let (current, rev) = self.meta.map().await.map_err(|e| e.to_string())?;
-        let live = ids(&self.meta.nodes().await.map_err(|e| e.to_string())?);
-        let progress = self.meta.progress().await.map_err(|e| e.to_string())?;
-        let head = self.log_head().await.map_err(|e| e.to_string())?;
+        let live = ids(&self.live.read());
+        let progress = self.progress.read().clone();
+        let head = self.head.load(Ordering::Acquire);
         let Some(next) = plan(
             current.as_ref(),
             self.cfg.shards,
@@ -717,14 +719,14 @@ impl Node {
                 let l = self.wait_through(shard, min_seq, READ_WAIT).await?;
                 blocking(move || {
                     let probe = l.engine.prepare(samples.to_samples()?)?;
-                    Ok(VerificationDto::from(l.engine.verify(&subject, &probe, target_fmr)?))
+                    l.engine.verify(&subject, &probe, target_fmr)
                 })
                 .await
             }
             .await),
             Request::Subject { shard, min_seq, subject } => enc(async {
                 let l = self.wait_through(shard, min_seq, READ_WAIT).await?;
-                blocking(move || Ok(ViewDto::from(l.engine.subject(&subject)?))).await
+                blocking(move || l.engine.subject(&subject)).await
             }
             .await),
             Request::SnapshotList { shard } => enc(async {
@@ -757,7 +759,6 @@ impl Node {
                     replicas.push(self.wait_through(s, min_seq, READ_WAIT).await?);
                 }
                 blocking(move || {
-                    let params = (&params).into();
                     let first = replicas.first().ok_or_else(|| {
                         EngineError::invalid(ErrorCode::BadRequest, "no shard to search")
                     })?;
@@ -812,7 +813,7 @@ fn apply_op(engine: &Engine, seq: u64, op: LogOp) -> Result<Outcome, EngineError
         LogOp::Enroll { subject, samples, retry } => {
             let samples = samples.to_samples()?;
             let e = engine.enroll(subject, samples, retry, Some(ctx))?;
-            let mut view: ViewDto = e.view.into();
+            let mut view = e.view;
             // The log position names the write on every replica (store sequences differ).
             view.seq = seq;
             Ok(Outcome::Enrolled { view, created: e.created })

@@ -232,7 +232,7 @@ impl PreparedProbe {
 }
 
 /// What is enrolled for a subject (never biometric data).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SubjectView {
     pub subject: SubjectId,
     pub seq: u64,
@@ -249,7 +249,7 @@ pub struct Enrolled {
 }
 
 /// One modality's score, read against its calibration.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModalityScore {
     pub modality: Modality,
     pub score: f32,
@@ -259,7 +259,7 @@ pub struct ModalityScore {
 }
 
 /// A 1:1 decision.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verification {
     pub subject: SubjectId,
     pub is_match: bool,
@@ -269,8 +269,8 @@ pub struct Verification {
     pub scores: Vec<ModalityScore>,
 }
 
-/// Parameters of a 1:N search.
-#[derive(Clone, Debug)]
+/// Parameters of a 1:N search (serialisable: a cluster node sends them to the others).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct IdentifyParams {
     pub max_results: usize,
     /// A raw-score threshold (single-modality probes only); excludes `target_fpir`.
@@ -286,7 +286,8 @@ pub struct IdentifyParams {
 }
 
 /// Which vector search to run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SearchKind {
     #[default]
     Auto,

@@ -214,7 +214,7 @@ pub async fn enroll_inner(
             return Ok(EnrollOutcome::Cached(out));
         }
     }
-    if let Some(node) = state.cluster() {
+    let r = if let Some(node) = state.cluster() {
         if dedup {
             return Err(ApiError::new(
                 ErrorCode::NotSupported,
@@ -225,27 +225,19 @@ pub async fn enroll_inner(
         // The Idempotency-Key, scoped by the caller, is the log message's id: a retry through
         // any node within the log's de-duplication window is the same write.
         let msg_id = key.as_ref().map(|k| format!("{}:{k}", ctx.key_id));
-        let e = node?.enroll(subject, &samples, msg_id).await?;
-        let out = subject_out(e.view);
-        return Ok(if e.created {
-            if let Some(k) = key {
-                state.idempotency.lock().put(k, fp, out.clone());
-            }
-            EnrollOutcome::Created(out)
-        } else {
-            EnrollOutcome::Replayed(out)
-        });
-    }
-    let engine = state.engine()?.clone();
-    let r = blocking(move || {
-        Ok(if dedup {
-            engine.enroll_if_unique(subject, samples, &params, retry, Some(ctx))
-        } else {
-            engine.enroll(subject, samples, retry, Some(ctx)).map(UniqueEnrollment::Enrolled)
+        UniqueEnrollment::Enrolled(node?.enroll(subject, &samples, msg_id).await?)
+    } else {
+        let engine = state.engine()?.clone();
+        blocking(move || {
+            Ok(if dedup {
+                engine.enroll_if_unique(subject, samples, &params, retry, Some(ctx))
+            } else {
+                engine.enroll(subject, samples, retry, Some(ctx)).map(UniqueEnrollment::Enrolled)
+            })
         })
-    })
-    .await?;
-    match r? {
+        .await??
+    };
+    match r {
         UniqueEnrollment::Enrolled(e) if e.created => {
             let out = subject_out(e.view);
             if let Some(k) = key {
