@@ -210,14 +210,16 @@ impl Node {
         Ok((seq, outcome))
     }
 
-    /// Enroll through the log. `idempotency_key` (scoped by the caller) de-duplicates retries.
+    /// Enroll through the log. `retry`: an identical enrollment already stored is found, not
+    /// refused (as `Engine::enroll`); `idempotency_key` (scoped by the caller) de-duplicates
+    /// retries in the log.
     pub async fn enroll(
         &self,
         subject: SubjectId,
         samples: &Samples,
+        retry: bool,
         idempotency_key: Option<String>,
     ) -> Result<Enrolled, EngineError> {
-        let retry = idempotency_key.is_some();
         let op = LogOp::Enroll { subject, samples: samples.into(), retry };
         match self.write(op, idempotency_key.map(|k| format!("enroll:{k}"))).await?.1 {
             Outcome::Enrolled { view, created } => Ok(Enrolled { view, created }),

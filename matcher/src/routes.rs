@@ -225,7 +225,7 @@ pub async fn enroll_inner(
         // The Idempotency-Key, scoped by the caller, is the log message's id: a retry through
         // any node within the log's de-duplication window is the same write.
         let msg_id = key.as_ref().map(|k| format!("{}:{k}", ctx.key_id));
-        UniqueEnrollment::Enrolled(node?.enroll(subject, &samples, msg_id).await?)
+        UniqueEnrollment::Enrolled(node?.enroll(subject, &samples, retry, msg_id).await?)
     } else {
         let engine = state.engine()?.clone();
         blocking(move || {
@@ -299,7 +299,7 @@ pub async fn enroll_batch(
             let node = node?.clone();
             let writes = items.into_iter().map(|(s, x)| {
                 let node = node.clone();
-                async move { node.enroll(s, &x, None).await.map(|e| e.view.seq) }
+                async move { node.enroll(s, &x, false, None).await.map(|e| e.view.seq) }
             });
             futures_util::future::join_all(writes).await
         } else {
