@@ -15,12 +15,7 @@ local samples = f:read("*a"):gsub("%s+$", "")
 f:close()
 local prefix = os.getenv("INGEST_PREFIX") or "ING"
 
-local threads = {}
-
-function setup(thread)
-  thread:set("tid", #threads)
-  table.insert(threads, thread)
-end
+dofile("scripts/wrk/report.lua")
 
 function init(args)
   counter = 0
@@ -42,18 +37,4 @@ function response(status, headers, body)
   else
     other = other + 1
   end
-end
-
-function done(summary, latency, requests)
-  local c, o = 0, 0
-  for _, t in ipairs(threads) do
-    c = c + t:get("created")
-    o = o + t:get("other")
-  end
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests":%d,"created":%d,"other_status":%d,"socket_errors":%d,"duration_us":%d,' ..
-    '"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
-    summary.requests, c, o, e.connect + e.read + e.write + e.timeout, summary.duration,
-    latency:percentile(50), latency:percentile(99), latency.max))
 end
