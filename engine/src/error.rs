@@ -43,6 +43,8 @@ pub enum ErrorCode {
     NoFace,
     SeveralFaces,
     FaceTooSmall,
+    /// A face capture outside the quality gate's limits for its use (pose, occlusion, …).
+    FaceQuality,
     TooFewMinutiae,
     ExtractorUnavailable,
     FingerprintsUnavailable,
@@ -121,6 +123,7 @@ impl ErrorCode {
             C::NoFace => "no_face",
             C::SeveralFaces => "several_faces",
             C::FaceTooSmall => "face_too_small",
+            C::FaceQuality => "face_quality",
             C::TooFewMinutiae => "too_few_minutiae",
             C::ExtractorUnavailable => "extractor_unavailable",
             C::FingerprintsUnavailable => "fingerprints_unavailable",

@@ -137,6 +137,25 @@ pub struct QualityOut {
     pub faces: usize,
     /// x, y, width, height in the image.
     pub bbox: [f32; 4],
+    /// The capture-quality measures (pose, occlusion, exposure, eyes, expression; see
+    /// `docs/face-quality.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub measures: Option<biomatch_models::face::quality::FaceMeasures>,
+    /// Per use (`verify`, `enroll`, `identify`): whether this capture passes the quality gate,
+    /// and the failing measures when it does not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<UseVerdictOut>,
+}
+
+/// Whether a face capture passes the quality gate of one use.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct UseVerdictOut {
+    #[serde(rename = "use")]
+    pub purpose: String,
+    pub passes: bool,
+    #[schema(value_type = Vec<Object>)]
+    pub failures: Vec<biomatch_models::face::quality::QualityFailure>,
 }
 
 /// Quality signals of a fingerprint extraction.

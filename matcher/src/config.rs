@@ -3,6 +3,7 @@
 //! start-up so a bad value stops the service with a clear message instead of failing later.
 
 use biomatch_core::ModelId;
+use biomatch_models::face::quality::{CaptureUse, Thresholds};
 use biomatch_models::imageio::ImageLimits;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -254,6 +255,11 @@ pub struct FaceExtractorConfig {
     pub intra_threads: usize,
     /// Use the CUDA execution provider (build with `--features cuda`).
     pub cuda: bool,
+    /// The embedder face images are turned into templates with: `sface@2021dec` (default) or
+    /// `dlib-resnet@v1` (`docs/face-models.md` compares them). Templates stay per model: a probe
+    /// is only compared with enrolled templates of its own model.
+    #[serde(default = "default_face_model")]
+    pub model: String,
     /// Several faces in one image: `largest` or `reject`.
     pub multi_face: String,
     pub min_inter_eye_px: f32,
@@ -262,6 +268,44 @@ pub struct FaceExtractorConfig {
     /// Largest width × height accepted, checked from the header (default 24 MP, 6000 × 4000).
     #[serde(default = "default_face_max_pixels")]
     pub max_image_pixels: u64,
+    /// The capture-quality gate (`[extractors.face.quality]`).
+    #[serde(default)]
+    pub quality: FaceQualityConfig,
+}
+
+/// The face quality gate: a face image whose measures fall outside the limits of its use is
+/// refused with 422 `face_quality` and the failing measures. Templates sent as vectors are not
+/// gated (there is no image to measure). Each table overrides single limits of that use's
+/// built-in ones (`docs/face-quality.md`), e.g. `[extractors.face.quality.verify]
+/// max_yaw_deg = 15`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaceQualityConfig {
+    /// Off: every decodable face is used, whatever its quality (the measures are still reported
+    /// by `/v1/extract`).
+    pub disabled: bool,
+    /// 1:1 verification (bank eKYC).
+    pub verify: Thresholds,
+    /// Enrollment references.
+    pub enroll: Thresholds,
+    /// 1:N probes.
+    pub identify: Thresholds,
+}
+
+impl FaceQualityConfig {
+    /// The limits in force for a use: the built-in ones with this configuration's overrides.
+    pub fn thresholds(&self, u: CaptureUse) -> Thresholds {
+        let o = match u {
+            CaptureUse::Verify => &self.verify,
+            CaptureUse::Enroll => &self.enroll,
+            CaptureUse::Identify => &self.identify,
+        };
+        Thresholds::for_use(u).merged(o)
+    }
+}
+
+fn default_face_model() -> String {
+    "sface@2021dec".into()
 }
 
 fn default_face_max_pixels() -> u64 {
@@ -303,11 +347,13 @@ impl Default for FaceExtractorConfig {
             sessions: 0,
             intra_threads: 1,
             cuda: false,
+            model: default_face_model(),
             multi_face: "largest".into(),
             min_inter_eye_px: 20.0,
             max_image_bytes: 10 << 20,
             max_image_side: 6000,
             max_image_pixels: default_face_max_pixels(),
+            quality: FaceQualityConfig::default(),
         }
     }
 }
@@ -539,9 +585,27 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         fig = fig.merge(Env::prefixed("BIOMATCH__").split("__"));
-        let c: Config = fig.extract().map_err(|e| format!("invalid configuration: {e}"))?;
+        let mut c: Config = fig.extract().map_err(|e| format!("invalid configuration: {e}"))?;
+        c.add_extractor_model();
         c.validate()?;
         Ok(c)
+    }
+
+    /// The face extractor's model joins `models` when it is a shipped face model missing there
+    /// (choosing `extractors.face.model = "dlib-resnet@v1"` is enough; its calibration table is
+    /// built in).
+    pub fn add_extractor_model(&mut self) {
+        let f = &self.extractors.face;
+        let Ok(id) = ModelId::parse(&f.model) else { return };
+        let known = biomatch_models::face::FaceModel::from_id(&id).is_some();
+        if f.enabled && known && !self.models.iter().any(|m| m.id == id.to_string()) {
+            self.models.push(ModelConfig {
+                id: id.to_string(),
+                dim: biomatch_models::face::DIM,
+                modality: ModalityKind::Face,
+                calibration: PathBuf::from(format!("calibration/{id}.json")),
+            });
+        }
     }
 
     /// Check every value; the service refuses to start on the first problem.
@@ -671,8 +735,26 @@ impl Config {
                 f.multi_face
             ));
         }
-        if f.enabled && !self.models.iter().any(|m| m.id == "sface@2021dec") {
-            return Err("the face extractor produces sface@2021dec templates: configure that model or disable it".into());
+        for u in CaptureUse::ALL {
+            f.quality
+                .thresholds(u)
+                .validate()
+                .map_err(|e| format!("extractors.face.quality.{}: {e}", u.as_str()))?;
+        }
+        let face_model = ModelId::parse(&f.model)
+            .ok()
+            .and_then(|id| biomatch_models::face::FaceModel::from_id(&id).map(|_| id))
+            .ok_or_else(|| {
+                format!(
+                    "extractors.face.model = {:?}: use \"sface@2021dec\" or \"dlib-resnet@v1\"",
+                    f.model
+                )
+            })?;
+        if f.enabled && !self.models.iter().any(|m| m.id == face_model.to_string()) {
+            return Err(format!(
+                "the face extractor produces {face_model} templates: configure that model or \
+                 disable the extractor"
+            ));
         }
         let fp = &self.fingerprints;
         if !(fp.penetration > 0.0 && fp.penetration <= 1.0) || fp.min_candidates == 0 {

@@ -47,6 +47,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::NoFace
         | C::SeveralFaces
         | C::FaceTooSmall
+        | C::FaceQuality
         | C::TooFewMinutiae
         | C::ExtractorUnavailable
         | C::FingerprintsUnavailable
@@ -78,6 +79,8 @@ pub struct ApiError {
     /// `duplicate` only: the enrolled subjects that matched, rendered as `candidates` next to
     /// the code and message.
     pub candidates: Option<Vec<crate::api::CandidateOut>>,
+    /// `face_quality` only: the measures outside their limits, rendered as `failures`.
+    pub failures: Option<Vec<biomatch_models::face::quality::QualityFailure>>,
 }
 
 impl ApiError {
@@ -88,6 +91,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             candidates: None,
+            failures: None,
         }
     }
 
@@ -102,6 +106,24 @@ impl ApiError {
             ),
         );
         e.candidates = Some(candidates);
+        e
+    }
+
+    /// 422 `face_quality`: the face capture is unfit for `purpose`; `failures` says why.
+    pub fn face_quality(
+        purpose: biomatch_models::face::quality::CaptureUse,
+        failures: Vec<biomatch_models::face::quality::QualityFailure>,
+    ) -> Self {
+        let names: Vec<&str> = failures.iter().map(|f| f.measure.as_str()).collect();
+        let mut e = Self::new(
+            ErrorCode::FaceQuality,
+            format!(
+                "the face capture is not good enough to {}: {}; retake it",
+                purpose.as_str(),
+                names.join(", ")
+            ),
+        );
+        e.failures = Some(failures);
         e
     }
 

@@ -92,6 +92,7 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         api::ExtractRequest,
         api::ExtractResponse,
         api::QualityOut,
+        api::UseVerdictOut,
         api::FingerQualityOut,
         api::FingerSearchOut,
         api::ErrorBody,

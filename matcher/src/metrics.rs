@@ -33,6 +33,7 @@ pub struct Metrics {
     recall_hits: IntCounterVec,
     recall_errors: IntCounterVec,
     recall_seconds: HistogramVec,
+    face_quality_refused: IntCounterVec,
     /// Held while the gauges are refreshed and gathered: a refresh clears the series of old
     /// generations first, which a concurrent scrape must not see half done.
     render: Mutex<()>,
@@ -156,6 +157,14 @@ impl Metrics {
             &["model"],
         )
         .expect("valid metric");
+        let face_quality_refused = IntCounterVec::new(
+            Opts::new(
+                "biomatch_face_quality_refused_total",
+                "face captures refused by the quality gate, by use and by failing measure",
+            ),
+            &["use", "measure"],
+        )
+        .expect("valid metric");
         let audit_records =
             IntGauge::new("biomatch_audit_records", "audit records written by this process")
                 .expect("valid metric");
@@ -177,6 +186,7 @@ impl Metrics {
             Box::new(recall_hits.clone()),
             Box::new(recall_errors.clone()),
             Box::new(recall_seconds.clone()),
+            Box::new(face_quality_refused.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -199,7 +209,20 @@ impl Metrics {
             recall_hits,
             recall_errors,
             recall_seconds,
+            face_quality_refused,
             render: Mutex::new(()),
+        }
+    }
+
+    /// Count a face capture the quality gate refused (labels: the use and each failing
+    /// measure, both from fixed lists).
+    pub fn face_quality_refused(
+        &self,
+        purpose: biomatch_models::face::quality::CaptureUse,
+        failures: &[biomatch_models::face::quality::QualityFailure],
+    ) {
+        for f in failures {
+            self.face_quality_refused.with_label_values(&[purpose.as_str(), &f.measure]).inc();
         }
     }
 

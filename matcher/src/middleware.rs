@@ -162,6 +162,9 @@ pub async fn envelope(
         if let Some(c) = &err.candidates {
             body["candidates"] = serde_json::to_value(c).unwrap_or_default();
         }
+        if let Some(f) = &err.failures {
+            body["failures"] = serde_json::to_value(f).unwrap_or_default();
+        }
         let mut headers = std::mem::take(resp.headers_mut());
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let mut r = (err.status, body.to_string()).into_response();

@@ -25,6 +25,7 @@ use biomatch_engine::{
     SubjectView, UniqueEnrollment,
 };
 use biomatch_fingerprint::iso;
+use biomatch_models::face::quality::CaptureUse;
 use std::sync::Arc;
 
 type St = State<Arc<AppState>>;
@@ -200,7 +201,7 @@ pub async fn enroll_inner(
         max_results: req.max_results.unwrap_or(state.config.dedup.max_results),
         mode: SearchKind::Auto,
     };
-    let samples = samples(state, &req.face, &req.fingers).await?;
+    let samples = samples(state, &req.face, &req.fingers, CaptureUse::Enroll).await?;
     let fp = fingerprint(&subject, &samples);
     if let Some(k) = &key {
         let seen = state.idempotency.lock().get(k).cloned();
@@ -281,7 +282,7 @@ pub async fn enroll_batch(
     for r in req.subjects {
         let id = r.subject_id.clone();
         let item = match SubjectId::new(r.subject_id) {
-            Ok(s) => samples(&state, &r.face, &r.fingers).await.map(|x| (s, x)),
+            Ok(s) => samples(&state, &r.face, &r.fingers, CaptureUse::Enroll).await.map(|x| (s, x)),
             Err(e) => Err(e.into()),
         };
         match item {
@@ -408,7 +409,7 @@ async fn verify_inner(
 ) -> Result<VerifyResponse, ApiError> {
     let subject = SubjectId::new(req.subject_id)?;
     let target = req.target_fmr.unwrap_or(state.config.search.default_target_fmr);
-    let samples = samples(state, &req.face, &req.fingers).await?;
+    let samples = samples(state, &req.face, &req.fingers, CaptureUse::Verify).await?;
     let v = if let Some(node) = state.cluster() {
         node?.verify(&subject, &samples, target).await?
     } else {
@@ -462,7 +463,7 @@ pub async fn identify_inner(
     req: IdentifyRequest,
 ) -> Result<IdentifyResponse, ApiError> {
     let cfg = &state.config;
-    let samples = samples(state, &req.face, &req.fingers).await?;
+    let samples = samples(state, &req.face, &req.fingers, CaptureUse::Identify).await?;
     let target_fpir = match req.fpir_choice().map_err(ApiError::bad_request)? {
         Some(FpirIn::Rate(f)) => Some(f),
         Some(FpirIn::Mosip(m)) => Some(fpir_from_mosip(m)),
@@ -539,6 +540,21 @@ pub async fn extract(
         return Err(extractor_unavailable("this server has no face extractor; send templates"));
     };
     let e = extract_face_image(&state, x, bytes).await?;
+    let q = &state.config.extractors.face.quality;
+    let uses = match &e.quality.measures {
+        Some(m) => CaptureUse::ALL
+            .iter()
+            .map(|&u| {
+                let failures = if q.disabled { Vec::new() } else { q.thresholds(u).check(m) };
+                UseVerdictOut {
+                    purpose: u.as_str().to_string(),
+                    passes: failures.is_empty(),
+                    failures,
+                }
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     Ok(Json(ExtractResponse {
         modality: e.modality.to_string(),
         model: e.template.model().to_string(),
@@ -549,6 +565,8 @@ pub async fn extract(
             sharpness: e.quality.sharpness,
             faces: e.quality.faces,
             bbox: e.quality.bbox,
+            measures: e.quality.measures.clone(),
+            uses,
         }),
         minutiae: None,
         finger_quality: None,

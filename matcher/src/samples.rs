@@ -16,6 +16,7 @@ use biomatch_core::finger::FingerTemplate;
 use biomatch_core::{FingerPosition, Modality, ModelId, Template};
 use biomatch_engine::Samples;
 use biomatch_fingerprint::iso;
+use biomatch_models::face::quality::CaptureUse;
 use biomatch_models::imageio::{self, ImageHeader, ImageLimits};
 use biomatch_models::{ExtractError, Extraction};
 use std::sync::Arc;
@@ -92,6 +93,19 @@ pub async fn extract_face_image(
     let limits = state.config.extractors.face.image_limits();
     with_decode_budget(state, &limits, bytes, face_cost, move |b| x.extract(b, Modality::Face))
         .await
+}
+
+/// The quality gate: refuse a face extraction whose measures fall outside the limits of
+/// `purpose` with 422 `face_quality` naming them (nothing else happens to the request).
+pub fn gate_face(state: &AppState, e: &Extraction, purpose: CaptureUse) -> Result<(), ApiError> {
+    let q = &state.config.extractors.face.quality;
+    let Some(m) = e.quality.measures.as_ref().filter(|_| !q.disabled) else { return Ok(()) };
+    let failures = q.thresholds(purpose).check(m);
+    if failures.is_empty() {
+        return Ok(());
+    }
+    state.metrics.face_quality_refused(purpose, &failures);
+    Err(ApiError::face_quality(purpose, failures))
 }
 
 /// Finger minutiae from image bytes, within the decode budget.
@@ -214,6 +228,7 @@ pub async fn samples(
     state: &Arc<AppState>,
     face: &Option<SampleIn>,
     fingers: &[FingerIn],
+    purpose: CaptureUse,
 ) -> Result<Samples, ApiError> {
     check_samples(face, fingers).map_err(ApiError::bad_request)?;
     let mut pending = Vec::new();
@@ -235,7 +250,9 @@ pub async fn samples(
             Pending::Ready(t) => t,
             Pending::Image(bytes) => {
                 let x = state.extractor_for(m).expect("checked in sample()").clone();
-                extract_face_image(state, x, bytes).await?.template
+                let e = extract_face_image(state, x, bytes).await?;
+                gate_face(state, &e, purpose)?;
+                e.template
             }
         };
         out.vectors.push((m, t));

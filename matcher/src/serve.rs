@@ -207,6 +207,7 @@ async fn shutdown_signal(mut fatal: watch::Receiver<Option<String>>) {
 pub fn face_extractor(config: &Config) -> Option<Arc<dyn biomatch_models::Extractor>> {
     use biomatch_models::face::{FaceConfig, FaceExtractor, MultiFacePolicy};
     use biomatch_models::runtime::RuntimeConfig;
+    use biomatch_models::Extractor as _;
     let f = &config.extractors.face;
     if !f.enabled {
         tracing::info!("face image extraction is off (extractors.face.enabled = false)");
@@ -225,13 +226,18 @@ pub fn face_extractor(config: &Config) -> Option<Arc<dyn biomatch_models::Extrac
     rt.intra_threads = f.intra_threads;
     rt.cuda = f.cuda;
     let mut fc = FaceConfig::new(rt);
+    // Config::validate checked the id.
+    fc.model = biomatch_core::ModelId::parse(&f.model)
+        .ok()
+        .and_then(|id| biomatch_models::face::FaceModel::from_id(&id))
+        .unwrap_or(biomatch_models::face::FaceModel::SFace);
     fc.policy =
         if f.multi_face == "reject" { MultiFacePolicy::Reject } else { MultiFacePolicy::Largest };
     fc.min_inter_eye_px = f.min_inter_eye_px;
     fc.limits = f.image_limits();
     match FaceExtractor::new(fc) {
         Ok(x) => {
-            tracing::info!(model = %FaceExtractor::model_id(), "face extractor loaded");
+            tracing::info!(model = %x.model(), "face extractor loaded");
             Some(Arc::new(x))
         }
         Err(e) => {

@@ -96,8 +96,12 @@ pub struct AppState {
 
 /// The MCC calibration table built into the binary (synthetic prints, see the file's basis).
 pub const MCC_CALIBRATION: &str = include_str!("../calibration/mcc@1.json");
-/// The provisional SFace table built into the binary (`biomatch calibrate-sface`, see its basis).
+/// The SFace table built into the binary (`biomatch calibrate-face`, 1751 real impostor pairs,
+/// see its basis).
 pub const SFACE_CALIBRATION: &str = include_str!("../calibration/sface@2021dec.json");
+/// dlib's ResNet descriptor's table built into the binary (`biomatch calibrate-face --model
+/// dlib-resnet@v1`, 1751 real impostor pairs, see its basis).
+pub const DLIB_CALIBRATION: &str = include_str!("../calibration/dlib-resnet@v1.json");
 /// The synthetic face model's table built into the binary (`biomatch calibrate-synthetic`).
 pub const SYNTHETIC_CALIBRATION: &str = include_str!("../calibration/synthetic-face@1.json");
 
@@ -114,9 +118,10 @@ pub struct BuiltinCalibration {
 }
 
 /// Every built-in table.
-pub const BUILTIN_CALIBRATIONS: [BuiltinCalibration; 3] = [
+pub const BUILTIN_CALIBRATIONS: [BuiltinCalibration; 4] = [
     BuiltinCalibration { model: "mcc@1", dim: None, json: MCC_CALIBRATION },
     BuiltinCalibration { model: "sface@2021dec", dim: Some(128), json: SFACE_CALIBRATION },
+    BuiltinCalibration { model: "dlib-resnet@v1", dim: Some(128), json: DLIB_CALIBRATION },
     BuiltinCalibration { model: "synthetic-face@1", dim: Some(128), json: SYNTHETIC_CALIBRATION },
 ];
 
@@ -167,8 +172,11 @@ fn calibration_hint(model: &ModelId, dim: Option<usize>, data: &Path) -> String 
             let dim = if d == 128 { String::new() } else { format!(" --dim {d}") };
             format!("create it with `biomatch calibrate-synthetic --data {}{dim}`", data.display())
         }
-        ("sface@2021dec", _) => {
-            format!("create it with `biomatch calibrate-sface --data {}`", data.display())
+        (m @ ("sface@2021dec" | "dlib-resnet@v1"), _) => {
+            format!(
+                "create it with `biomatch calibrate-face --model {m} --data {}`",
+                data.display()
+            )
         }
         _ => "write the model's calibration table there (JSON, built from its impostor scores; \
               see core::calibration)"

@@ -30,6 +30,10 @@ pub struct Quality {
     pub faces: usize,
     /// Face box in the original image: x, y, width, height.
     pub bbox: [f32; 4],
+    /// The capture-quality measures (pose, occlusion, exposure, …) the quality gate checks;
+    /// `None` when the extractor was configured not to compute them.
+    #[cfg(feature = "extractors")]
+    pub measures: Option<face::quality::FaceMeasures>,
 }
 
 /// A template and what the extractor saw.

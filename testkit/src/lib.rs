@@ -14,6 +14,7 @@
 //! - [`vectors`]: seeded random vector templates and other captures of one.
 
 pub mod crash;
+pub mod faces;
 pub mod fingers;
 pub mod fixtures;
 pub mod http;

@@ -59,6 +59,7 @@ pub fn reason_for(code: ErrorCode) -> FailureReason {
         C::NoFace
         | C::SeveralFaces
         | C::FaceTooSmall
+        | C::FaceQuality
         | C::TooFewMinutiae
         | C::BlankImage
         | C::ImageTooSmall => FailureReason::QualityCheckFailed,

@@ -632,33 +632,49 @@ fn serve_refuses_a_bad_calibration_override() {
 }
 
 /// The built-in tables of the shipped face models are what `biomatch calibrate-synthetic` and
-/// `biomatch calibrate-sface` write today (floats within 1e-4: the SFace scores come from ONNX
+/// `biomatch calibrate-face` write today (floats within 1e-4: the SFace scores come from ONNX
 /// Runtime, whose kernels differ a little between CPUs). Needs the face models and photos
-/// (`scripts/fetch-models.sh`).
+/// (`scripts/fetch-models.sh`, `scripts/fetch-photos.sh`); SFace and dlib's descriptor, and
+/// SFace through the `calibrate-sface` alias too, the documented name of the first version.
 #[test]
 fn builtin_calibration_tables_are_what_the_commands_write() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let out = biomatch(&["calibrate-synthetic", "--data", d]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(env!("CARGO_BIN_EXE_biomatch"))
-        .args(["calibrate-sface", "--data", d])
-        .current_dir(root())
-        .env("BIOMATCH_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "calibrate-sface needs scripts/fetch-models.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for file in ["synthetic-face@1.json", "sface@2021dec.json", "sface@2021dec.basis.json"] {
+    let face = |command: &str, data: &str, model: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_biomatch"))
+            .args([command, "--data", data, "--model", model])
+            .current_dir(root())
+            .env("BIOMATCH_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command} needs scripts/fetch-models.sh and scripts/fetch-photos.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    face("calibrate-face", d, "sface@2021dec");
+    face("calibrate-face", d, "dlib-resnet@v1");
+    let alias = dir.path().join("alias");
+    face("calibrate-sface", alias.to_str().unwrap(), "sface@2021dec");
+    for file in [
+        "synthetic-face@1.json",
+        "sface@2021dec.json",
+        "sface@2021dec.basis.json",
+        "dlib-resnet@v1.json",
+        "dlib-resnet@v1.basis.json",
+    ] {
         let read = |p: &Path| -> serde_json::Value {
             serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
         };
         let built_in = read(&root().join("matcher/calibration").join(file));
         let written = read(&dir.path().join("calibration").join(file));
         assert_close(&built_in, &written, file);
+        if file.starts_with("sface") {
+            assert_close(&written, &read(&alias.join("calibration").join(file)), file);
+        }
     }
 }
 

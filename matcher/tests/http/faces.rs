@@ -22,8 +22,9 @@ fn face_app() -> TestApp {
     let x =
         FaceExtractor::new(FaceConfig::new(RuntimeConfig::from_root(&fixtures::workspace_root())))
             .expect("face models missing: run scripts/fetch-models.sh");
-    let (table, _) =
-        biomatch_matcher::calibrate::sface_table(&x, &fixtures::face_dir(), 200_000).unwrap();
+    let groups = fixtures::setup_dir().join("fixtures/groups");
+    let (table, _) = biomatch_matcher::calibrate::face_table(&x, &fixtures::face_dir(), &groups, 0)
+        .expect("calibration photos missing: run scripts/fetch-photos.sh");
     let dir = tempfile::tempdir().unwrap();
     let mut config = config_with(|_| {});
     config.data = dir.path().join("store");

@@ -47,18 +47,30 @@ pub fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [f64; 4] {
 
 /// The aligned 112×112 crop as an RGB NCHW f32 tensor (0–255).
 pub fn align(img: &RgbImage, landmarks: &[[f32; 2]; 5]) -> Vec<f32> {
-    let [a, b, tx, ty] = similarity(landmarks, &TEMPLATE);
+    align_to(img, landmarks, &TEMPLATE, SIZE)
+}
+
+/// The `size`×`size` crop whose five reference points are `template`, as an RGB NCHW f32
+/// tensor (0–255): the same transform and sampling as [`align`], for a model with another
+/// input frame.
+pub fn align_to(
+    img: &RgbImage,
+    landmarks: &[[f32; 2]; 5],
+    template: &[[f32; 2]; 5],
+    size: usize,
+) -> Vec<f32> {
+    let [a, b, tx, ty] = similarity(landmarks, template);
     // Inverse of [[a, −b], [b, a]]: [[a, b], [−b, a]] / (a² + b²).
     let det = (a * a + b * b).max(1e-12);
-    let plane = SIZE * SIZE;
+    let plane = size * size;
     let mut out = vec![0f32; 3 * plane];
-    for v in 0..SIZE {
-        for u in 0..SIZE {
+    for v in 0..size {
+        for u in 0..size {
             let (du, dv) = (u as f64 - tx, v as f64 - ty);
             let sx = ((a * du + b * dv) / det) as f32;
             let sy = ((-b * du + a * dv) / det) as f32;
             for c in 0..3 {
-                out[c * plane + v * SIZE + u] = bilinear(img, sx, sy, c);
+                out[c * plane + v * size + u] = bilinear(img, sx, sy, c);
             }
         }
     }

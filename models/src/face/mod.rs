@@ -1,8 +1,10 @@
-//! The face extractor: decode → YuNet detection → 5-point alignment → SFace embedding →
-//! L2-normalised 128-d template tagged `sface@2021dec`.
+//! The face extractor: decode → YuNet detection → 5-point alignment → embedding (SFace, or
+//! dlib's ResNet descriptor) → L2-normalised 128-d template tagged with the model's id
+//! (`sface@2021dec`, `dlib-resnet@v1`), plus the capture-quality measures ([`quality`]).
 
 pub mod align;
 pub mod detect;
+pub mod quality;
 
 use crate::imageio::{decode_rgb, ImageLimits};
 use crate::runtime::{RuntimeConfig, SessionPool};
@@ -11,8 +13,62 @@ use biomatch_core::{Modality, ModelId, Template};
 use ort::value::TensorRef;
 use rayon::prelude::*;
 
-/// Output dimension of SFace.
+/// Output dimension of both embedders.
 pub const DIM: usize = 128;
+
+/// The face embedders biomatch runs (`models/manifest.json` says where each comes from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaceModel {
+    /// OpenCV Zoo's SFace (MIT), 112×112 ArcFace frame: `sface@2021dec`. The default.
+    SFace,
+    /// dlib's ResNet face descriptor v1 (Davis King, CC0), 150×150 dlib face-chip frame
+    /// (normalisation inside the graph): `dlib-resnet@v1`.
+    DlibResnet,
+}
+
+impl FaceModel {
+    pub const ALL: [FaceModel; 2] = [FaceModel::SFace, FaceModel::DlibResnet];
+
+    /// The model id its templates are tagged with.
+    pub fn id(self) -> ModelId {
+        match self {
+            FaceModel::SFace => ModelId::new("sface", "2021dec"),
+            FaceModel::DlibResnet => ModelId::new("dlib-resnet", "v1"),
+        }
+        .expect("valid model id")
+    }
+
+    /// The model with this id.
+    pub fn from_id(id: &ModelId) -> Option<FaceModel> {
+        Self::ALL.into_iter().find(|m| m.id() == *id)
+    }
+
+    /// File in the models folder, input name, output name.
+    fn files(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            FaceModel::SFace => ("sface.onnx", "data", "fc1"),
+            FaceModel::DlibResnet => ("dlib_resnet.onnx", "data", "embedding"),
+        }
+    }
+
+    /// The input crop: its reference points for YuNet's five landmarks, and its side.
+    pub fn frame(self) -> (&'static [[f32; 2]; 5], usize) {
+        match self {
+            FaceModel::SFace => (&align::TEMPLATE, align::SIZE),
+            FaceModel::DlibResnet => (&DLIB_TEMPLATE, 150),
+        }
+    }
+}
+
+/// YuNet's five points in dlib's 150×150 face chip (padding 0.25), from dlib's 68-point mean
+/// face: the eye centres (points 36–41, 42–47), the nose tip (30), the mouth corners (48, 54).
+const DLIB_TEMPLATE: [[f32; 2]; 5] = [
+    [47.5492, 46.5990],
+    [100.4761, 46.5990],
+    [74.0127, 76.5625],
+    [50.4149, 103.0233],
+    [97.6104, 103.0233],
+];
 
 /// What to do when an image holds several faces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +86,11 @@ pub struct FaceConfig {
     pub policy: MultiFacePolicy,
     /// Smallest accepted distance between the eyes, in original pixels.
     pub min_inter_eye_px: f32,
+    /// The embedder.
+    pub model: FaceModel,
+    /// Compute the capture-quality measures ([`quality::FaceMeasures`]) with each extraction;
+    /// off only to measure what they cost.
+    pub measure_quality: bool,
 }
 
 impl FaceConfig {
@@ -39,39 +100,64 @@ impl FaceConfig {
             limits: ImageLimits::default(),
             policy: MultiFacePolicy::Largest,
             min_inter_eye_px: 20.0,
+            model: FaceModel::SFace,
+            measure_quality: true,
         }
     }
 }
 
-/// YuNet + SFace through pooled ONNX Runtime sessions.
+/// YuNet + an embedder through pooled ONNX Runtime sessions.
 #[derive(Debug)]
 pub struct FaceExtractor {
     model: ModelId,
+    kind: FaceModel,
     config: FaceConfig,
     detector: SessionPool,
     embedder: SessionPool,
 }
 
 impl FaceExtractor {
-    /// The model id of SFace templates.
+    /// The model id of the default embedder's (SFace's) templates.
     pub fn model_id() -> ModelId {
-        ModelId::new("sface", "2021dec").expect("valid model id")
+        FaceModel::SFace.id()
     }
 
-    /// Load both models (`yunet.onnx`, `sface.onnx` in the models folder).
+    /// Load the detector and the configured embedder (`yunet.onnx` and `sface.onnx` or
+    /// `dlib_resnet.onnx` in the models folder).
     pub fn new(config: FaceConfig) -> Result<Self, ExtractError> {
         let dir = &config.runtime.models_dir;
         let detector = SessionPool::new(&config.runtime, &dir.join("yunet.onnx"))?;
-        let embedder = SessionPool::new(&config.runtime, &dir.join("sface.onnx"))?;
-        Ok(Self { model: Self::model_id(), config, detector, embedder })
+        let kind = config.model;
+        let embedder = SessionPool::new(&config.runtime, &dir.join(kind.files().0))?;
+        Ok(Self { model: kind.id(), kind, config, detector, embedder })
     }
 
-    /// The raw (un-normalised) SFace output for an aligned crop (RGB NCHW 0–255).
+    /// The embedder.
+    pub fn face_model(&self) -> FaceModel {
+        self.kind
+    }
+
+    /// The embedder's input crop for a detected face (RGB NCHW 0–255).
+    pub fn align(&self, img: &image::RgbImage, landmarks: &[[f32; 2]; 5]) -> Vec<f32> {
+        let (template, size) = self.kind.frame();
+        align::align_to(img, landmarks, template, size)
+    }
+
+    /// The raw (un-normalised) embedding of a crop made by [`FaceExtractor::align`].
     pub fn embed(&self, crop: &[f32]) -> Result<Vec<f32>, ExtractError> {
+        let (_, input_name, output_name) = self.kind.files();
+        let size = self.kind.frame().1;
+        if crop.len() != 3 * size * size {
+            return Err(ExtractError::Runtime(format!(
+                "the {} crop has {} values, not 3x{size}x{size}",
+                self.model,
+                crop.len()
+            )));
+        }
         self.embedder.with(|s| {
-            let input = TensorRef::from_array_view(([1usize, 3, align::SIZE, align::SIZE], crop))?;
-            let out = s.run(ort::inputs!["data" => input])?;
-            let (_, v) = out["fc1"].try_extract_tensor::<f32>()?;
+            let input = TensorRef::from_array_view(([1usize, 3, size, size], crop))?;
+            let out = s.run(ort::inputs![input_name => input])?;
+            let (_, v) = out[output_name].try_extract_tensor::<f32>()?;
             if v.len() != DIM {
                 return Err(ExtractError::Runtime(format!("embedder returned {} values", v.len())));
             }
@@ -118,8 +204,13 @@ impl Extractor for FaceExtractor {
                 min: self.config.min_inter_eye_px,
             });
         }
+        // The measures are defined on the 112×112 ArcFace crop, whichever the embedder.
         let crop = align::align(&img, &face.landmarks);
-        let raw = self.embed(&crop)?;
+        let measures = self.config.measure_quality.then(|| quality::measure(face, &crop));
+        let raw = match self.kind {
+            FaceModel::SFace => self.embed(&crop)?,
+            _ => self.embed(&self.align(&img, &face.landmarks))?,
+        };
         let template = Template::new(self.model.clone(), DIM, raw)
             .map_err(|e| ExtractError::Runtime(format!("embedding: {e}")))?;
         Ok(Extraction {
@@ -128,9 +219,12 @@ impl Extractor for FaceExtractor {
             quality: Quality {
                 detector_score: face.score,
                 inter_eye_px,
-                sharpness: align::sharpness(&crop),
+                sharpness: measures
+                    .as_ref()
+                    .map_or_else(|| align::sharpness(&crop), |m| m.sharpness),
                 faces: faces.len(),
                 bbox: face.bbox,
+                measures,
             },
         })
     }

@@ -9,6 +9,8 @@ use biomatch_testkit::fixtures::{self, face_photo, workspace_root, FACE_PHOTOS};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+mod quality;
+
 fn extractor() -> &'static FaceExtractor {
     static X: OnceLock<FaceExtractor> = OnceLock::new();
     X.get_or_init(|| {
