@@ -1,14 +1,17 @@
 //! The face extractor on the six fixture photos (scripts/fetch-models.sh): `extract` per photo,
-//! `extract_batch` throughput, and the stage split (decode, letterbox, detect, align, embed),
+//! `extract_batch` throughput, the stage split (decode, letterbox, detect, align, embed), and the
+//! capture-quality gate's cost (`extract` with and without `FaceConfig::measure_quality`,
+//! `quality::measure` and `Thresholds::check` alone; issue 16: at most 20 % of extraction),
 //! against the Python onnxruntime reference pipeline (models/tools/face_reference.py --bench)
 //! run first in a child process as the side-by-side baseline.
 //!
 //! Sessions use the runtime defaults: one intra-op thread each, one session per core, so
 //! `extract` runs on one core and `extract_batch` spreads the images over the rayon pool.
 //!
-//! `cargo bench -p biomatch-benches --bench face_extract`
+//! `cargo bench -p biomatch-benches --bench face_extract` (only the gate: `... -- gate`)
 
 use biomatch_core::Modality;
+use biomatch_models::face::quality::{self, CaptureUse, Thresholds};
 use biomatch_models::face::{align, detect, FaceConfig, FaceExtractor};
 use biomatch_models::imageio::{decode_rgb, ImageLimits};
 use biomatch_models::runtime::{RuntimeConfig, SessionPool};
@@ -19,10 +22,13 @@ use criterion::{
 };
 use std::hint::black_box;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Repetitions per image of the Python baseline.
 const PY_REPEATS: u32 = 20;
+
+/// Timed runs per photo of the gate's own ratio (`gate_ratio`), under `cargo bench`.
+const GATE_RUNS: usize = 200;
 
 /// The Python onnxruntime pipeline on the same photos, timed by the script itself.
 fn python_baseline() {
@@ -162,6 +168,154 @@ fn face(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    gate(c, &runtime, &photos);
+}
+
+/// The capture-quality gate: `extract` by two extractors that differ only in `measure_quality`
+/// (the same sessions per model, one intra-op thread each), and `quality::measure` and the verify
+/// thresholds' `check` alone on detections and aligned crops computed once beforehand; each
+/// benchmark cycles through the six photos (one call = one photo).
+fn gate(c: &mut Criterion, runtime: &RuntimeConfig, photos: &[Vec<u8>]) {
+    let runtime = RuntimeConfig { intra_threads: 1, ..runtime.clone() };
+    let build = |measure_quality| {
+        FaceExtractor::new(FaceConfig { measure_quality, ..FaceConfig::new(runtime.clone()) })
+    };
+    let (without, with) = match (build(false), build(true)) {
+        (Ok(without), Ok(with)) => (without, with),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("face_extract/gate: SKIPPED: {e}");
+            return;
+        }
+    };
+    let inputs: Vec<(detect::Face, Vec<f32>)> = photos
+        .iter()
+        .map(|bytes| {
+            let (img, faces) = with.detect(bytes).expect("detect");
+            let face =
+                faces.into_iter().max_by(|a, b| a.area().total_cmp(&b.area())).expect("a face");
+            let crop = align::align(&img, &face.landmarks);
+            (face, crop)
+        })
+        .collect();
+    let measures: Vec<quality::FaceMeasures> =
+        inputs.iter().map(|(face, crop)| quality::measure(face, crop)).collect();
+    let verify = Thresholds::for_use(CaptureUse::Verify);
+
+    let mut g = c.benchmark_group("face_extract/gate");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(1));
+    let n = photos.len();
+    let mut i = 0;
+    // Set by the benchmarks' closures, which criterion calls only when its filter selects them.
+    let mut selected = false;
+    for (id, x) in [("extract_without_gate", &without), ("extract_with_gate", &with)] {
+        g.bench_function(id, |b| {
+            selected = true;
+            b.iter(|| {
+                i = (i + 1) % n;
+                black_box(x.extract(&photos[i], Modality::Face).expect("a face"))
+            })
+        });
+    }
+    g.bench_function("measure", |b| {
+        selected = true;
+        b.iter(|| {
+            i = (i + 1) % n;
+            let (face, crop) = &inputs[i];
+            black_box(quality::measure(black_box(face), black_box(crop)))
+        })
+    });
+    g.bench_function("check_verify", |b| {
+        selected = true;
+        b.iter(|| {
+            i = (i + 1) % n;
+            black_box(verify.check(black_box(&measures[i])))
+        })
+    });
+    g.finish();
+
+    if selected {
+        gate_ratio(&without, &with, photos, &inputs, &measures, &verify);
+    }
+}
+
+/// The gate's cost as a share of extraction, from medians this function times itself with
+/// `Instant` (criterion's estimates are not easily read back): a ratio of numbers from the same
+/// run, the with/without extractions interleaved so that drift in the machine's speed hits both.
+fn gate_ratio(
+    without: &FaceExtractor,
+    with: &FaceExtractor,
+    photos: &[Vec<u8>],
+    inputs: &[(detect::Face, Vec<f32>)],
+    measures: &[quality::FaceMeasures],
+    verify: &Thresholds,
+) {
+    // `cargo test --benches` runs each benchmark once (no `--bench`): a few runs are enough.
+    let runs = if std::env::args().any(|a| a == "--bench") { GATE_RUNS } else { 3 };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    let mut sum = [0.0f64; 4];
+    for (((name, bytes), (face, crop)), m) in
+        FACE_PHOTOS.iter().zip(photos).zip(inputs).zip(measures)
+    {
+        let (mut off, mut on, mut meas, mut chk) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            off.push(time(&mut || {
+                black_box(without.extract(bytes, Modality::Face).expect("a face"));
+            }));
+            on.push(time(&mut || {
+                black_box(with.extract(bytes, Modality::Face).expect("a face"));
+            }));
+            meas.push(time(&mut || {
+                black_box(quality::measure(black_box(face), black_box(crop)));
+            }));
+            chk.push(time(&mut || {
+                black_box(verify.check(black_box(m)));
+            }));
+        }
+        let med = [median(off), median(on), median(meas), median(chk)];
+        eprintln!(
+            "gate {name}: extract without {:.2} ms, with {:.2} ms; measure {:.1} µs, \
+             check {:.2} µs ({:.1} % of extraction; median of {runs})",
+            med[0] * 1e3,
+            med[1] * 1e3,
+            med[2] * 1e6,
+            med[3] * 1e6,
+            100.0 * med[2] / med[0],
+        );
+        for (s, v) in sum.iter_mut().zip(med) {
+            *s += v;
+        }
+    }
+    // Means over the six photos of the per-photo medians.
+    let [off, on, meas, chk] = sum.map(|s| s / photos.len() as f64);
+    eprintln!(
+        "gate cost: measure {:.1} µs = {:.2} % of extraction (extract with gate {:.2} ms, \
+         without {:.2} ms)",
+        meas * 1e6,
+        100.0 * meas / off,
+        on * 1e3,
+        off * 1e3,
+    );
+    eprintln!(
+        "gate cost: measure + verify check {:.1} µs = {:.2} % of extraction; extract with - \
+         without = {:+.3} ms ({:+.2} %)",
+        (meas + chk) * 1e6,
+        100.0 * (meas + chk) / off,
+        (on - off) * 1e3,
+        100.0 * (on - off) / off,
+    );
 }
 
 criterion_group!(benches, face);

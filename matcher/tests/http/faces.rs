@@ -4,11 +4,10 @@
 use crate::common::*;
 use axum::http::StatusCode;
 use base64::Engine;
-use biomatch_core::ModelId;
 use biomatch_matcher::audit::AuditLog;
 use biomatch_matcher::config::ModalityKind;
 use biomatch_matcher::state::{AppState, ServiceModel};
-use biomatch_models::face::{FaceConfig, FaceExtractor};
+use biomatch_models::face::{FaceConfig, FaceExtractor, FaceModel};
 use biomatch_models::runtime::RuntimeConfig;
 use biomatch_testkit::fixtures;
 use serde_json::json;
@@ -19,18 +18,29 @@ fn photo(name: &str) -> String {
 }
 
 fn face_app() -> TestApp {
-    let x =
-        FaceExtractor::new(FaceConfig::new(RuntimeConfig::from_root(&fixtures::workspace_root())))
-            .expect("face models missing: run scripts/fetch-models.sh");
+    face_app_with(FaceModel::SFace, |_| {})
+}
+
+/// A server with the face extractor of `model` and its table built from the real photos.
+fn face_app_with(
+    model: FaceModel,
+    f: impl FnOnce(&mut biomatch_matcher::config::Config),
+) -> TestApp {
+    let mut fc = FaceConfig::new(RuntimeConfig::from_root(&fixtures::workspace_root()));
+    fc.model = model;
+    let x = FaceExtractor::new(fc).expect("face models missing: run scripts/fetch-models.sh");
     let groups = fixtures::setup_dir().join("fixtures/groups");
     let (table, _) = biomatch_matcher::calibrate::face_table(&x, &fixtures::face_dir(), &groups, 0)
         .expect("calibration photos missing: run scripts/fetch-photos.sh");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config_with(|_| {});
+    let mut config = config_with(f);
     config.data = dir.path().join("store");
-    let sface = ModelId::parse("sface@2021dec").unwrap();
-    let models =
-        vec![ServiceModel { id: sface, dim: 128, kind: ModalityKind::Face, calibration: table }];
+    let models = vec![ServiceModel {
+        id: model.id(),
+        dim: 128,
+        kind: ModalityKind::Face,
+        calibration: table,
+    }];
     let audit = Arc::new(AuditLog::open(&dir.path().join("audit")).unwrap());
     let state = AppState::with_models(config.clone(), audit, models).with_face(Arc::new(x));
     attach_engine(&state);
@@ -164,4 +174,117 @@ fn jpeg_bomb(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
         }
         p += 2 + len;
     }
+}
+
+/// A fixture photo with a synthetic hand over the mouth (base64).
+fn covered(name: &str) -> String {
+    let x =
+        FaceExtractor::new(FaceConfig::new(RuntimeConfig::from_root(&fixtures::workspace_root())))
+            .unwrap();
+    let bytes = fixtures::read(&fixtures::face_photo(name));
+    let (_, faces) = x.detect(&bytes).unwrap();
+    let face = faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())).unwrap();
+    let out = biomatch_testkit::faces::cover_mouth(&bytes, &face.landmarks);
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
+/// eKYC's quality gate: a selfie with a hand over the mouth is refused with 422 `face_quality`
+/// naming the occlusion and saying what to do, nothing is stored or compared; the extract
+/// endpoint says which uses a capture passes; a 1:N probe tolerates the covered mouth;
+/// `/metrics` counts the refusals; the gate can be turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn face_quality_gate_refuses_an_occluded_selfie_and_says_why() {
+    let app = face_app();
+    let enroll = |id: &str, img: String| json!({ "subject_id": id, "face": { "image": img } });
+    let (s, v) =
+        app.post("/v1/subjects", ISSUER, enroll("FR-1977-0001", photo("person_a_1.jpg"))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let hand = covered("person_a_2.jpg");
+    let verify = json!({ "subject_id": "FR-1977-0001", "face": { "image": hand } });
+    let (s, v) = app.post("/v1/verify", BANK, verify.clone()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["code"], "face_quality", "{v}");
+    let failures = v["failures"].as_array().expect("failures listed");
+    let mouth =
+        failures.iter().find(|f| f["measure"] == "occlusion_mouth").expect("occlusion named");
+    assert_eq!(mouth["bound"], "max");
+    assert!(mouth["value"].as_f64().unwrap() > mouth["limit"].as_f64().unwrap(), "{mouth}");
+    assert!(mouth["advice"].as_str().unwrap().contains("mouth"), "{mouth}");
+    assert!(v["message"].as_str().unwrap().contains("occlusion_mouth"), "{v}");
+    // The clean photo of the same person still verifies.
+    let (s, v) = app
+        .post(
+            "/v1/verify",
+            BANK,
+            json!({ "subject_id": "FR-1977-0001", "face": { "image": photo("person_a_2.jpg") } }),
+        )
+        .await;
+    assert_eq!((s, v["decision"].as_str()), (StatusCode::OK, Some("match")), "{v}");
+
+    // What each use accepts, before sending the capture anywhere.
+    let (s, e) = app.post("/v1/extract", BANK, json!({ "image": hand })).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    let uses = e["quality"]["uses"].as_array().unwrap();
+    let passes =
+        |u: &str| uses.iter().find(|x| x["use"] == u).unwrap()["passes"].as_bool().unwrap();
+    assert!(!passes("verify") && !passes("enroll") && passes("identify"), "{e}");
+    assert!(e["quality"]["measures"]["occlusion_mouth"].as_f64().unwrap() > 0.75, "{e}");
+    let (_, e) = app.post("/v1/extract", BANK, json!({ "image": photo("person_a_2.jpg") })).await;
+    assert!(e["quality"]["uses"].as_array().unwrap().iter().all(|u| u["passes"] == true), "{e}");
+
+    // A covered enrollment is refused and stores nothing; a covered 1:N probe still searches.
+    let (s, v) = app.post("/v1/subjects", ISSUER, enroll("FR-X", hand.clone())).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("face_quality")),
+        "{v}"
+    );
+    assert_eq!(app.state.gallery().unwrap().store().len(), 1);
+    let (s, v) = app.post("/v1/identify", ISSUER, json!({ "face": { "image": hand } })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["candidates"][0]["subject_id"], "FR-1977-0001", "{v}");
+
+    let (_, _, m) = app.call_raw("GET", "/metrics", None, None, &[]).await;
+    for (u, n) in [("verify", 1), ("enroll", 1)] {
+        let line = format!(
+            "biomatch_face_quality_refused_total{{measure=\"occlusion_mouth\",use=\"{u}\"}} {n}"
+        );
+        assert!(m.contains(&line), "{line} missing from /metrics");
+    }
+
+    // Turned off, the same selfie is compared (and matches: the eyes and nose are Macron's).
+    let off = face_app_with(FaceModel::SFace, |c| c.extractors.face.quality.disabled = true);
+    off.post("/v1/subjects", ISSUER, enroll("FR-1977-0001", photo("person_a_1.jpg"))).await;
+    let (s, v) = off.post("/v1/verify", BANK, verify).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// The second face model end to end: a dlib-resnet@v1 server enrolls and verifies with its own
+/// templates and its own calibration; an SFace template is not compared with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlib_model_enrolls_and_verifies_within_its_own_templates() {
+    let app = face_app_with(FaceModel::DlibResnet, |_| {});
+    let (s, v) = app
+        .post(
+            "/v1/subjects",
+            ISSUER,
+            json!({ "subject_id": "NZ-1980-0002", "face": { "image": photo("person_b_1.jpg") } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["templates"][0]["model"], "dlib-resnet@v1");
+    let verify = |p: &str| json!({ "subject_id": "NZ-1980-0002", "face": { "image": photo(p) } });
+    let (_, v) = app.post("/v1/verify", BANK, verify("person_b_2.jpg")).await;
+    eprintln!("dlib, same person: {v}");
+    assert_eq!(v["decision"], "match", "{v}");
+    for other in ["impostor_1.jpg", "impostor_2.jpg", "person_a_1.jpg"] {
+        let (_, v) = app.post("/v1/verify", BANK, verify(other)).await;
+        eprintln!("dlib, {other}: {v}");
+        assert_eq!(v["decision"], "no_match", "{other}: {v}");
+    }
+    // An SFace template is refused: this server holds no SFace templates to compare it with.
+    let t = json!({ "subject_id": "NZ-1980-0002", "face": { "template": { "model": "sface@2021dec", "vector": vec![0.088f32; 128] } } });
+    let (s, v) = app.post("/v1/verify", BANK, t).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["code"], "unknown_model", "{v}");
 }
