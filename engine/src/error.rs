@@ -45,6 +45,8 @@ pub enum ErrorCode {
     FaceTooSmall,
     /// A face capture outside the quality gate's limits for its use (pose, occlusion, …).
     FaceQuality,
+    /// The presentation-attack detector judged a 1:1 probe a photo, screen or mask.
+    PresentationAttack,
     TooFewMinutiae,
     ExtractorUnavailable,
     FingerprintsUnavailable,
@@ -124,6 +126,7 @@ impl ErrorCode {
             C::SeveralFaces => "several_faces",
             C::FaceTooSmall => "face_too_small",
             C::FaceQuality => "face_quality",
+            C::PresentationAttack => "presentation_attack",
             C::TooFewMinutiae => "too_few_minutiae",
             C::ExtractorUnavailable => "extractor_unavailable",
             C::FingerprintsUnavailable => "fingerprints_unavailable",

@@ -271,6 +271,11 @@ pub struct FaceExtractorConfig {
     /// The capture-quality gate (`[extractors.face.quality]`).
     #[serde(default)]
     pub quality: FaceQualityConfig,
+    /// A 1:1 verification whose presentation-attack score (when a detector is attached, see
+    /// `biomatch_models::face::pad`; none is built in) exceeds this is refused with 422
+    /// `presentation_attack`.
+    #[serde(default = "default_pad_threshold")]
+    pub pad_threshold: f32,
 }
 
 /// The face quality gate: a face image whose measures fall outside the limits of its use is
@@ -302,6 +307,10 @@ impl FaceQualityConfig {
         };
         Thresholds::for_use(u).merged(o)
     }
+}
+
+fn default_pad_threshold() -> f32 {
+    0.5
 }
 
 fn default_face_model() -> String {
@@ -354,6 +363,7 @@ impl Default for FaceExtractorConfig {
             max_image_side: 6000,
             max_image_pixels: default_face_max_pixels(),
             quality: FaceQualityConfig::default(),
+            pad_threshold: default_pad_threshold(),
         }
     }
 }
@@ -733,6 +743,12 @@ impl Config {
             return Err(format!(
                 "extractors.face.multi_face = {:?}: use \"largest\" or \"reject\"",
                 f.multi_face
+            ));
+        }
+        if !(0.0..=1.0).contains(&f.pad_threshold) {
+            return Err(format!(
+                "extractors.face.pad_threshold = {} must be in [0, 1]",
+                f.pad_threshold
             ));
         }
         for u in CaptureUse::ALL {

@@ -48,6 +48,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::SeveralFaces
         | C::FaceTooSmall
         | C::FaceQuality
+        | C::PresentationAttack
         | C::TooFewMinutiae
         | C::ExtractorUnavailable
         | C::FingerprintsUnavailable

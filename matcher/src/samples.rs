@@ -96,9 +96,24 @@ pub async fn extract_face_image(
 }
 
 /// The quality gate: refuse a face extraction whose measures fall outside the limits of
-/// `purpose` with 422 `face_quality` naming them (nothing else happens to the request).
+/// `purpose` with 422 `face_quality` naming them, and a 1:1 probe the presentation-attack
+/// detector (when one is attached) scores over `pad_threshold` with 422 `presentation_attack`;
+/// nothing else happens to the request.
 pub fn gate_face(state: &AppState, e: &Extraction, purpose: CaptureUse) -> Result<(), ApiError> {
-    let q = &state.config.extractors.face.quality;
+    let f = &state.config.extractors.face;
+    if let (CaptureUse::Verify, Some(score)) = (purpose, e.quality.attack_score) {
+        if score > f.pad_threshold {
+            return Err(ApiError::new(
+                ErrorCode::PresentationAttack,
+                format!(
+                    "the face looks like a photo, screen or mask held up to the camera (attack \
+                     score {score:.2} > {:.2}); present your own face",
+                    f.pad_threshold
+                ),
+            ));
+        }
+    }
+    let q = &f.quality;
     let Some(m) = e.quality.measures.as_ref().filter(|_| !q.disabled) else { return Ok(()) };
     let failures = q.thresholds(purpose).check(m);
     if failures.is_empty() {

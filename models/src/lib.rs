@@ -34,6 +34,9 @@ pub struct Quality {
     /// `None` when the extractor was configured not to compute them.
     #[cfg(feature = "extractors")]
     pub measures: Option<face::quality::FaceMeasures>,
+    /// The presentation-attack detector's score in [0, 1] (`face::pad`), when one is attached.
+    #[cfg(feature = "extractors")]
+    pub attack_score: Option<f32>,
 }
 
 /// A template and what the extractor saw.

@@ -60,6 +60,7 @@ pub fn reason_for(code: ErrorCode) -> FailureReason {
         | C::SeveralFaces
         | C::FaceTooSmall
         | C::FaceQuality
+        | C::PresentationAttack
         | C::TooFewMinutiae
         | C::BlankImage
         | C::ImageTooSmall => FailureReason::QualityCheckFailed,

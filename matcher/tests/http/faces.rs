@@ -29,6 +29,15 @@ fn face_app_with(
     let mut fc = FaceConfig::new(RuntimeConfig::from_root(&fixtures::workspace_root()));
     fc.model = model;
     let x = FaceExtractor::new(fc).expect("face models missing: run scripts/fetch-models.sh");
+    face_app_from(x, f)
+}
+
+/// A server with face extractor `x` and its model's table built from the real photos.
+fn face_app_from(
+    x: FaceExtractor,
+    f: impl FnOnce(&mut biomatch_matcher::config::Config),
+) -> TestApp {
+    let model = x.face_model();
     let groups = fixtures::setup_dir().join("fixtures/groups");
     let (table, _) = biomatch_matcher::calibrate::face_table(&x, &fixtures::face_dir(), &groups, 0)
         .expect("calibration photos missing: run scripts/fetch-photos.sh");
@@ -287,4 +296,62 @@ async fn the_dlib_model_enrolls_and_verifies_within_its_own_templates() {
     let (s, v) = app.post("/v1/verify", BANK, t).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(v["code"], "unknown_model", "{v}");
+}
+
+/// A presentation-attack detector for the test: every face scores `0`.
+#[derive(Debug)]
+struct Scores(f32);
+
+impl biomatch_models::face::pad::PresentationAttackDetector for Scores {
+    fn name(&self) -> &str {
+        "test double"
+    }
+    fn attack_score(
+        &self,
+        _: &image::RgbImage,
+        _: &biomatch_models::face::detect::Face,
+    ) -> Result<f32, biomatch_models::ExtractError> {
+        Ok(self.0)
+    }
+}
+
+/// The presentation-attack hook: with a detector attached, a 1:1 probe it scores over
+/// `pad_threshold` is refused with 422 `presentation_attack` (enrollment and 1:N are not its
+/// business); under the threshold the verification goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_presentation_attack_detector_guards_verification() {
+    let extractor = |score: f32| {
+        FaceExtractor::new(FaceConfig::new(RuntimeConfig::from_root(&fixtures::workspace_root())))
+            .unwrap()
+            .with_pad(Arc::new(Scores(score)))
+    };
+    let app = face_app_from(extractor(0.9), |_| {});
+    let (s, v) = app
+        .post(
+            "/v1/subjects",
+            ISSUER,
+            json!({ "subject_id": "FR-1", "face": { "image": photo("person_a_1.jpg") } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let verify = json!({ "subject_id": "FR-1", "face": { "image": photo("person_a_2.jpg") } });
+    let (s, v) = app.post("/v1/verify", BANK, verify.clone()).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("presentation_attack")),
+        "{v}"
+    );
+    let (s, _) = app
+        .post("/v1/identify", ISSUER, json!({ "face": { "image": photo("person_a_2.jpg") } }))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let live = face_app_from(extractor(0.1), |_| {});
+    live.post(
+        "/v1/subjects",
+        ISSUER,
+        json!({ "subject_id": "FR-1", "face": { "image": photo("person_a_1.jpg") } }),
+    )
+    .await;
+    let (s, v) = live.post("/v1/verify", BANK, verify).await;
+    assert_eq!((s, v["decision"].as_str()), (StatusCode::OK, Some("match")), "{v}");
 }

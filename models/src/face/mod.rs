@@ -4,6 +4,7 @@
 
 pub mod align;
 pub mod detect;
+pub mod pad;
 pub mod quality;
 
 use crate::imageio::{decode_rgb, ImageLimits};
@@ -114,6 +115,7 @@ pub struct FaceExtractor {
     config: FaceConfig,
     detector: SessionPool,
     embedder: SessionPool,
+    pad: Option<std::sync::Arc<dyn pad::PresentationAttackDetector>>,
 }
 
 impl FaceExtractor {
@@ -129,7 +131,13 @@ impl FaceExtractor {
         let detector = SessionPool::new(&config.runtime, &dir.join("yunet.onnx"))?;
         let kind = config.model;
         let embedder = SessionPool::new(&config.runtime, &dir.join(kind.files().0))?;
-        Ok(Self { model: kind.id(), kind, config, detector, embedder })
+        Ok(Self { model: kind.id(), kind, config, detector, embedder, pad: None })
+    }
+
+    /// Score every extraction with a presentation-attack detector ([`pad`]).
+    pub fn with_pad(mut self, pad: std::sync::Arc<dyn pad::PresentationAttackDetector>) -> Self {
+        self.pad = Some(pad);
+        self
     }
 
     /// The embedder.
@@ -207,6 +215,10 @@ impl Extractor for FaceExtractor {
         // The measures are defined on the 112×112 ArcFace crop, whichever the embedder.
         let crop = align::align(&img, &face.landmarks);
         let measures = self.config.measure_quality.then(|| quality::measure(face, &crop));
+        let attack_score = match &self.pad {
+            Some(p) => Some(p.attack_score(&img, face)?),
+            None => None,
+        };
         let raw = match self.kind {
             FaceModel::SFace => self.embed(&crop)?,
             _ => self.embed(&self.align(&img, &face.landmarks))?,
@@ -225,6 +237,7 @@ impl Extractor for FaceExtractor {
                 faces: faces.len(),
                 bbox: face.bbox,
                 measures,
+                attack_score,
             },
         })
     }
