@@ -496,7 +496,8 @@ mod tests {
             let model = id(b.model);
             let t = parse_calibration(b.json.as_bytes(), &model, b.model).unwrap();
             assert_eq!(t.model, model);
-            assert!(t.impostor_count >= 100_000, "{}: {}", b.model, t.impostor_count);
+            // The face tables rest on 1751 real impostor pairs, the others on >= 10^5 drawn ones.
+            assert!(t.impostor_count >= 1_000, "{}: {}", b.model, t.impostor_count);
             assert_eq!(builtin_calibration(&model, b.dim), Some(b.json));
         }
         // A synthetic model of another dimension has no built-in table.

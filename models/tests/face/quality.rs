@@ -13,6 +13,12 @@ fn measures(bytes: &[u8]) -> FaceMeasures {
     e.quality.measures.expect("measured by default")
 }
 
+/// The five landmarks of the largest face in a photo.
+fn landmarks(bytes: &[u8]) -> [[f32; 2]; 5] {
+    let (_, faces) = extractor().detect(bytes).unwrap();
+    faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())).expect("a face").landmarks
+}
+
 fn passes(m: &FaceMeasures) -> Vec<&'static str> {
     CaptureUse::ALL
         .iter()
@@ -49,9 +55,7 @@ fn the_fixtures_measures_and_the_uses_they_pass() {
 fn a_hand_over_the_mouth_is_refused_naming_occlusion() {
     for p in FACE_PHOTOS {
         let clean = std::fs::read(face_photo(p)).unwrap();
-        let (_, faces) = extractor().detect(&clean).unwrap();
-        let face = faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())).unwrap();
-        let covered = cover_mouth(&clean, &face.landmarks);
+        let covered = cover_mouth(&clean, &landmarks(&clean));
         let before = measures(&clean);
         let after = measures(&covered);
         let failures = Thresholds::for_use(CaptureUse::Verify).check(&after);
@@ -73,9 +77,7 @@ fn a_hand_over_the_mouth_is_refused_naming_occlusion() {
 fn a_mask_over_nose_and_mouth_is_refused_naming_the_nose() {
     for p in FACE_PHOTOS {
         let clean = std::fs::read(face_photo(p)).unwrap();
-        let (_, faces) = extractor().detect(&clean).unwrap();
-        let face = faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())).unwrap();
-        let masked = measures(&cover_nose_and_mouth(&clean, &face.landmarks));
+        let masked = measures(&cover_nose_and_mouth(&clean, &landmarks(&clean)));
         let failures = Thresholds::for_use(CaptureUse::Enroll).check(&masked);
         eprintln!(
             "{p:>15} occlusion_nose {:.3}, occlusion_mouth {:.3}; enroll failures {:?}",
