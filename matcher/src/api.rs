@@ -193,6 +193,17 @@ pub struct ErrorBody {
     pub request_id: String,
 }
 
+/// 422 `face_quality`: a face image outside the quality gate's limits for the request's use;
+/// the error body plus each failing measure (`docs/face-quality.md`).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct FaceQualityBody {
+    pub code: biomatch_engine::ErrorCode,
+    pub message: String,
+    pub request_id: String,
+    #[schema(value_type = Vec<Object>)]
+    pub failures: Vec<biomatch_models::face::quality::QualityFailure>,
+}
+
 /// 409 `duplicate` of `POST /v1/subjects?dedup=true`: the error body plus the enrolled subjects
 /// that matched (the candidates of `/v1/identify`, best first; never the request's own id).
 #[derive(Clone, Debug, Serialize, ToSchema)]

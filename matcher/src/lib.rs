@@ -97,6 +97,7 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         api::FingerSearchOut,
         api::ErrorBody,
         api::DuplicateBody,
+        api::FaceQualityBody,
         jobs::JobKind,
         jobs::JobStatus,
         jobs::JobRequest,

@@ -105,7 +105,7 @@ fn dedup_query(query: Option<&str>) -> Result<bool, ApiError> {
         ("dedup" = Option<bool>, Query, description = "enroll-if-unique: enroll only if no enrolled subject matches at `target_fpir` (atomically with every other enrollment); otherwise 409 `duplicate` with the candidates")),
     responses((status = 201, body = SubjectOut), (status = 200, body = SubjectOut, description = "a retry found this enrollment already stored"),
         (status = 409, body = DuplicateBody, description = "`duplicate` (with `?dedup=true`): enrolled subjects match, nothing was stored; or `already_enrolled` (then without `candidates`)"),
-        (status = 422, body = ErrorBody),
+        (status = 422, body = FaceQualityBody, description = "`face_quality` (with `failures`): nothing was stored; or another image / template error (then an ErrorBody)"),
         (status = 503, body = ErrorBody, description = "with Retry-After: store_unavailable (nothing was stored) or write_in_doubt (retry with the same Idempotency-Key to resolve it)"),
         (status = 507, body = ErrorBody, description = "insufficient_storage: the disk is full, nothing was stored")))]
 pub async fn enroll(
@@ -390,7 +390,8 @@ pub async fn delete_subject(
 }
 
 #[utoipa::path(post, path = "/v1/verify", request_body = VerifyRequest,
-    responses((status = 200, body = VerifyResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = VerifyResponse), (status = 404, body = ErrorBody),
+        (status = 422, body = FaceQualityBody, description = "`face_quality` (with `failures`), `presentation_attack`, or another image / template error (then an ErrorBody)")))]
 pub async fn verify(
     State(state): St,
     caller: Caller,
@@ -433,7 +434,8 @@ async fn verify_inner(
 }
 
 #[utoipa::path(post, path = "/v1/identify", request_body = IdentifyRequest,
-    responses((status = 200, body = IdentifyResponse), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = IdentifyResponse),
+        (status = 422, body = FaceQualityBody, description = "`face_quality` (with `failures`), or another image / template error (then an ErrorBody)")))]
 pub async fn identify(
     State(state): St,
     caller: Caller,

@@ -54,6 +54,8 @@ async fn metrics_and_openapi() {
     }
     assert!(v["components"]["schemas"].get("IdentifyRequest").is_some());
     assert!(v["components"]["schemas"].get("BuildJobOut").is_some());
+    assert!(v["components"]["schemas"]["FaceQualityBody"]["properties"].get("failures").is_some());
+    assert!(v["components"]["schemas"]["QualityOut"]["properties"].get("uses").is_some());
     let (s, v) = app.get("/v1/admin/stats", OPS).await;
     assert_eq!((s, v["store"]["subjects"].as_u64()), (StatusCode::OK, Some(1)));
 }
