@@ -270,6 +270,11 @@ impl Node {
         let period = Duration::from_millis((self.cfg.lease_ttl_s * 1000 / 3).max(200));
         let ttl = Duration::from_secs(self.cfg.lease_ttl_s);
         let mut renewed = std::time::Instant::now();
+        // False from a new lease until `nodes/<id>` is written under it: a registration that
+        // failed (etcd electing a leader) is retried every period, not only when the new lease
+        // expires too (a node kept renewing a lease nobody saw and was left out of the map).
+        let mut registered = true;
+        let mut unlisted = 0u32;
         loop {
             tokio::time::sleep(period).await;
             let lease = self.lease.load(Ordering::Acquire);
@@ -297,12 +302,31 @@ impl Node {
                     Ok(l) => {
                         self.lease.store(l, Ordering::Release);
                         self.controller.store(false, Ordering::Release);
-                        match self.register().await {
-                            Ok(()) => renewed = std::time::Instant::now(),
-                            Err(e) => tracing::warn!(error = %e, "cannot register again"),
-                        }
+                        registered = false;
+                        renewed = std::time::Instant::now();
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot get a new etcd lease"),
+                }
+            }
+            // Belt and braces: a renewed lease whose node key the metadata does not list (the
+            // map loop's last read, for three periods running) is registered again.
+            if registered && !self.live.read().contains_key(&self.cfg.node_id) {
+                unlisted += 1;
+                if unlisted >= 3 {
+                    tracing::warn!("this node is missing from the live nodes: registering again");
+                    registered = false;
+                }
+            } else {
+                unlisted = 0;
+            }
+            if !registered {
+                match tokio::time::timeout(period, self.register()).await {
+                    Ok(Ok(())) => {
+                        registered = true;
+                        unlisted = 0;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot register again (retrying)"),
+                    Err(_) => tracing::warn!("registering again timed out (retrying)"),
                 }
             }
             let progress: Progress =
