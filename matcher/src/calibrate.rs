@@ -13,7 +13,7 @@
 //!   the four is in a group photo), pairs of one person's two photos the genuine pairs.
 //!
 //! Every detected face is used whose detector score reaches [`MIN_DETECTOR_SCORE`] (0.75, above the
-//! detector's 0.6: the only detections in between are non-faces) and whose inter-eye distance is at least [`FaceConfig`]'s `min_inter_eye_px` (20 px); a fixture photo
+//! detector's 0.6: the only detections in between are non-faces) and whose inter-eye distance is at least the extractor's default `min_inter_eye_px` (20 px); a fixture photo
 //! contributes its largest face, as extraction does. Cross-photo impostor pairs scoring above
 //! [`flag_score`] are flagged (printed and recorded) as possibly the same person, for review.
 //!
@@ -34,7 +34,7 @@
 //! test of the `cli` suite checks the committed files are what this command writes.
 //!
 //! The command is generic over the face model: everything here goes through
-//! [`FaceExtractor`]'s `detect`, `align::align`, `embed` and the model id the extractor reports;
+//! [`FaceExtractor`]'s `detect`, `align`, `embed` and the model id the extractor reports;
 //! [`face_extractor_for`] is the one place that knows which ids exist.
 
 use anyhow::{bail, Context, Result};
@@ -230,7 +230,7 @@ pub fn face_table(
 ) -> Result<(CalibrationTable, Value)> {
     let model = x.model().clone();
     let (flag, report_at) = (flag_score(x.face_model()), report_thresholds(x.face_model()));
-    let min_eye = FaceConfig::new(RuntimeConfig::from_root(Path::new("."))).min_inter_eye_px;
+    let min_eye = biomatch_models::face::MIN_INTER_EYE_PX;
     let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("reading {}", p.display()));
 
     let mut faces: Vec<Face> = Vec::new();

@@ -3,7 +3,8 @@
 //! start-up so a bad value stops the service with a clear message instead of failing later.
 
 use biomatch_core::ModelId;
-use biomatch_models::face::quality::{CaptureUse, Thresholds};
+use biomatch_models::face::quality::{CaptureUse, FaceMeasures, QualityFailure, Thresholds};
+use biomatch_models::face::FaceModel;
 use biomatch_models::imageio::ImageLimits;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -297,7 +298,22 @@ pub struct FaceQualityConfig {
     pub identify: Thresholds,
 }
 
+impl FaceExtractorConfig {
+    /// The shipped face model `model` names (`None`: not one of them).
+    pub fn face_model(&self) -> Option<FaceModel> {
+        ModelId::parse(&self.model).ok().and_then(|id| FaceModel::from_id(&id))
+    }
+}
+
 impl FaceQualityConfig {
+    /// The measures of `m` outside the limits of use `u` (none when the gate is disabled).
+    pub fn failures(&self, u: CaptureUse, m: &FaceMeasures) -> Vec<QualityFailure> {
+        if self.disabled {
+            return Vec::new();
+        }
+        self.thresholds(u).check(m)
+    }
+
     /// The limits in force for a use: the built-in ones with this configuration's overrides.
     pub fn thresholds(&self, u: CaptureUse) -> Thresholds {
         let o = match u {
@@ -606,9 +622,8 @@ impl Config {
     /// built in).
     pub fn add_extractor_model(&mut self) {
         let f = &self.extractors.face;
-        let Ok(id) = ModelId::parse(&f.model) else { return };
-        let known = biomatch_models::face::FaceModel::from_id(&id).is_some();
-        if f.enabled && known && !self.models.iter().any(|m| m.id == id.to_string()) {
+        let Some(id) = f.face_model().map(FaceModel::id) else { return };
+        if f.enabled && !self.models.iter().any(|m| m.id == id.to_string()) {
             self.models.push(ModelConfig {
                 id: id.to_string(),
                 dim: biomatch_models::face::DIM,
@@ -757,15 +772,12 @@ impl Config {
                 .validate()
                 .map_err(|e| format!("extractors.face.quality.{}: {e}", u.as_str()))?;
         }
-        let face_model = ModelId::parse(&f.model)
-            .ok()
-            .and_then(|id| biomatch_models::face::FaceModel::from_id(&id).map(|_| id))
-            .ok_or_else(|| {
-                format!(
-                    "extractors.face.model = {:?}: use \"sface@2021dec\" or \"dlib-resnet@v1\"",
-                    f.model
-                )
-            })?;
+        let face_model = f.face_model().map(FaceModel::id).ok_or_else(|| {
+            format!(
+                "extractors.face.model = {:?}: use \"sface@2021dec\" or \"dlib-resnet@v1\"",
+                f.model
+            )
+        })?;
         if f.enabled && !self.models.iter().any(|m| m.id == face_model.to_string()) {
             return Err(format!(
                 "the face extractor produces {face_model} templates: configure that model or \

@@ -547,7 +547,7 @@ pub async fn extract(
         Some(m) => CaptureUse::ALL
             .iter()
             .map(|&u| {
-                let failures = if q.disabled { Vec::new() } else { q.thresholds(u).check(m) };
+                let failures = q.failures(u, m);
                 UseVerdictOut {
                     purpose: u.as_str().to_string(),
                     passes: failures.is_empty(),

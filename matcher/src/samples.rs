@@ -113,9 +113,8 @@ pub fn gate_face(state: &AppState, e: &Extraction, purpose: CaptureUse) -> Resul
             ));
         }
     }
-    let q = &f.quality;
-    let Some(m) = e.quality.measures.as_ref().filter(|_| !q.disabled) else { return Ok(()) };
-    let failures = q.thresholds(purpose).check(m);
+    let Some(m) = &e.quality.measures else { return Ok(()) };
+    let failures = f.quality.failures(purpose, m);
     if failures.is_empty() {
         return Ok(());
     }

@@ -227,10 +227,7 @@ pub fn face_extractor(config: &Config) -> Option<Arc<dyn biomatch_models::Extrac
     rt.cuda = f.cuda;
     let mut fc = FaceConfig::new(rt);
     // Config::validate checked the id.
-    fc.model = biomatch_core::ModelId::parse(&f.model)
-        .ok()
-        .and_then(|id| biomatch_models::face::FaceModel::from_id(&id))
-        .unwrap_or(biomatch_models::face::FaceModel::SFace);
+    fc.model = f.face_model().unwrap_or(biomatch_models::face::FaceModel::SFace);
     fc.policy =
         if f.multi_face == "reject" { MultiFacePolicy::Reject } else { MultiFacePolicy::Largest };
     fc.min_inter_eye_px = f.min_inter_eye_px;

@@ -71,6 +71,9 @@ const DLIB_TEMPLATE: [[f32; 2]; 5] = [
     [97.6104, 103.0233],
 ];
 
+/// The default smallest distance between the eyes, in original pixels ([`FaceConfig`]).
+pub const MIN_INTER_EYE_PX: f32 = 20.0;
+
 /// What to do when an image holds several faces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MultiFacePolicy {
@@ -100,7 +103,7 @@ impl FaceConfig {
             runtime,
             limits: ImageLimits::default(),
             policy: MultiFacePolicy::Largest,
-            min_inter_eye_px: 20.0,
+            min_inter_eye_px: MIN_INTER_EYE_PX,
             model: FaceModel::SFace,
             measure_quality: true,
         }

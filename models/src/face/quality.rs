@@ -356,12 +356,16 @@ pub fn grey(crop: &[f32]) -> Vec<f32> {
 }
 
 fn percentile(mut v: Vec<f32>, p: f32) -> f32 {
+    v.sort_by(f32::total_cmp);
+    sorted_percentile(&v, p)
+}
+
+/// The nearest-rank percentile `p` of values sorted ascending (NaN when there are none).
+fn sorted_percentile(v: &[f32], p: f32) -> f32 {
     if v.is_empty() {
         return f32::NAN;
     }
-    v.sort_by(f32::total_cmp);
-    let i = ((v.len() - 1) as f32 * p).round() as usize;
-    v[i]
+    v[((v.len() - 1) as f32 * p).round() as usize]
 }
 
 fn pixels(g: &[f32], x0: usize, y0: usize, x1: usize, y1: usize) -> Vec<f32> {
@@ -391,21 +395,21 @@ pub fn measure(face: &Face, crop: &[f32]) -> FaceMeasures {
     let mut cheeks = pixels(&g, 26, 62, 42, 74);
     cheeks.extend(pixels(&g, 70, 62, 86, 74));
     let skin = percentile(cheeks, 0.5).max(1.0);
-    let eye_open = |c: [f32; 2]| {
+    // A 16×10 box on each eye, sorted once: its 5th and 95th percentile grey.
+    let eye = |c: [f32; 2]| {
         let (cx, cy) = (c[0].round() as usize, c[1].round() as usize);
-        let p = pixels(&g, cx - 8, cy - 5, cx + 8, cy + 5);
-        (percentile(p.clone(), 0.95) - percentile(p, 0.05)) / skin
+        let mut p = pixels(&g, cx - 8, cy - 5, cx + 8, cy + 5);
+        p.sort_by(f32::total_cmp);
+        (sorted_percentile(&p, 0.05), sorted_percentile(&p, 0.95))
     };
-    let eyes_open = eye_open(TEMPLATE[0]).min(eye_open(TEMPLATE[1]));
+    let eyes = [eye(TEMPLATE[0]), eye(TEMPLATE[1])];
+    let eyes_open = eyes.iter().map(|(lo, hi)| (hi - lo) / skin).fold(f32::INFINITY, f32::min);
     // A visible pupil/iris or lip line is much darker than the skin around it; a hand, mask,
     // scarf or hair over it is not: the region's 5th-percentile grey over the cheeks' median.
     let dark = |x0: usize, y0: usize, x1: usize, y1: usize| {
         percentile(pixels(&g, x0, y0, x1, y1), 0.05) / skin
     };
-    let eye_dark = |c: [f32; 2]| {
-        let (cx, cy) = (c[0].round() as usize, c[1].round() as usize);
-        dark(cx - 8, cy - 5, cx + 8, cy + 5)
-    };
+    let occlusion_eyes = eyes.iter().map(|(lo, _)| lo / skin).fold(f32::NEG_INFINITY, f32::max);
     let (mx0, mx1) = (TEMPLATE[3][0].round() as usize + 4, TEMPLATE[4][0].round() as usize - 4);
     let my = ((TEMPLATE[3][1] + TEMPLATE[4][1]) / 2.0).round() as usize;
     let mouth = pixels(&g, mx0, my - 6, mx1, my + 8);
@@ -459,7 +463,7 @@ pub fn measure(face: &Face, crop: &[f32]) -> FaceMeasures {
         exposure,
         clipped,
         illumination_uniformity,
-        occlusion_eyes: eye_dark(TEMPLATE[0]).max(eye_dark(TEMPLATE[1])),
+        occlusion_eyes,
         occlusion_nose,
         occlusion_mouth,
         eyes_open,
