@@ -62,3 +62,12 @@ cpu_has_avx512() {
     grep -qw "$f" /proc/cpuinfo || return 1
   done
 }
+
+# disk_report WHO: free space where the build (target/) and the tests' temporary stores (TMPDIR)
+# live, and the size of target/, on stderr. A run that dies of ENOSPC then says how close it was.
+disk_report() {
+  local who=$1 tmp=${TMPDIR:-/tmp} target=${CARGO_TARGET_DIR:-target} size=0
+  [ -d "$target" ] && size=$(du -sm "$target" 2>/dev/null | cut -f1)
+  echo "$who: target/ ${size} MiB; free: $(df -Pm "$PWD" | awk 'NR==2 {print $4}') MiB here," \
+    "$(df -Pm "$tmp" | awk 'NR==2 {print $4}') MiB in $tmp" >&2
+}
