@@ -121,7 +121,7 @@ fn face(c: &mut Criterion) {
         .iter()
         .map(|bytes| {
             let (_, faces) = extractor.detect(bytes).expect("detect");
-            faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())).expect("a face").landmarks
+            detect::largest(&faces).expect("a face").landmarks
         })
         .collect();
     let crops: Vec<Vec<f32>> =
@@ -192,8 +192,7 @@ fn gate(c: &mut Criterion, runtime: &RuntimeConfig, photos: &[Vec<u8>]) {
         .iter()
         .map(|bytes| {
             let (img, faces) = with.detect(bytes).expect("detect");
-            let face =
-                faces.into_iter().max_by(|a, b| a.area().total_cmp(&b.area())).expect("a face");
+            let face = detect::largest(&faces).expect("a face").clone();
             let crop = align::align(&img, &face.landmarks);
             (face, crop)
         })

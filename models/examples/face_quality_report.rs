@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report(p, &x, &bytes);
         if let Some(d) = &dump {
             let (img, faces) = x.detect(&bytes)?;
-            if let Some(f) = faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())) {
+            if let Some(f) = biomatch_models::face::detect::largest(&faces) {
                 let crop = biomatch_models::face::align::align(&img, &f.landmarks);
                 let n = biomatch_models::face::align::SIZE;
                 let out = image::RgbImage::from_fn(n as u32, n as u32, |u, v| {
@@ -65,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if cover {
             let (_, faces) = x.detect(&bytes)?;
-            if let Some(f) = faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())) {
+            if let Some(f) = biomatch_models::face::detect::largest(&faces) {
                 let covered = biomatch_testkit::faces::cover_mouth(&bytes, &f.landmarks);
                 report(&format!("{p} (hand over mouth)"), &x, &covered);
                 let masked = biomatch_testkit::faces::cover_nose_and_mouth(&bytes, &f.landmarks);

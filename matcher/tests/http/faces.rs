@@ -192,7 +192,7 @@ fn covered(name: &str) -> String {
             .unwrap();
     let bytes = fixtures::read(&fixtures::face_photo(name));
     let (_, faces) = x.detect(&bytes).unwrap();
-    let face = faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())).unwrap();
+    let face = biomatch_models::face::detect::largest(&faces).unwrap();
     let out = biomatch_testkit::faces::cover_mouth(&bytes, &face.landmarks);
     base64::engine::general_purpose::STANDARD.encode(out)
 }

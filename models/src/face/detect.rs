@@ -41,6 +41,12 @@ impl Face {
     }
 }
 
+/// The largest of `faces` by box area (the one extraction uses under the `largest` policy: the
+/// person holding the camera, not the people behind); `None` when there is none.
+pub fn largest(faces: &[Face]) -> Option<&Face> {
+    faces.iter().max_by(|a, b| a.area().total_cmp(&b.area()))
+}
+
 /// Bilinear sample of channel `ch` at (x, y), coordinates clamped to the image (replicate).
 #[inline]
 pub fn bilinear(img: &RgbImage, x: f32, y: f32, ch: usize) -> f32 {

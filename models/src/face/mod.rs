@@ -206,7 +206,7 @@ impl Extractor for FaceExtractor {
         let face = match (faces.len(), self.config.policy) {
             (0, _) => return Err(ExtractError::NoFace),
             (n, MultiFacePolicy::Reject) if n > 1 => return Err(ExtractError::SeveralFaces(n)),
-            _ => faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())).expect("non-empty"),
+            _ => detect::largest(&faces).expect("non-empty"),
         };
         let inter_eye_px = face.inter_eye();
         if inter_eye_px < self.config.min_inter_eye_px {

@@ -16,7 +16,7 @@ fn measures(bytes: &[u8]) -> FaceMeasures {
 /// The five landmarks of the largest face in a photo.
 fn landmarks(bytes: &[u8]) -> [[f32; 2]; 5] {
     let (_, faces) = extractor().detect(bytes).unwrap();
-    faces.iter().max_by(|a, b| a.area().total_cmp(&b.area())).expect("a face").landmarks
+    biomatch_models::face::detect::largest(&faces).expect("a face").landmarks
 }
 
 fn passes(m: &FaceMeasures) -> Vec<&'static str> {
