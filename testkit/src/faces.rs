@@ -26,19 +26,7 @@ fn cover(photo: &[u8], landmarks: &[[f32; 2]; 5], top: f32) -> Vec<u8> {
     let clampx = |v: f32| (v.round() as i64).clamp(0, w - 1) as u32;
     let clampy = |v: f32| (v.round() as i64).clamp(0, h - 1) as u32;
     // The cheek's mean colour.
-    let (cx, cy, r) = (re[0], re[1] + 0.45 * d, 0.1 * d);
-    let mut sum = [0f32; 3];
-    let mut n = 0f32;
-    for y in clampy(cy - r)..=clampy(cy + r) {
-        for x in clampx(cx - r)..=clampx(cx + r) {
-            let p = img.get_pixel(x, y);
-            for c in 0..3 {
-                sum[c] += f32::from(p[c]);
-            }
-            n += 1.0;
-        }
-    }
-    let skin = sum.map(|s| s / n.max(1.0));
+    let skin = mean_colour(&img, re[0], re[1] + 0.45 * d, 0.1 * d);
     let (x0, x1) = (clampx(mx - 0.85 * d), clampx(mx + 0.85 * d));
     let (y0, y1) = (clampy(my - top * d), clampy(my + 0.65 * d));
     let crease = (0.22 * d).max(2.0);
@@ -54,4 +42,67 @@ fn cover(photo: &[u8], landmarks: &[[f32; 2]; 5], top: f32) -> Vec<u8> {
     let mut out = Vec::new();
     img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).expect("PNG encoding");
     out
+}
+
+/// `photo` with both eyes shut (PNG): over each eye an almond of the face's own cheek colour
+/// (the upper lid), 0.5 inter-eye distances wide and 0.2 high, shaded darker towards its lower
+/// edge, which is a dark lash line 0.035 inter-eye distances thick (at least 1.5 px) sagging
+/// 0.04 below the eye's centre at the middle: a closed eye with the lashes still showing, the
+/// case a measure of "dark pixels in the eye box" alone cannot tell from an open one.
+pub fn close_eyes(photo: &[u8], landmarks: &[[f32; 2]; 5]) -> Vec<u8> {
+    let mut img = image::load_from_memory(photo).expect("a decodable photo").to_rgb8();
+    let [re, le, ..] = *landmarks;
+    let d = ((le[0] - re[0]).powi(2) + (le[1] - re[1]).powi(2)).sqrt();
+    let skin = mean_colour(&img, re[0], re[1] + 0.45 * d, 0.1 * d);
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let (a, b) = (0.25 * d, 0.1 * d);
+    let lash = (0.035 * d).max(1.5);
+    for e in [re, le] {
+        let (x0, x1) = ((e[0] - a).floor() as i64, (e[0] + a).ceil() as i64);
+        let (y0, y1) = ((e[1] - b).floor() as i64, (e[1] + b + lash).ceil() as i64);
+        for y in y0.max(0)..=y1.min(h - 1) {
+            for x in x0.max(0)..=x1.min(w - 1) {
+                let u = (x as f32 - e[0]) / a;
+                if u.abs() > 1.0 {
+                    continue;
+                }
+                // The lid's lower edge: a curve through the corners sagging at the middle.
+                let edge = e[1] + 0.04 * d * (1.0 - u * u);
+                let top = e[1] - b * (1.0 - u * u).sqrt();
+                let yf = y as f32;
+                if yf < top || yf > edge + lash {
+                    continue;
+                }
+                let colour = if yf > edge {
+                    skin.map(|s| s * 0.25)
+                } else {
+                    let t = (yf - top) / (edge - top).max(1.0);
+                    skin.map(|s| s * (1.0 - 0.15 * t))
+                };
+                img.put_pixel(x as u32, y as u32, image::Rgb(colour.map(|c| c as u8)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).expect("PNG encoding");
+    out
+}
+
+/// The mean colour of the square of half-side `r` around (`cx`, `cy`), clipped to the image.
+fn mean_colour(img: &image::RgbImage, cx: f32, cy: f32, r: f32) -> [f32; 3] {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let clampx = |v: f32| (v.round() as i64).clamp(0, w - 1) as u32;
+    let clampy = |v: f32| (v.round() as i64).clamp(0, h - 1) as u32;
+    let mut sum = [0f32; 3];
+    let mut n = 0f32;
+    for y in clampy(cy - r)..=clampy(cy + r) {
+        for x in clampx(cx - r)..=clampx(cx + r) {
+            let p = img.get_pixel(x, y);
+            for c in 0..3 {
+                sum[c] += f32::from(p[c]);
+            }
+            n += 1.0;
+        }
+    }
+    sum.map(|s| s / n.max(1.0))
 }
