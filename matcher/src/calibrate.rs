@@ -133,6 +133,8 @@ pub fn face_extractor_for(model: &ModelId, root: &Path) -> Result<FaceExtractor>
     };
     let mut config = FaceConfig::new(RuntimeConfig::from_root(root));
     config.model = kind;
+    // Calibration compares templates: the eye model's measure is not needed.
+    config.eye_model = false;
     let x = FaceExtractor::new(config)
         .context("loading the face models (run scripts/fetch-models.sh)")?;
     if x.model() != model {

@@ -541,7 +541,7 @@ pub async fn extract(
     let Some(x) = state.extractor_for(modality).cloned() else {
         return Err(extractor_unavailable("this server has no face extractor; send templates"));
     };
-    let e = extract_face_image(&state, x, bytes).await?;
+    let e = extract_face_image(&state, x, bytes, None).await?;
     let q = &state.config.extractors.face.quality;
     let uses = match &e.quality.measures {
         Some(m) => CaptureUse::ALL

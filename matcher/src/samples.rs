@@ -18,7 +18,7 @@ use biomatch_engine::Samples;
 use biomatch_fingerprint::iso;
 use biomatch_models::face::quality::CaptureUse;
 use biomatch_models::imageio::{self, ImageHeader, ImageLimits};
-use biomatch_models::{ExtractError, Extraction};
+use biomatch_models::{ExtractError, ExtractOptions, Extraction};
 use std::sync::Arc;
 
 /// Per-image heap of the face pipeline besides the decoded image: the 640×640×3 f32 letterbox
@@ -84,15 +84,26 @@ where
     .await
 }
 
-/// A face template from image bytes, within the decode budget.
+/// A face template from image bytes, within the decode budget, measured for the gate of
+/// `purpose` (`None`: for every use, as `/v1/extract` reports them; the eye model runs only
+/// where a use in force checks `eye_aperture`).
 pub async fn extract_face_image(
     state: &AppState,
     x: Arc<dyn biomatch_models::Extractor>,
     bytes: Vec<u8>,
+    purpose: Option<CaptureUse>,
 ) -> Result<Extraction, ApiError> {
-    let limits = state.config.extractors.face.image_limits();
-    with_decode_budget(state, &limits, bytes, face_cost, move |b| x.extract(b, Modality::Face))
-        .await
+    let f = &state.config.extractors.face;
+    let eye_state = match purpose {
+        None => true,
+        Some(u) => !f.quality.disabled && f.quality.thresholds(u).min_eye_aperture.is_some(),
+    };
+    let options = ExtractOptions { eye_state };
+    let limits = f.image_limits();
+    with_decode_budget(state, &limits, bytes, face_cost, move |b| {
+        x.extract_with(b, Modality::Face, options)
+    })
+    .await
 }
 
 /// The quality gate: refuse a face extraction whose measures fall outside the limits of
@@ -264,7 +275,7 @@ pub async fn samples(
             Pending::Ready(t) => t,
             Pending::Image(bytes) => {
                 let x = state.extractor_for(m).expect("checked in sample()").clone();
-                let e = extract_face_image(state, x, bytes).await?;
+                let e = extract_face_image(state, x, bytes, Some(purpose)).await?;
                 gate_face(state, &e, purpose)?;
                 e.template
             }

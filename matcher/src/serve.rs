@@ -232,6 +232,7 @@ pub fn face_extractor(config: &Config) -> Option<Arc<dyn biomatch_models::Extrac
         if f.multi_face == "reject" { MultiFacePolicy::Reject } else { MultiFacePolicy::Largest };
     fc.min_inter_eye_px = f.min_inter_eye_px;
     fc.limits = f.image_limits();
+    fc.eye_model = f.eye_model;
     match FaceExtractor::new(fc) {
         Ok(x) => {
             tracing::info!(model = %x.model(), "face extractor loaded");

@@ -79,9 +79,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // Every detected face, measured on its own crop (the extractor's own report is of
             // the largest face only).
             for (i, f) in faces.iter().enumerate() {
-                let crop = biomatch_models::face::align::align(&img, &f.landmarks);
-                let m = biomatch_models::face::quality::measure(f, &crop);
-                print_measures(&format!("{p}#{i}"), &m);
+                // Named by index and by the face box's centre as a share of the photo's size.
+                let (cx, cy) = (
+                    (f.bbox[0] + f.bbox[2] / 2.0) / img.width() as f32,
+                    (f.bbox[1] + f.bbox[3] / 2.0) / img.height() as f32,
+                );
+                print_measures(&format!("{p}#{i}@{cx:.2},{cy:.2}"), &x.measure(&img, f)?);
                 if let Some(d) = &dump_dir {
                     dump(d, &format!("{stem}-{i}"), &img, f)?;
                 }

@@ -90,6 +90,20 @@ impl From<ort::Error> for ExtractError {
     }
 }
 
+/// What an extraction must measure beyond the template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtractOptions {
+    /// Measure eye openness (`eye_aperture`, the face extractor's eye model, about 9 ms of CPU a
+    /// face) where the extractor has it.
+    pub eye_state: bool,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        Self { eye_state: true }
+    }
+}
+
 /// Turns an image into a template. Implementations are `Send + Sync` and handle concurrent calls
 /// (they pool their model sessions); calls are CPU-bound and must run off async threads.
 pub trait Extractor: Send + Sync + std::fmt::Debug {
@@ -99,6 +113,18 @@ pub trait Extractor: Send + Sync + std::fmt::Debug {
     fn dim(&self) -> usize;
     /// Extract one template from an encoded image.
     fn extract(&self, image: &[u8], modality: Modality) -> Result<Extraction, ExtractError>;
+    /// [`Extractor::extract`] for a caller that says which quality measures it will use, so
+    /// that an extractor can skip the ones that cost a model run (a 1:N probe does not check
+    /// whether the eyes are open). The default ignores the options.
+    fn extract_with(
+        &self,
+        image: &[u8],
+        modality: Modality,
+        options: ExtractOptions,
+    ) -> Result<Extraction, ExtractError> {
+        let _ = options;
+        self.extract(image, modality)
+    }
     /// Extract many (bulk enrollment); one result per image, in order.
     fn extract_batch(
         &self,

@@ -44,8 +44,8 @@ fn cover(photo: &[u8], landmarks: &[[f32; 2]; 5], top: f32) -> Vec<u8> {
     out
 }
 
-/// `photo` with both eyes shut (PNG): over each eye an almond of the face's own cheek colour
-/// (the upper lid), 0.5 inter-eye distances wide and 0.2 high, shaded darker towards its lower
+/// `photo` with both eyes shut (PNG): over each eye an almond of its cheek's colour, a shade
+/// darker (the upper lid), 0.5 inter-eye distances wide, shaded darker towards its lower
 /// edge, which is a dark lash line 0.035 inter-eye distances thick (at least 1.5 px) sagging
 /// 0.04 below the eye's centre at the middle: a closed eye with the lashes still showing, the
 /// case a measure of "dark pixels in the eye box" alone cannot tell from an open one.
@@ -53,13 +53,16 @@ pub fn close_eyes(photo: &[u8], landmarks: &[[f32; 2]; 5]) -> Vec<u8> {
     let mut img = image::load_from_memory(photo).expect("a decodable photo").to_rgb8();
     let [re, le, ..] = *landmarks;
     let d = ((le[0] - re[0]).powi(2) + (le[1] - re[1]).powi(2)).sqrt();
-    let skin = mean_colour(&img, re[0], re[1] + 0.45 * d, 0.1 * d);
     let (w, h) = (img.width() as i64, img.height() as i64);
-    let (a, b) = (0.25 * d, 0.1 * d);
+    let a = 0.25 * d;
     let lash = (0.035 * d).max(1.5);
     for e in [re, le] {
+        // Lids are a shade darker than the cheek below the eye.
+        let skin = mean_colour(&img, e[0], e[1] + 0.45 * d, 0.1 * d).map(|c| 0.9 * c);
         let (x0, x1) = ((e[0] - a).floor() as i64, (e[0] + a).ceil() as i64);
-        let (y0, y1) = ((e[1] - b).floor() as i64, (e[1] + b + lash).ceil() as i64);
+        // From 0.12 inter-eye distances above YuNet's eye point (which marks the visible eye's
+        // upper half) down to a lash line 0.04 below it at the corners, 0.1 at the middle.
+        let (y0, y1) = ((e[1] - 0.12 * d).floor() as i64, (e[1] + 0.1 * d + lash).ceil() as i64);
         for y in y0.max(0)..=y1.min(h - 1) {
             for x in x0.max(0)..=x1.min(w - 1) {
                 let u = (x as f32 - e[0]) / a;
@@ -67,8 +70,8 @@ pub fn close_eyes(photo: &[u8], landmarks: &[[f32; 2]; 5]) -> Vec<u8> {
                     continue;
                 }
                 // The lid's lower edge: a curve through the corners sagging at the middle.
-                let edge = e[1] + 0.04 * d * (1.0 - u * u);
-                let top = e[1] - b * (1.0 - u * u).sqrt();
+                let edge = e[1] + 0.04 * d + 0.06 * d * (1.0 - u * u);
+                let top = e[1] - 0.12 * d * (1.0 - u * u).sqrt();
                 let yf = y as f32;
                 if yf < top || yf > edge + lash {
                     continue;

@@ -44,6 +44,12 @@ pub fn face_photo(name: &str) -> PathBuf {
     face_dir().join(name)
 }
 
+/// `.setup/fixtures/groups/<name>`: the group photos of `scripts/fetch-photos.sh` (face-api's
+/// `sample1.jpg`–`sample6.jpg`, insightface's `t1.jpg`, `solvay_conference_1927.jpg`).
+pub fn group_photo(name: &str) -> PathBuf {
+    setup_dir().join("fixtures/groups").join(name)
+}
+
 /// `.setup/fixtures/finger/<name>`, e.g. `finger_print(FINGER_PRINTS[0])`.
 pub fn finger_print(name: &str) -> PathBuf {
     setup_dir().join("fixtures/finger").join(name)

@@ -440,7 +440,10 @@ impl Adapter {
                             "two face BIRs",
                         ));
                     }
-                    let e = crate::samples::extract_face_image(&self.state, x, image).await?;
+                    // MOSIP requests are not gated: measured as a 1:N probe is (no eye model).
+                    let probe = Some(biomatch_models::face::quality::CaptureUse::Identify);
+                    let e =
+                        crate::samples::extract_face_image(&self.state, x, image, probe).await?;
                     out.vectors.push((Modality::Face, e.template));
                 }
                 cbeff::Content::Unsupported(what) => skipped.push(what),

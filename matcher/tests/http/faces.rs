@@ -187,14 +187,55 @@ fn jpeg_bomb(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
 
 /// A fixture photo with a synthetic hand over the mouth (base64).
 fn covered(name: &str) -> String {
+    damaged(name, biomatch_testkit::faces::cover_mouth)
+}
+
+/// A fixture photo changed by `damage` at its largest face's landmarks, base64.
+fn damaged(name: &str, damage: fn(&[u8], &[[f32; 2]; 5]) -> Vec<u8>) -> String {
     let x =
         FaceExtractor::new(FaceConfig::new(RuntimeConfig::from_root(&fixtures::workspace_root())))
             .unwrap();
     let bytes = fixtures::read(&fixtures::face_photo(name));
     let (_, faces) = x.detect(&bytes).unwrap();
     let face = biomatch_models::face::detect::largest(&faces).unwrap();
-    let out = biomatch_testkit::faces::cover_mouth(&bytes, &face.landmarks);
-    base64::engine::general_purpose::STANDARD.encode(out)
+    base64::engine::general_purpose::STANDARD.encode(damage(&bytes, &face.landmarks))
+}
+
+/// eKYC with shut eyes (lids painted over the eyes of a real selfie): 422 `face_quality` naming
+/// `eye_aperture` and saying to open the eyes; with the eye model off the same selfie is compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selfie_with_shut_eyes_is_refused_naming_eye_aperture() {
+    let app = face_app();
+    let enroll =
+        json!({ "subject_id": "NZ-1980-0002", "face": { "image": photo("person_b_1.jpg") } });
+    let (s, v) = app.post("/v1/subjects", ISSUER, enroll.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let shut = damaged("person_b_2.jpg", biomatch_testkit::faces::close_eyes);
+    let verify = json!({ "subject_id": "NZ-1980-0002", "face": { "image": shut } });
+    let (s, v) = app.post("/v1/verify", BANK, verify.clone()).await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("face_quality")));
+    let failures = v["failures"].as_array().expect("failures listed");
+    let eyes = failures.iter().find(|f| f["measure"] == "eye_aperture").expect("eyes named");
+    assert_eq!(eyes["bound"], "min", "{eyes}");
+    assert!(eyes["value"].as_f64().unwrap() < eyes["limit"].as_f64().unwrap(), "{eyes}");
+    assert!(eyes["advice"].as_str().unwrap().contains("open the eyes"), "{eyes}");
+    // A 1:N probe with shut eyes still searches (and finds the subject).
+    let (s, v) = app.post("/v1/identify", ISSUER, json!({ "face": { "image": shut } })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["candidates"][0]["subject_id"], "NZ-1980-0002", "{v}");
+    // /v1/extract reports the aperture of an open capture too.
+    let (_, e) = app.post("/v1/extract", BANK, json!({ "image": photo("person_b_2.jpg") })).await;
+    assert!(e["quality"]["measures"]["eye_aperture"].as_f64().unwrap() > 0.13, "{e}");
+
+    // Without the eye model the measure is absent and the selfie is compared.
+    let mut fc = FaceConfig::new(RuntimeConfig::from_root(&fixtures::workspace_root()));
+    fc.eye_model = false;
+    let off = face_app_from(FaceExtractor::new(fc).unwrap(), |_| {});
+    off.post("/v1/subjects", ISSUER, enroll).await;
+    let (s, v) = off.post("/v1/verify", BANK, verify).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, e) = off.post("/v1/extract", BANK, json!({ "image": shut })).await;
+    assert!(e["quality"]["measures"].get("eye_aperture").is_none(), "{e}");
 }
 
 /// eKYC's quality gate: a selfie with a hand over the mouth is refused with 422 `face_quality`

@@ -4,12 +4,13 @@
 
 pub mod align;
 pub mod detect;
+pub mod eyes;
 pub mod pad;
 pub mod quality;
 
 use crate::imageio::{decode_rgb, ImageLimits};
 use crate::runtime::{RuntimeConfig, SessionPool};
-use crate::{ExtractError, Extraction, Extractor, Quality};
+use crate::{ExtractError, ExtractOptions, Extraction, Extractor, Quality};
 use biomatch_core::{Modality, ModelId, Template};
 use ort::value::TensorRef;
 use rayon::prelude::*;
@@ -95,6 +96,9 @@ pub struct FaceConfig {
     /// Compute the capture-quality measures ([`quality::FaceMeasures`]) with each extraction;
     /// off only to measure what they cost.
     pub measure_quality: bool,
+    /// Measure `eye_aperture` with the eye model ([`eyes`]: `face_mesh.onnx`,
+    /// `iris_landmark.onnx`) along with the other measures. Off: closed eyes go unnoticed.
+    pub eye_model: bool,
 }
 
 impl FaceConfig {
@@ -106,6 +110,7 @@ impl FaceConfig {
             min_inter_eye_px: MIN_INTER_EYE_PX,
             model: FaceModel::SFace,
             measure_quality: true,
+            eye_model: true,
         }
     }
 }
@@ -118,6 +123,7 @@ pub struct FaceExtractor {
     config: FaceConfig,
     detector: SessionPool,
     embedder: SessionPool,
+    eyes: Option<eyes::EyeModel>,
     pad: Option<std::sync::Arc<dyn pad::PresentationAttackDetector>>,
 }
 
@@ -128,13 +134,17 @@ impl FaceExtractor {
     }
 
     /// Load the detector and the configured embedder (`yunet.onnx` and `sface.onnx` or
-    /// `dlib_resnet.onnx` in the models folder).
+    /// `dlib_resnet.onnx` in the models folder), and the eye model where the measures and it
+    /// are on.
     pub fn new(config: FaceConfig) -> Result<Self, ExtractError> {
         let dir = &config.runtime.models_dir;
         let detector = SessionPool::new(&config.runtime, &dir.join("yunet.onnx"))?;
         let kind = config.model;
         let embedder = SessionPool::new(&config.runtime, &dir.join(kind.files().0))?;
-        Ok(Self { model: kind.id(), kind, config, detector, embedder, pad: None })
+        let eyes = (config.measure_quality && config.eye_model)
+            .then(|| eyes::EyeModel::new(&config.runtime))
+            .transpose()?;
+        Ok(Self { model: kind.id(), kind, config, detector, embedder, eyes, pad: None })
     }
 
     /// Score every extraction with a presentation-attack detector ([`pad`]).
@@ -176,6 +186,29 @@ impl FaceExtractor {
         })
     }
 
+    /// The quality measures of a detected face of `img` ([`quality`], and `eye_aperture` where
+    /// the eye model is loaded), whether or not this extractor measures with each extraction.
+    pub fn measure(
+        &self,
+        img: &image::RgbImage,
+        face: &detect::Face,
+    ) -> Result<quality::FaceMeasures, ExtractError> {
+        self.measure_crop(img, face, &align::align(img, &face.landmarks))
+    }
+
+    fn measure_crop(
+        &self,
+        img: &image::RgbImage,
+        face: &detect::Face,
+        crop: &[f32],
+    ) -> Result<quality::FaceMeasures, ExtractError> {
+        let mut m = quality::measure(face, crop);
+        if let Some(eyes) = &self.eyes {
+            m.eye_aperture = Some(eyes.aperture(img, &face.landmarks)?);
+        }
+        Ok(m)
+    }
+
     /// Detection and face choice, exposed for the reference comparison and quality reports.
     pub fn detect(
         &self,
@@ -197,6 +230,15 @@ impl Extractor for FaceExtractor {
     }
 
     fn extract(&self, image: &[u8], modality: Modality) -> Result<Extraction, ExtractError> {
+        self.extract_with(image, modality, ExtractOptions::default())
+    }
+
+    fn extract_with(
+        &self,
+        image: &[u8],
+        modality: Modality,
+        options: ExtractOptions,
+    ) -> Result<Extraction, ExtractError> {
         if modality != Modality::Face {
             return Err(ExtractError::Runtime(format!(
                 "the face extractor cannot extract {modality}"
@@ -217,14 +259,27 @@ impl Extractor for FaceExtractor {
         }
         // The measures are defined on the 112×112 ArcFace crop, whichever the embedder.
         let crop = align::align(&img, &face.landmarks);
-        let measures = self.config.measure_quality.then(|| quality::measure(face, &crop));
+        let mut measures = self.config.measure_quality.then(|| quality::measure(face, &crop));
         let attack_score = match &self.pad {
             Some(p) => Some(p.attack_score(&img, face)?),
             None => None,
         };
-        let raw = match self.kind {
-            FaceModel::SFace => self.embed(&crop)?,
-            _ => self.embed(&self.align(&img, &face.landmarks))?,
+        let embed = || match self.kind {
+            FaceModel::SFace => self.embed(&crop),
+            _ => self.embed(&self.align(&img, &face.landmarks)),
+        };
+        let eyes = self.eyes.as_ref().filter(|_| measures.is_some() && options.eye_state);
+        let raw = match eyes {
+            // The eye model runs beside the embedder: where a core is free it adds CPU time,
+            // not latency.
+            Some(eyes) => {
+                let (raw, aperture) = rayon::join(embed, || eyes.aperture(&img, &face.landmarks));
+                if let Some(m) = measures.as_mut() {
+                    m.eye_aperture = Some(aperture?);
+                }
+                raw?
+            }
+            None => embed()?,
         };
         let template = Template::new(self.model.clone(), DIM, raw)
             .map_err(|e| ExtractError::Runtime(format!("embedding: {e}")))?;

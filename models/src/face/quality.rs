@@ -1,8 +1,9 @@
 //! Face capture quality: per-capture measures, and the gate that refuses a capture which is unfit
 //! for a use, saying which measure failed so the client can ask for a retake.
 //!
-//! The measures follow the list of ISO/IEC 29794-5 and BSI's OFIQ, computed without another
-//! network, from YuNet's five landmarks and the aligned 112×112 crop the embedder sees:
+//! The measures follow the list of ISO/IEC 29794-5 and BSI's OFIQ, computed from YuNet's five
+//! landmarks and the aligned 112×112 crop the embedder sees, except `eye_aperture`, which needs
+//! learned eyelid landmarks ([`super::eyes`]; set by the extractor, not by [`measure`]):
 //!
 //! | measure | how | unit |
 //! | --- | --- | --- |
@@ -17,6 +18,7 @@
 //! | `occlusion_mouth` | the lesser of the lip line's darkness (the same ratio on the lip line) and `1 − lip redness / 0.15` (lips are redder than skin in pseudo-hue R/(R+G), light closed lips included; a hand is skin-coloured): covered only when neither dark lip line nor red lips show | 0 (visible) – 1+ |
 //! | `occlusion_nose` | `1 − nose edges / 0.5`: the nose's sides make vertical edges, a mask or hand does not (mean horizontal gradient of the nose box over the inner face's mean gradient) | 0 (visible) – 1 |
 //! | `eyes_open` | within a tight box on each eye, (95th − 5th percentile grey) over the cheeks' median grey: an open eye shows dark iris beside white sclera; the lower eye counts | ratio |
+//! | `eye_aperture` | only with the eye model ([`super::eyes`], on by default): lid-to-lid distance over the eye's width from learned eyelid landmarks; the lower eye counts. The one measure that tells a shut lid with dark lashes from an open eye | ratio (open ≈ 0.15–0.30, shut ≤ 0.11) |
 //! | `mouth_open` | share of the inner-mouth box darker than 0.45 × the cheeks' median | 0–1 |
 //! | `mouth_width` | mouth-corner distance over inter-eye distance (a smile widens it; neutral ≈ 0.83 on the template) | ratio |
 //!
@@ -40,6 +42,10 @@ const LIP_REDNESS: f32 = 0.15;
 /// Nose-box horizontal gradient over the inner face's gradient that counts as a fully visible
 /// nose (clean photos measured 0.30–0.94, a mask 0.01–0.19).
 const NOSE_EDGES: f32 = 0.5;
+/// The smallest `eye_aperture` verification and enrollment accept: real shut eyes measured
+/// 0.065–0.084 and painted shut ones 0.036–0.108; open eyes looking at the camera 0.148 (a
+/// laughing squint) and 0.169–0.279 (`docs/face-quality.md`).
+pub const EYE_APERTURE_MIN: f32 = 0.13;
 
 /// The measures of one capture.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +62,9 @@ pub struct FaceMeasures {
     pub occlusion_nose: f32,
     pub occlusion_mouth: f32,
     pub eyes_open: f32,
+    /// `None` where the eye model is off ([`super::FaceConfig::eye_model`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eye_aperture: Option<f32>,
     pub mouth_open: f32,
     pub mouth_width: f32,
 }
@@ -101,6 +110,7 @@ pub struct Thresholds {
     pub max_occlusion_nose: Option<f32>,
     pub max_occlusion_mouth: Option<f32>,
     pub min_eyes_open: Option<f32>,
+    pub min_eye_aperture: Option<f32>,
     pub max_mouth_open: Option<f32>,
     pub max_mouth_width: Option<f32>,
 }
@@ -143,7 +153,10 @@ impl Thresholds {
             max_occlusion_eyes: Some(0.6),
             max_occlusion_nose: Some(0.6),
             max_occlusion_mouth: Some(0.75),
-            min_eyes_open: Some(0.35),
+            // Superseded by `eye_aperture`: it missed shut eyes with dark lashes and refused
+            // open ones in the 1927 photo; still measured, and a limit can be configured.
+            min_eyes_open: None,
+            min_eye_aperture: Some(EYE_APERTURE_MIN),
             max_mouth_open: Some(0.25),
             max_mouth_width: Some(1.1),
         };
@@ -164,6 +177,7 @@ impl Thresholds {
                 max_occlusion_nose: None,
                 max_occlusion_mouth: None,
                 min_eyes_open: None,
+                min_eye_aperture: None,
                 max_mouth_open: None,
                 max_mouth_width: None,
             },
@@ -190,6 +204,7 @@ impl Thresholds {
             max_occlusion_nose: pick(overrides.max_occlusion_nose, self.max_occlusion_nose),
             max_occlusion_mouth: pick(overrides.max_occlusion_mouth, self.max_occlusion_mouth),
             min_eyes_open: pick(overrides.min_eyes_open, self.min_eyes_open),
+            min_eye_aperture: pick(overrides.min_eye_aperture, self.min_eye_aperture),
             max_mouth_open: pick(overrides.max_mouth_open, self.max_mouth_open),
             max_mouth_width: pick(overrides.max_mouth_width, self.max_mouth_width),
         }
@@ -208,7 +223,7 @@ impl Thresholds {
     }
 
     /// (measure name, Some((limit, bound)) or None, the measured value).
-    fn limits(&self) -> [(&'static str, Option<(f32, Bound)>); 15] {
+    fn limits(&self) -> [(&'static str, Option<(f32, Bound)>); 16] {
         let min = |v: Option<f32>| v.map(|l| (l, Bound::Min));
         let max = |v: Option<f32>| v.map(|l| (l, Bound::Max));
         [
@@ -225,18 +240,20 @@ impl Thresholds {
             ("occlusion_nose", max(self.max_occlusion_nose)),
             ("occlusion_mouth", max(self.max_occlusion_mouth)),
             ("eyes_open", min(self.min_eyes_open)),
+            ("eye_aperture", min(self.min_eye_aperture)),
             ("mouth_open", max(self.max_mouth_open)),
             ("mouth_width", max(self.max_mouth_width)),
         ]
     }
 
     /// The measures outside these limits (empty: the capture passes). Angles are compared by
-    /// magnitude.
+    /// magnitude; a measure that was not taken (`eye_aperture` without the eye model) is not
+    /// checked.
     pub fn check(&self, m: &FaceMeasures) -> Vec<QualityFailure> {
         let mut out = Vec::new();
         for (name, limit) in self.limits() {
             let Some((limit, bound)) = limit else { continue };
-            let value = m.get(name);
+            let Some(value) = m.value(name) else { continue };
             let compared = if name.ends_with("_deg") { value.abs() } else { value };
             // A NaN measure (a degenerate crop) fails every limit it has.
             let bad = match bound {
@@ -271,7 +288,7 @@ fn advice(measure: &str, bound: Bound) -> &'static str {
         ("occlusion_eyes", _) => "uncover the eyes (glasses, hair, hands)",
         ("occlusion_nose", _) => "uncover the nose (mask, hands)",
         ("occlusion_mouth", _) => "uncover the mouth (mask, hand, scarf)",
-        ("eyes_open", _) => "open the eyes and look at the camera",
+        ("eyes_open" | "eye_aperture", _) => "open the eyes and look at the camera",
         ("mouth_open", _) => "close the mouth (neutral expression)",
         ("mouth_width", _) => "keep a neutral expression (no smile)",
         _ => "retake the photo",
@@ -294,14 +311,24 @@ impl FaceMeasures {
             occlusion_nose: 0.0,
             occlusion_mouth: 0.0,
             eyes_open: 0.0,
+            eye_aperture: None,
             mouth_open: 0.0,
             mouth_width: 0.0,
         }
     }
 
-    /// A measure by name.
+    /// A measure by name (NaN for one that was not taken or does not exist).
     pub fn get(&self, name: &str) -> f32 {
-        match name {
+        self.value(name).unwrap_or(f32::NAN)
+    }
+
+    /// A measure by name; `None` for one that was not taken (`eye_aperture` without the eye
+    /// model).
+    pub fn value(&self, name: &str) -> Option<f32> {
+        if name == "eye_aperture" {
+            return self.eye_aperture;
+        }
+        Some(match name {
             "inter_eye_px" => self.inter_eye_px,
             "yaw_deg" => self.yaw_deg,
             "pitch_deg" => self.pitch_deg,
@@ -317,7 +344,7 @@ impl FaceMeasures {
             "mouth_open" => self.mouth_open,
             "mouth_width" => self.mouth_width,
             _ => f32::NAN,
-        }
+        })
     }
 }
 
@@ -467,6 +494,7 @@ pub fn measure(face: &Face, crop: &[f32]) -> FaceMeasures {
         occlusion_nose,
         occlusion_mouth,
         eyes_open,
+        eye_aperture: None,
         mouth_open,
         mouth_width: dist(lm[3], lm[4]) / inter_eye_px.max(1e-3),
     }
@@ -537,6 +565,34 @@ mod tests {
         let probe = Thresholds::for_use(CaptureUse::Identify);
         m.exposure = 120.0;
         assert!(probe.check(&m).is_empty());
+    }
+
+    #[test]
+    fn eye_aperture_is_checked_only_where_it_was_measured() {
+        let t = Thresholds::for_use(CaptureUse::Verify);
+        let mut m = FaceMeasures::zero();
+        m.inter_eye_px = 100.0;
+        m.sharpness = 100.0;
+        m.exposure = 120.0;
+        m.illumination_uniformity = 0.9;
+        m.eyes_open = 1.0;
+        m.mouth_width = 0.8;
+        // Without the eye model: nothing to check.
+        assert!(t.check(&m).is_empty());
+        assert!(m.get("eye_aperture").is_nan());
+        m.eye_aperture = Some(0.05);
+        let f = t.check(&m);
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].measure.as_str(), f[0].bound), ("eye_aperture", Bound::Min));
+        assert_eq!(f[0].advice, "open the eyes and look at the camera");
+        m.eye_aperture = Some(0.25);
+        assert!(t.check(&m).is_empty());
+        // A 1:N probe does not ask for open eyes.
+        m.eye_aperture = Some(0.0);
+        assert!(Thresholds::for_use(CaptureUse::Identify).check(&m).is_empty());
+        // Serialised only when measured.
+        m.eye_aperture = None;
+        assert!(!serde_json::to_string(&m).unwrap().contains("eye_aperture"));
     }
 
     #[test]
