@@ -317,6 +317,20 @@ impl FaceMeasures {
         }
     }
 
+    /// Measures inside every built-in limit (no eye model).
+    #[cfg(test)]
+    fn passing() -> FaceMeasures {
+        FaceMeasures {
+            inter_eye_px: 100.0,
+            sharpness: 100.0,
+            exposure: 120.0,
+            illumination_uniformity: 0.9,
+            eyes_open: 1.0,
+            mouth_width: 0.8,
+            ..FaceMeasures::zero()
+        }
+    }
+
     /// A measure by name (NaN for one that was not taken or does not exist).
     pub fn get(&self, name: &str) -> f32 {
         self.value(name).unwrap_or(f32::NAN)
@@ -548,13 +562,7 @@ mod tests {
     #[test]
     fn the_gate_names_each_measure_outside_its_limits() {
         let t = Thresholds::for_use(CaptureUse::Verify);
-        let mut m = FaceMeasures::zero();
-        m.inter_eye_px = 100.0;
-        m.sharpness = 100.0;
-        m.exposure = 120.0;
-        m.illumination_uniformity = 0.9;
-        m.eyes_open = 1.0;
-        m.mouth_width = 0.8;
+        let mut m = FaceMeasures::passing();
         assert_eq!(t.check(&m), vec![]);
         m.yaw_deg = -35.0;
         m.occlusion_mouth = 0.9;
@@ -570,13 +578,7 @@ mod tests {
     #[test]
     fn eye_aperture_is_checked_only_where_it_was_measured() {
         let t = Thresholds::for_use(CaptureUse::Verify);
-        let mut m = FaceMeasures::zero();
-        m.inter_eye_px = 100.0;
-        m.sharpness = 100.0;
-        m.exposure = 120.0;
-        m.illumination_uniformity = 0.9;
-        m.eyes_open = 1.0;
-        m.mouth_width = 0.8;
+        let mut m = FaceMeasures::passing();
         // Without the eye model: nothing to check.
         assert!(t.check(&m).is_empty());
         assert!(m.get("eye_aperture").is_nan());
