@@ -80,10 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // the largest face only).
             for (i, f) in faces.iter().enumerate() {
                 // Named by index and by the face box's centre as a share of the photo's size.
-                let (cx, cy) = (
-                    (f.bbox[0] + f.bbox[2] / 2.0) / img.width() as f32,
-                    (f.bbox[1] + f.bbox[3] / 2.0) / img.height() as f32,
-                );
+                let (cx, cy) = f.centre_share(img.width(), img.height());
                 print_measures(&format!("{p}#{i}@{cx:.2},{cy:.2}"), &x.measure(&img, f)?);
                 if let Some(d) = &dump_dir {
                     dump(d, &format!("{stem}-{i}"), &img, f)?;

@@ -110,6 +110,23 @@ impl SessionPool {
         f(&mut self.sessions[start % n].lock())
     }
 
+    /// Run the model on one f32 tensor `data` of `shape` fed as `input`, and return its output
+    /// `output` flattened.
+    pub fn run_one(
+        &self,
+        input: &str,
+        shape: &[usize],
+        data: &[f32],
+        output: &str,
+    ) -> Result<Vec<f32>, ExtractError> {
+        self.with(|s| {
+            let t = ort::value::TensorRef::from_array_view((shape.to_vec(), data))?;
+            let out = s.run(ort::inputs![input => t])?;
+            let (_, v) = out[output].try_extract_tensor::<f32>()?;
+            Ok(v.to_vec())
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.sessions.len()
     }

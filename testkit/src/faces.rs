@@ -46,9 +46,9 @@ fn cover(photo: &[u8], landmarks: &[[f32; 2]; 5], top: f32) -> Vec<u8> {
 
 /// `photo` with both eyes shut (PNG): over each eye an almond of its cheek's colour, a shade
 /// darker (the upper lid), 0.5 inter-eye distances wide, shaded darker towards its lower
-/// edge, which is a dark lash line 0.035 inter-eye distances thick (at least 1.5 px) sagging
-/// 0.04 below the eye's centre at the middle: a closed eye with the lashes still showing, the
-/// case a measure of "dark pixels in the eye box" alone cannot tell from an open one.
+/// edge, which is a dark lash line 0.035 inter-eye distances thick (at least 1.5 px), 0.04 below
+/// YuNet's eye point at the corners and 0.1 at the middle: a closed eye with the lashes still
+/// showing, the case a measure of "dark pixels in the eye box" alone cannot tell from an open one.
 pub fn close_eyes(photo: &[u8], landmarks: &[[f32; 2]; 5]) -> Vec<u8> {
     let mut img = image::load_from_memory(photo).expect("a decodable photo").to_rgb8();
     let [re, le, ..] = *landmarks;

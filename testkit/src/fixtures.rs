@@ -47,7 +47,12 @@ pub fn face_photo(name: &str) -> PathBuf {
 /// `.setup/fixtures/groups/<name>`: the group photos of `scripts/fetch-photos.sh` (face-api's
 /// `sample1.jpg`–`sample6.jpg`, insightface's `t1.jpg`, `solvay_conference_1927.jpg`).
 pub fn group_photo(name: &str) -> PathBuf {
-    setup_dir().join("fixtures/groups").join(name)
+    groups_dir().join(name)
+}
+
+/// `.setup/fixtures/groups`.
+pub fn groups_dir() -> PathBuf {
+    setup_dir().join("fixtures/groups")
 }
 
 /// `.setup/fixtures/finger/<name>`, e.g. `finger_print(FINGER_PRINTS[0])`.

@@ -38,7 +38,7 @@ fn face_app_from(
     f: impl FnOnce(&mut biomatch_matcher::config::Config),
 ) -> TestApp {
     let model = x.face_model();
-    let groups = fixtures::setup_dir().join("fixtures/groups");
+    let groups = fixtures::groups_dir();
     let (table, _) = biomatch_matcher::calibrate::face_table(&x, &fixtures::face_dir(), &groups, 0)
         .expect("calibration photos missing: run scripts/fetch-photos.sh");
     let dir = tempfile::tempdir().unwrap();

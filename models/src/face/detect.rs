@@ -35,6 +35,12 @@ impl Face {
         self.bbox[2].max(0.0) * self.bbox[3].max(0.0)
     }
 
+    /// The box's centre as a share of an image `width` × `height` (0–1 each way).
+    pub fn centre_share(&self, width: u32, height: u32) -> (f32, f32) {
+        let [x, y, w, h] = self.bbox;
+        ((x + w / 2.0) / width as f32, (y + h / 2.0) / height as f32)
+    }
+
     pub fn inter_eye(&self) -> f32 {
         let [r, l] = [self.landmarks[0], self.landmarks[1]];
         ((r[0] - l[0]).powi(2) + (r[1] - l[1]).powi(2)).sqrt()

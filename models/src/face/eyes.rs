@@ -12,7 +12,6 @@ use super::align::{align_to, TEMPLATE};
 use crate::runtime::{RuntimeConfig, SessionPool};
 use crate::ExtractError;
 use image::RgbImage;
-use ort::value::TensorRef;
 
 /// Side of the face mesh's input.
 pub const MESH_SIZE: usize = 192;
@@ -60,12 +59,9 @@ impl EyeModel {
         for ((outer, inner), mirror) in [(LEFT_CORNERS, true), (RIGHT_CORNERS, false)] {
             eyes.extend(eye_crop(&crop, points[outer], points[inner], mirror));
         }
-        let contours = self.iris.with(|s| {
-            let input = TensorRef::from_array_view(([2usize, EYE_SIZE, EYE_SIZE, 3], &eyes[..]))?;
-            let out = s.run(ort::inputs!["input" => input])?;
-            let (_, v) = out["output_eyes_contours_and_brows"].try_extract_tensor::<f32>()?;
-            Ok::<_, ExtractError>(v.to_vec())
-        })?;
+        let shape = [2, EYE_SIZE, EYE_SIZE, 3];
+        let contours =
+            self.iris.run_one("input", &shape, &eyes, "output_eyes_contours_and_brows")?;
         if contours.len() != 2 * 71 * 3 {
             return Err(ExtractError::Runtime(format!(
                 "the iris model returned {} values",
@@ -79,12 +75,7 @@ impl EyeModel {
     /// The mesh's 468 (x, y) points in the 192×192 frame.
     fn mesh_points(&self, crop: &[f32]) -> Result<Vec<[f32; 2]>, ExtractError> {
         let input = nhwc_unit(crop, MESH_SIZE);
-        let v = self.mesh.with(|s| {
-            let t = TensorRef::from_array_view(([1usize, MESH_SIZE, MESH_SIZE, 3], &input[..]))?;
-            let out = s.run(ort::inputs!["input" => t])?;
-            let (_, v) = out["conv2d_21"].try_extract_tensor::<f32>()?;
-            Ok::<_, ExtractError>(v.to_vec())
-        })?;
+        let v = self.mesh.run_one("input", &[1, MESH_SIZE, MESH_SIZE, 3], &input, "conv2d_21")?;
         if v.len() != 468 * 3 {
             return Err(ExtractError::Runtime(format!(
                 "the face mesh returned {} values",

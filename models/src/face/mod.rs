@@ -12,7 +12,6 @@ use crate::imageio::{decode_rgb, ImageLimits};
 use crate::runtime::{RuntimeConfig, SessionPool};
 use crate::{ExtractError, ExtractOptions, Extraction, Extractor, Quality};
 use biomatch_core::{Modality, ModelId, Template};
-use ort::value::TensorRef;
 use rayon::prelude::*;
 
 /// Output dimension of both embedders.
@@ -175,15 +174,11 @@ impl FaceExtractor {
                 crop.len()
             )));
         }
-        self.embedder.with(|s| {
-            let input = TensorRef::from_array_view(([1usize, 3, size, size], crop))?;
-            let out = s.run(ort::inputs![input_name => input])?;
-            let (_, v) = out[output_name].try_extract_tensor::<f32>()?;
-            if v.len() != DIM {
-                return Err(ExtractError::Runtime(format!("embedder returned {} values", v.len())));
-            }
-            Ok(v.to_vec())
-        })
+        let v = self.embedder.run_one(input_name, &[1, 3, size, size], crop, output_name)?;
+        if v.len() != DIM {
+            return Err(ExtractError::Runtime(format!("embedder returned {} values", v.len())));
+        }
+        Ok(v)
     }
 
     /// The quality measures of a detected face of `img` ([`quality`], and `eye_aperture` where
@@ -193,16 +188,7 @@ impl FaceExtractor {
         img: &image::RgbImage,
         face: &detect::Face,
     ) -> Result<quality::FaceMeasures, ExtractError> {
-        self.measure_crop(img, face, &align::align(img, &face.landmarks))
-    }
-
-    fn measure_crop(
-        &self,
-        img: &image::RgbImage,
-        face: &detect::Face,
-        crop: &[f32],
-    ) -> Result<quality::FaceMeasures, ExtractError> {
-        let mut m = quality::measure(face, crop);
+        let mut m = quality::measure(face, &align::align(img, &face.landmarks));
         if let Some(eyes) = &self.eyes {
             m.eye_aperture = Some(eyes.aperture(img, &face.landmarks)?);
         }

@@ -139,11 +139,9 @@ fn refused_for_shut_eyes(img: &image::RgbImage, face: &Face) -> (bool, f32) {
 fn real_shut_eyes_are_refused_and_open_ones_pass() {
     for photo in ["t1.jpg", "sample2.jpg"] {
         let (img, faces) = extractor().detect(&read(&group_photo(photo))).unwrap();
-        let (w, h) = (img.width() as f32, img.height() as f32);
         for &(_, cx, cy, shut) in GROUP_EYES.iter().filter(|c| c.0 == photo) {
             let off = |f: &Face| {
-                let (fx, fy) =
-                    ((f.bbox[0] + f.bbox[2] / 2.0) / w, (f.bbox[1] + f.bbox[3] / 2.0) / h);
+                let (fx, fy) = f.centre_share(img.width(), img.height());
                 (fx - cx).hypot(fy - cy)
             };
             let face = faces.iter().min_by(|a, b| off(a).total_cmp(&off(b))).expect("faces");
